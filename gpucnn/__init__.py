@@ -1,0 +1,18 @@
+"""gpucnn: CNN training with backprop written out layer by layer, on NumPy or our own CUDA kernels.
+
+The public API follows PyTorch's names, argument orders and weight layouts.
+"""
+from .backends import asnumpy
+from .layers import (AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU,
+                     Sequential, Sigmoid, Tanh)
+from .losses import CrossEntropyLoss, MSELoss
+from .optim import SGD, Adam
+from .random import get_rng_state, manual_seed, set_rng_state
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Module", "Parameter", "Conv2d", "MaxPool2d", "AvgPool2d", "Sigmoid", "ReLU", "Tanh",
+    "Linear", "Flatten", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
+    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "__version__",
+]

@@ -1,0 +1,505 @@
+"""Layers with explicit backprop: each has ``forward`` and ``backward``, nothing else.
+
+``forward(x)`` asks the backend that owns ``x`` for a primitive and keeps what its
+backward needs.  ``backward(dy)`` turns δ for the layer's output into δ for its
+input and adds the parameter gradients into ``.grad``.  ``Sequential.backward``
+walks the layers in reverse: the tutorial's δ recursion
+δ(l) = (δ(l+1) W(l+1)) ⊙ σ'(Z(l)), one layer at a time.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backends
+from . import random as _random
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _pair(value, name, layer, minimum):
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{layer}: {name} must be an int or an (h, w) pair, got {value!r}")
+        pair = tuple(value)
+    else:
+        pair = (value, value)
+    for v in pair:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{layer}: {name} must be an int or an (h, w) pair of ints, got {value!r}")
+        if v < minimum:
+            raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value!r}")
+    return (int(pair[0]), int(pair[1]))
+
+
+def _positive_int(value, name, layer):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_float_input(layer, x, ndim=None, what="input"):
+    """Validate an array argument; return its backend.  Errors name the layer."""
+    try:
+        backend = backends.backend_of(x)
+    except TypeError:
+        raise TypeError(f"{layer}: expected the {what} to be a numpy or cupy array, "
+                        f"got {type(x).__name__}") from None
+    if ndim is not None and x.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
+        want = " or ".join(f"{d}-D" for d in (ndim if isinstance(ndim, tuple) else (ndim,)))
+        raise ValueError(f"{layer}: expected a {want} {what}, got shape {tuple(x.shape)} "
+                         f"({x.ndim}-D)")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{layer}: expected a float32 or float64 {what}, got dtype {x.dtype}")
+    if not backend.all_finite(x):
+        raise ValueError(f"{layer}: the {what} contains NaN or infinity")
+    return backend
+
+
+class Parameter:
+    """A trainable array: ``.data`` and its accumulated gradient ``.grad``."""
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = None
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class: parameters, state_dict, device/dtype moves, train/eval."""
+
+    training = True
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def _name(self):
+        return type(self).__name__
+
+    # --------------------------------------------------------- parameters
+    def _children(self):
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Module)]
+
+    def named_parameters(self, prefix=""):
+        out = []
+        for k, v in vars(self).items():
+            if isinstance(v, Parameter):
+                out.append((prefix + k, v))
+        for k, child in self._children():
+            out.extend(child.named_parameters(prefix + k + "."))
+        return out
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def modules(self):
+        out = [self]
+        for _, child in self._children():
+            out.extend(child.modules())
+        return out
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode=True):
+        for m in self.modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -------------------------------------------------------- state dicts
+    def state_dict(self):
+        """Parameter arrays by name, copied to the host as numpy arrays."""
+        return {name: np.array(backends.asnumpy(p.data), copy=True)
+                for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        params = dict(self.named_parameters())
+        if not isinstance(state, dict):
+            raise TypeError(f"{self._name}.load_state_dict: expected a dict of arrays, "
+                            f"got {type(state).__name__}")
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"{self._name}.load_state_dict: keys do not match; missing "
+                             f"{missing or 'none'}, unexpected {unexpected or 'none'}")
+        arrays = {}
+        for name, p in params.items():
+            a = np.asarray(backends.asnumpy(state[name]))
+            if a.shape != p.shape:
+                raise ValueError(f"{self._name}.load_state_dict: '{name}' has shape "
+                                 f"{a.shape}, expected {p.shape}")
+            if a.dtype.kind != "f":
+                raise TypeError(f"{self._name}.load_state_dict: '{name}' has dtype {a.dtype}, "
+                                "expected a float array")
+            arrays[name] = a
+        for name, p in params.items():  # all checked: now change the model
+            backend = backends.backend_of(p.data)
+            p.data = backend.asarray(arrays[name], dtype=p.dtype)
+            p.grad = None
+        return self
+
+    # ------------------------------------------------------ device / dtype
+    @property
+    def device(self):
+        params = self.parameters()
+        if not params:
+            return getattr(self, "_device", "cpu")
+        return backends.backend_of(params[0].data).name
+
+    @property
+    def dtype(self):
+        params = self.parameters()
+        return params[0].dtype if params else getattr(self, "_dtype", np.dtype(np.float32))
+
+    def to(self, device=None, dtype=None):
+        """Move parameters (and gradients) to ``device`` and/or cast to ``dtype``; returns self."""
+        target = None
+        if device is not None:
+            target, note = backends.resolve_device(device)
+            if note:
+                _warn_once(note)
+        if dtype is not None:
+            dtype = np.dtype(dtype)
+            if dtype not in FLOAT_DTYPES:
+                raise TypeError(f"{self._name}.to: dtype must be float32 or float64, got {dtype}")
+        for p in self.parameters():
+            backend = target or backends.backend_of(p.data)
+            new_dtype = dtype or p.dtype
+            p.data = _move(p.data, backend, new_dtype)
+            if p.grad is not None:
+                p.grad = _move(p.grad, backend, new_dtype)
+        for m in self.modules():
+            if target is not None:
+                m._device = target.name
+            if dtype is not None:
+                m._dtype = dtype
+        return self
+
+    def _check_same(self, x, backend, param):
+        """The input must live on the parameters' backend and share their dtype."""
+        pb = backends.backend_of(param.data)
+        if pb is not backend:
+            raise RuntimeError(f"{self._name}: the input is on '{backend.name}' but the layer's "
+                               f"parameters are on '{pb.name}'; move one with .to()")
+        if x.dtype != param.dtype:
+            raise TypeError(f"{self._name}: the input has dtype {x.dtype} but the layer's "
+                            f"parameters are {param.dtype}; cast the input or call "
+                            f".to(dtype=...)")
+
+    def _saved(self, attr):
+        value = getattr(self, attr, None)
+        if value is None:
+            raise RuntimeError(f"{self._name}.backward was called before forward "
+                               "(no saved input); call the layer on an input first")
+        return value
+
+    def _check_grad(self, grad, shape, dtype):
+        backend = check_float_input(f"{self._name}.backward", grad, what="gradient")
+        if tuple(grad.shape) != tuple(shape):
+            raise ValueError(f"{self._name}.backward: expected a gradient of shape {tuple(shape)} "
+                             f"(the forward output), got {tuple(grad.shape)}")
+        if grad.dtype != dtype:
+            raise TypeError(f"{self._name}.backward: expected a {dtype} gradient, got {grad.dtype}")
+        return backend
+
+
+_warned = set()
+
+
+def _warn_once(message):
+    if message not in _warned:
+        _warned.add(message)
+        import sys
+        print(f"gpucnn: {message}", file=sys.stderr)
+
+
+def _move(a, backend, dtype):
+    if backends.backend_of(a) is backend and a.dtype == dtype:
+        return a
+    return backend.asarray(backends.asnumpy(a) if backend.name == "cpu" else a, dtype=dtype)
+
+
+def _accumulate(param, grad):
+    if param.grad is None:
+        param.grad = grad
+    else:
+        backends.backend_of(param.grad).accumulate(param.grad, grad)
+
+
+def _uniform(shape, bound, rng):
+    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+# ====================================================================== layers
+class Conv2d(Module):
+    """2-D convolution (cross-correlation, as PyTorch and cuDNN compute it).
+
+    y[n,o,i,j] = b[o] + Σ_{c,p,q} x_pad[n, c, i·sh + p, j·sw + q] · W[o, c, p, q]
+
+    The tutorial's Y = X * K is true convolution, which flips the kernel; the
+    two agree once K is W rotated by 180°, so learning either learns the same net.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 bias=True, rng=None):
+        self.in_channels = _positive_int(in_channels, "in_channels", "Conv2d")
+        self.out_channels = _positive_int(out_channels, "out_channels", "Conv2d")
+        self.kernel_size = _pair(kernel_size, "kernel_size", "Conv2d", 1)
+        self.stride = _pair(stride, "stride", "Conv2d", 1)
+        self.padding = _pair(padding, "padding", "Conv2d", 0)
+        rng = _random.resolve(rng)
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels * kh * kw
+        bound = 1.0 / math.sqrt(fan_in)
+        self.weight = Parameter(_uniform((self.out_channels, self.in_channels, kh, kw), bound, rng))
+        self.bias = Parameter(_uniform((self.out_channels,), bound, rng)) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        B = check_float_input("Conv2d", x, 4)
+        self._check_same(x, B, self.weight)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"Conv2d: expected {self.in_channels} input channels, got "
+                             f"{x.shape[1]} (input shape {tuple(x.shape)})")
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        h, w = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+        if h < kh or w < kw:
+            raise ValueError(f"Conv2d: the padded input ({h}x{w}) is smaller than the kernel "
+                             f"({kh}x{kw}); input shape {tuple(x.shape)}")
+        y = B.conv2d_forward(x, self.weight.data, self.stride, self.padding)
+        if self.bias is not None:
+            y = B.bias_forward(y, self.bias.data)
+        self._x = x
+        self._y_shape = y.shape
+        return y
+
+    def backward(self, grad):
+        x = self._saved("_x")
+        B = self._check_grad(grad, self._y_shape, x.dtype)
+        _accumulate(self.weight, B.conv2d_backward_weight(grad, x, self.weight.shape,
+                                                          self.stride, self.padding))
+        if self.bias is not None:
+            _accumulate(self.bias, B.bias_backward(grad))
+        return B.conv2d_backward_data(grad, self.weight.data, x.shape, self.stride, self.padding)
+
+    def __repr__(self):
+        return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None})")
+
+
+class Linear(Module):
+    """y = x Wᵀ + b, W of shape (out_features, in_features)."""
+
+    def __init__(self, in_features, out_features, bias=True, rng=None):
+        self.in_features = _positive_int(in_features, "in_features", "Linear")
+        self.out_features = _positive_int(out_features, "out_features", "Linear")
+        rng = _random.resolve(rng)
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight = Parameter(_uniform((self.out_features, self.in_features), bound, rng))
+        self.bias = Parameter(_uniform((self.out_features,), bound, rng)) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        B = check_float_input("Linear", x, 2)
+        self._check_same(x, B, self.weight)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"Linear: expected {self.in_features} input features, got "
+                             f"{x.shape[1]} (input shape {tuple(x.shape)})")
+        y = B.linear_forward(x, self.weight.data)
+        if self.bias is not None:
+            y = B.bias_forward(y, self.bias.data)
+        self._x = x
+        return y
+
+    def backward(self, grad):
+        x = self._saved("_x")
+        B = self._check_grad(grad, (x.shape[0], self.out_features), x.dtype)
+        _accumulate(self.weight, B.linear_backward_weight(grad, x))
+        if self.bias is not None:
+            _accumulate(self.bias, B.bias_backward(grad))
+        return B.linear_backward_data(grad, self.weight.data)
+
+    def __repr__(self):
+        return f"Linear({self.in_features}, {self.out_features}, bias={self.bias is not None})"
+
+
+class _Pool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        name = type(self).__name__
+        self.kernel_size = _pair(kernel_size, "kernel_size", name, 1)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", name, 1)
+        self.padding = _pair(padding, "padding", name, 0)
+        for p, k in zip(self.padding, self.kernel_size):
+            if p > k // 2:
+                raise ValueError(f"{name}: padding must be at most half the kernel size, got "
+                                 f"padding={padding} for kernel_size={kernel_size}")
+        self._x_shape = None
+
+    def _check(self, x):
+        name = self._name
+        B = check_float_input(name, x, 4)
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        h, w = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+        if h < kh or w < kw:
+            raise ValueError(f"{name}: the padded input ({h}x{w}) is smaller than the kernel "
+                             f"({kh}x{kw}); input shape {tuple(x.shape)}")
+        return B
+
+    def __repr__(self):
+        return (f"{self._name}(kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding})")
+
+
+class MaxPool2d(_Pool2d):
+    """Max over each window; padding is −∞; a tie sends δ to the first maximum."""
+
+    def forward(self, x):
+        B = self._check(x)
+        y, self._argmax = B.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        self._x_shape, self._y_shape, self._dtype_in = x.shape, y.shape, x.dtype
+        return y
+
+    def backward(self, grad):
+        x_shape = self._saved("_x_shape")
+        B = self._check_grad(grad, self._y_shape, self._dtype_in)
+        return B.maxpool2d_backward(grad, self._argmax, x_shape, self.kernel_size,
+                                    self.stride, self.padding)
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over each window; padded zeros count in the divisor (PyTorch's default)."""
+
+    def forward(self, x):
+        B = self._check(x)
+        y = B.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        self._x_shape, self._y_shape, self._dtype_in = x.shape, y.shape, x.dtype
+        return y
+
+    def backward(self, grad):
+        x_shape = self._saved("_x_shape")
+        B = self._check_grad(grad, self._y_shape, self._dtype_in)
+        return B.avgpool2d_backward(grad, x_shape, self.kernel_size, self.stride, self.padding)
+
+
+class _Activation(Module):
+    """y = f(x); backward from the saved output: δx = δy ⊙ f'(x) written in terms of y."""
+
+    primitive = ""
+
+    def __init__(self):
+        self._y = None
+
+    def forward(self, x):
+        B = check_float_input(self._name, x)
+        self._y = getattr(B, self.primitive + "_forward")(x)
+        return self._y
+
+    def backward(self, grad):
+        y = self._saved("_y")
+        B = self._check_grad(grad, y.shape, y.dtype)
+        return getattr(B, self.primitive + "_backward")(grad, y)
+
+    def __repr__(self):
+        return f"{self._name}()"
+
+
+class Sigmoid(_Activation):
+    """σ(x) = 1 / (1 + e^−x);  σ'(x) = σ(x)(1 − σ(x))."""
+    primitive = "sigmoid"
+
+
+class ReLU(_Activation):
+    """max(x, 0); gradient 1 where x > 0."""
+    primitive = "relu"
+
+
+class Tanh(_Activation):
+    """tanh(x); gradient 1 − tanh²(x)."""
+    primitive = "tanh"
+
+
+class Flatten(Module):
+    """(N, C, H, W) -> (N, C·H·W), keeping the batch axis."""
+
+    def __init__(self):
+        self._x_shape = None
+
+    def forward(self, x):
+        check_float_input("Flatten", x)
+        if x.ndim < 2:
+            raise ValueError(f"Flatten: expected an input with a batch axis (>= 2-D), "
+                             f"got shape {tuple(x.shape)}")
+        self._x_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad):
+        x_shape = self._saved("_x_shape")
+        n = int(np.prod(x_shape[1:]))
+        if tuple(grad.shape) != (x_shape[0], n):
+            raise ValueError(f"Flatten.backward: expected a gradient of shape {(x_shape[0], n)}, "
+                             f"got {tuple(grad.shape)}")
+        return grad.reshape(x_shape)
+
+    def __repr__(self):
+        return "Flatten()"
+
+
+class Sequential(Module):
+    """Layers applied in order; backward walks them in reverse passing δ down."""
+
+    def __init__(self, *layers):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: argument {i} is a {type(layer).__name__}, "
+                                "expected a gpucnn Module")
+        self.layers = list(layers)
+
+    def _children(self):
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(*self.layers[index])
+        return self.layers[index]
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def backward(self, grad):
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"

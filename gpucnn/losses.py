@@ -1,0 +1,76 @@
+"""Loss functions: ``loss = fn(output, target)`` returns a float; ``fn.backward()``
+returns ∂loss/∂output (δ for the network's last layer) in the output's dtype."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backends
+from .layers import check_float_input
+
+
+class _Loss:
+    def __init__(self):
+        self._saved = None
+
+    def _need_forward(self):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward was called before the loss "
+                               "was computed; call loss_fn(output, target) first")
+        return self._saved
+
+
+class MSELoss(_Loss):
+    """mean((output − target)²) over every element (PyTorch's reduction='mean')."""
+
+    def __call__(self, output, target):
+        B = check_float_input("MSELoss", output, what="output")
+        t = np.asarray(target) if isinstance(target, (list, tuple, float, int)) else target
+        if not hasattr(t, "shape") or not hasattr(t, "dtype"):
+            raise TypeError(f"MSELoss: expected the target to be an array, got {type(target).__name__}")
+        if tuple(t.shape) != tuple(output.shape):
+            raise ValueError(f"MSELoss: target shape {tuple(t.shape)} does not match the output "
+                             f"shape {tuple(output.shape)}")
+        if t.dtype.kind not in "fiub":
+            raise TypeError(f"MSELoss: expected a numeric target, got dtype {t.dtype}")
+        t = B.asarray(t, dtype=output.dtype)
+        if not B.all_finite(t):
+            raise ValueError("MSELoss: the target contains NaN or infinity")
+        self._saved = (B, output, t)
+        return B.mse_forward(output, t)
+
+    def backward(self):
+        B, output, t = self._need_forward()
+        return B.mse_backward(output, t)
+
+
+class CrossEntropyLoss(_Loss):
+    """Softmax then negative log-likelihood of integer class labels, mean over the batch."""
+
+    def __call__(self, output, target):
+        B = check_float_input("CrossEntropyLoss", output, 2, what="output (N, classes)")
+        n, k = output.shape
+        labels = target
+        if isinstance(labels, (list, tuple)):
+            labels = np.asarray(labels)
+        if not hasattr(labels, "dtype") or not hasattr(labels, "shape"):
+            raise TypeError("CrossEntropyLoss: expected integer class labels as an array of "
+                            f"shape ({n},), got {type(target).__name__}")
+        if labels.dtype.kind not in "iu":
+            raise TypeError("CrossEntropyLoss: expected integer class labels, got dtype "
+                            f"{labels.dtype}")
+        if tuple(labels.shape) != (n,):
+            raise ValueError(f"CrossEntropyLoss: expected {n} labels (shape ({n},)) for an output "
+                             f"of shape {tuple(output.shape)}, got shape {tuple(labels.shape)}")
+        host = backends.asnumpy(labels)
+        if n and (host.min() < 0 or host.max() >= k):
+            bad = host[(host < 0) | (host >= k)][0]
+            raise ValueError(f"CrossEntropyLoss: labels must be in [0, {k}) for {k} classes, "
+                             f"got {int(bad)}")
+        labels = B.asarray(labels, dtype=np.int64)
+        loss, probs = B.softmax_cross_entropy_forward(output, labels)
+        self._saved = (B, probs, labels)
+        return loss
+
+    def backward(self):
+        B, probs, labels = self._need_forward()
+        return B.softmax_cross_entropy_backward(probs, labels)
