@@ -1,0 +1,419 @@
+"""Reference implementations: the definitions, written as plain Python loops.
+
+Every function here computes one formula element by element, in float64,
+directly from its definition (the seed tutorial's formulas, PyTorch's
+documented semantics, the update rules printed in the ``torch.optim`` docs).
+They are deliberately slow and obvious: they exist so that the fast code in
+``gpucnn/backends`` can be checked against something a reader can verify by
+eye.  Use them on tiny shapes only (a few thousand multiply-adds).
+
+Nothing in this module calls a backend or shares code with one; the only
+NumPy used is for allocating the result arrays and reading shapes.
+
+Conventions (the same as the backends'):
+
+* NCHW; ``kernel_size``, ``stride``, ``padding`` are an int or an ``(h, w)`` pair.
+* Convolution is cross-correlation:
+  ``y[n,o,i,j] = b[o] + sum_{c,p,q} x_pad[n,c,i*sh+p,j*sw+q] * w[o,c,p,q]``.
+  (The textbook convolution ``Y = X * K`` is the same sum with the kernel
+  flipped: ``K[o,c,p,q] = w[o,c,kh-1-p,kw-1-q]``.)
+* Pool output size ``(H + 2*ph - kh) // sh + 1`` (likewise W).
+* Max pooling pads with -inf; on a tie it takes the first maximum in row-major
+  window order; ``argmax`` holds the flat index ``h*W + w`` of the chosen
+  element in the unpadded input plane.
+* Average pooling divides by ``kh*kw`` always (padded zeros are counted).
+* Losses are means over the batch (CrossEntropy) or over all elements (MSE).
+
+Every ``*_backward`` returns the gradient of a scalar loss with respect to the
+inputs, given the gradient ``dy`` with respect to the output.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "pair", "conv2d", "conv2d_backward", "maxpool2d", "maxpool2d_backward",
+    "avgpool2d", "avgpool2d_backward", "sigmoid", "sigmoid_backward", "relu",
+    "relu_backward", "tanh", "tanh_backward", "linear", "linear_backward",
+    "softmax_cross_entropy", "mse", "sgd_step", "adam_step", "pool_out_size",
+]
+
+
+def pair(v):
+    """An int or an (h, w) pair -> an (h, w) tuple of ints."""
+    if isinstance(v, (tuple, list)):
+        a, b = v
+        return int(a), int(b)
+    return int(v), int(v)
+
+
+def pool_out_size(size, k, s, p):
+    return (size + 2 * p - k) // s + 1
+
+
+def _f64(a):
+    return np.array(a, dtype=np.float64, copy=True)
+
+
+# --------------------------------------------------------------------------
+# Convolution (cross-correlation)
+# --------------------------------------------------------------------------
+
+def _x_at(x, n, c, h, w):
+    """x[n, c, h, w] with zero padding outside the plane."""
+    H, W = x.shape[2], x.shape[3]
+    if 0 <= h < H and 0 <= w < W:
+        return float(x[n, c, h, w])
+    return 0.0
+
+
+def conv2d(x, w, b=None, stride=1, padding=0):
+    """y[n,o,i,j] = b[o] + sum_{c,p,q} x_pad[n,c,i*sh+p,j*sw+q] * w[o,c,p,q]."""
+    x, w = _f64(x), _f64(w)
+    N, C, H, W = x.shape
+    O, C2, kh, kw = w.shape
+    assert C == C2, (C, C2)
+    sh, sw = pair(stride)
+    ph, pw = pair(padding)
+    Ho = (H + 2 * ph - kh) // sh + 1
+    Wo = (W + 2 * pw - kw) // sw + 1
+    y = np.zeros((N, O, Ho, Wo))
+    for n in range(N):
+        for o in range(O):
+            for i in range(Ho):
+                for j in range(Wo):
+                    s = 0.0 if b is None else float(b[o])
+                    for c in range(C):
+                        for p in range(kh):
+                            for q in range(kw):
+                                # padded coordinate i*sh+p -> unpadded i*sh+p-ph
+                                s += _x_at(x, n, c, i * sh + p - ph, j * sw + q - pw) * float(w[o, c, p, q])
+                    y[n, o, i, j] = s
+    return y
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0):
+    """Return (dx, dw, db) for y = conv2d(x, w, b, stride, padding).
+
+    Each output element y[n,o,i,j] received x_pad[n,c,i*sh+p,j*sw+q] * w[o,c,p,q];
+    so that term adds dy[n,o,i,j] * w[o,c,p,q] to dx at the (unpadded) input
+    position, dy[n,o,i,j] * x_pad[...] to dw[o,c,p,q], and dy[n,o,i,j] to db[o].
+    Terms that land in the padding are dropped.
+    """
+    dy, x, w = _f64(dy), _f64(x), _f64(w)
+    N, C, H, W = x.shape
+    O, _, kh, kw = w.shape
+    sh, sw = pair(stride)
+    ph, pw = pair(padding)
+    _, _, Ho, Wo = dy.shape
+    dx = np.zeros_like(x)
+    dw = np.zeros_like(w)
+    db = np.zeros(O)
+    for n in range(N):
+        for o in range(O):
+            for i in range(Ho):
+                for j in range(Wo):
+                    g = float(dy[n, o, i, j])
+                    db[o] += g
+                    for c in range(C):
+                        for p in range(kh):
+                            for q in range(kw):
+                                h = i * sh + p - ph
+                                v = j * sw + q - pw
+                                if 0 <= h < H and 0 <= v < W:
+                                    dx[n, c, h, v] += g * w[o, c, p, q]
+                                    dw[o, c, p, q] += g * x[n, c, h, v]
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------
+
+def _pool_params(kernel_size, stride, padding):
+    kh, kw = pair(kernel_size)
+    sh, sw = pair(kernel_size if stride is None else stride)
+    ph, pw = pair(padding)
+    return kh, kw, sh, sw, ph, pw
+
+
+def maxpool2d(x, kernel_size, stride=None, padding=0):
+    """Return (y, argmax): y is the max over each window of the -inf padded input;
+    argmax (int64) the flat index h*W+w of the first maximum in row-major
+    window order."""
+    x = _f64(x)
+    N, C, H, W = x.shape
+    kh, kw, sh, sw, ph, pw = _pool_params(kernel_size, stride, padding)
+    Ho = pool_out_size(H, kh, sh, ph)
+    Wo = pool_out_size(W, kw, sw, pw)
+    y = np.zeros((N, C, Ho, Wo))
+    arg = np.zeros((N, C, Ho, Wo), dtype=np.int64)
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    best = -math.inf
+                    best_idx = -1
+                    for p in range(kh):          # row-major window order
+                        for q in range(kw):
+                            h = i * sh + p - ph
+                            v = j * sw + q - pw
+                            val = float(x[n, c, h, v]) if (0 <= h < H and 0 <= v < W) else -math.inf
+                            if val > best:       # strict: a later equal value does not win
+                                best = val
+                                best_idx = h * W + v
+                    y[n, c, i, j] = best
+                    arg[n, c, i, j] = best_idx
+    return y, arg
+
+
+def maxpool2d_backward(dy, x, kernel_size, stride=None, padding=0):
+    """dx: each window's dy goes to the element its maximum came from
+    (the first maximum in row-major order on a tie); windows overlap, so
+    contributions add up."""
+    dy = _f64(dy)
+    N, C, H, W = np.shape(x)
+    _, arg = maxpool2d(x, kernel_size, stride, padding)
+    dx = np.zeros((N, C, H, W))
+    _, _, Ho, Wo = dy.shape
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    idx = int(arg[n, c, i, j])
+                    dx[n, c, idx // W, idx % W] += dy[n, c, i, j]
+    return dx
+
+
+def avgpool2d(x, kernel_size, stride=None, padding=0):
+    """y = (sum of the zero-padded window) / (kh*kw)  (count_include_pad)."""
+    x = _f64(x)
+    N, C, H, W = x.shape
+    kh, kw, sh, sw, ph, pw = _pool_params(kernel_size, stride, padding)
+    Ho = pool_out_size(H, kh, sh, ph)
+    Wo = pool_out_size(W, kw, sw, pw)
+    y = np.zeros((N, C, Ho, Wo))
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    s = 0.0
+                    for p in range(kh):
+                        for q in range(kw):
+                            s += _x_at(x, n, c, i * sh + p - ph, j * sw + q - pw)
+                    y[n, c, i, j] = s / (kh * kw)
+    return y
+
+
+def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
+    """dx: every real (unpadded) element of a window gets dy / (kh*kw)."""
+    dy = _f64(dy)
+    N, C, H, W = x_shape
+    kh, kw, sh, sw, ph, pw = _pool_params(kernel_size, stride, padding)
+    _, _, Ho, Wo = dy.shape
+    dx = np.zeros((N, C, H, W))
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    g = dy[n, c, i, j] / (kh * kw)
+                    for p in range(kh):
+                        for q in range(kw):
+                            h = i * sh + p - ph
+                            v = j * sw + q - pw
+                            if 0 <= h < H and 0 <= v < W:
+                                dx[n, c, h, v] += g
+    return dx
+
+
+# --------------------------------------------------------------------------
+# Activations (elementwise)
+# --------------------------------------------------------------------------
+
+def _elementwise(fn, *arrays):
+    arrays = [_f64(a) for a in arrays]
+    out = np.zeros(arrays[0].shape)
+    for idx in np.ndindex(out.shape):
+        out[idx] = fn(*(float(a[idx]) for a in arrays))
+    return out
+
+
+def _sigmoid1(v):
+    # 1/(1+e^-v), written so that neither branch overflows
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+def sigmoid(x):
+    return _elementwise(_sigmoid1, x)
+
+
+def sigmoid_backward(dy, x):
+    """d/dx sigmoid(x) = s(x) * (1 - s(x)), applied to dy (x is the *input*)."""
+    return _elementwise(lambda g, v: g * _sigmoid1(v) * (1.0 - _sigmoid1(v)), dy, x)
+
+
+def relu(x):
+    return _elementwise(lambda v: v if v > 0 else 0.0, x)
+
+
+def relu_backward(dy, x):
+    """dy where x > 0, else 0 (x is the *input*; the derivative at 0 is taken as 0)."""
+    return _elementwise(lambda g, v: g if v > 0 else 0.0, dy, x)
+
+
+def tanh(x):
+    return _elementwise(math.tanh, x)
+
+
+def tanh_backward(dy, x):
+    """d/dx tanh(x) = 1 - tanh(x)^2 (x is the *input*)."""
+    return _elementwise(lambda g, v: g * (1.0 - math.tanh(v) ** 2), dy, x)
+
+
+# --------------------------------------------------------------------------
+# Linear
+# --------------------------------------------------------------------------
+
+def linear(x, w, b=None):
+    """y[n,o] = b[o] + sum_i x[n,i] * w[o,i]   (y = x W^T + b)."""
+    x, w = _f64(x), _f64(w)
+    N, I = x.shape
+    O, I2 = w.shape
+    assert I == I2, (I, I2)
+    y = np.zeros((N, O))
+    for n in range(N):
+        for o in range(O):
+            s = 0.0 if b is None else float(b[o])
+            for i in range(I):
+                s += x[n, i] * w[o, i]
+            y[n, o] = s
+    return y
+
+
+def linear_backward(dy, x, w):
+    """Return (dx, dw, db) for y = x W^T + b."""
+    dy, x, w = _f64(dy), _f64(x), _f64(w)
+    N, I = x.shape
+    O = w.shape[0]
+    dx = np.zeros((N, I))
+    dw = np.zeros((O, I))
+    db = np.zeros(O)
+    for n in range(N):
+        for o in range(O):
+            g = dy[n, o]
+            db[o] += g
+            for i in range(I):
+                dx[n, i] += g * w[o, i]
+                dw[o, i] += g * x[n, i]
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------
+
+def softmax_cross_entropy(logits, labels):
+    """Return (loss, dlogits).
+
+    loss = (1/N) sum_n [ log sum_k exp(z[n,k]) - z[n, labels[n]] ]
+    dlogits[n,k] = (softmax(z[n])_k - [k == labels[n]]) / N
+    """
+    z = _f64(logits)
+    N, K = z.shape
+    loss = 0.0
+    grad = np.zeros((N, K))
+    for n in range(N):
+        t = int(labels[n])
+        m = max(float(z[n, k]) for k in range(K))            # shift for stability
+        denom = sum(math.exp(float(z[n, k]) - m) for k in range(K))
+        log_denom = m + math.log(denom)
+        loss += log_denom - float(z[n, t])
+        for k in range(K):
+            p = math.exp(float(z[n, k]) - log_denom)
+            grad[n, k] = (p - (1.0 if k == t else 0.0)) / N
+    return loss / N, grad
+
+
+def mse(y, t):
+    """Return (loss, dy): loss = mean((y - t)^2), dy = 2 (y - t) / y.size."""
+    y, t = _f64(y), _f64(t)
+    count = y.size
+    loss = 0.0
+    grad = np.zeros(y.shape)
+    for idx in np.ndindex(y.shape):
+        d = float(y[idx]) - float(t[idx])
+        loss += d * d
+        grad[idx] = 2.0 * d / count
+    return loss / count, grad
+
+
+# --------------------------------------------------------------------------
+# Optimizers: one step for one parameter, from the torch.optim documentation
+# --------------------------------------------------------------------------
+
+def sgd_step(param, grad, buf, lr, momentum=0.0, weight_decay=0.0, nesterov=False, dampening=0.0):
+    """One SGD step for one parameter, as in the torch.optim.SGD docs.
+
+    ``buf`` is the momentum buffer from the previous step, or None at the first
+    step.  Returns ``(new_param, new_buf)``; ``new_buf`` is None when momentum
+    is 0.  For every element::
+
+        g = grad + weight_decay * param
+        if momentum != 0:
+            b = g                                 (first step)
+            b = momentum * b + (1 - dampening) * g (later steps)
+            g = g + momentum * b   if nesterov else   b
+        param = param - lr * g
+    """
+    param, grad = _f64(param), _f64(grad)
+    new_param = np.zeros(param.shape)
+    new_buf = None if momentum == 0 else np.zeros(param.shape)
+    for idx in np.ndindex(param.shape):
+        p = float(param[idx])
+        g = float(grad[idx]) + weight_decay * p
+        if momentum != 0:
+            if buf is None:
+                b = g
+            else:
+                b = momentum * float(buf[idx]) + (1.0 - dampening) * g
+            new_buf[idx] = b
+            g = g + momentum * b if nesterov else b
+        new_param[idx] = p - lr * g
+    return new_param, new_buf
+
+
+def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    """One Adam step for one parameter, as in the torch.optim.Adam docs.
+
+    ``m``, ``v`` are the moment estimates after the previous step (None at the
+    first step, meaning zeros); ``step`` is this step's number t, counting from
+    1.  Returns ``(new_param, new_m, new_v)``.  For every element::
+
+        g = grad + weight_decay * param
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g^2
+        m_hat = m / (1 - beta1^t)
+        v_hat = v / (1 - beta2^t)
+        param = param - lr * m_hat / (sqrt(v_hat) + eps)
+    """
+    b1, b2 = betas
+    param, grad = _f64(param), _f64(grad)
+    new_param = np.zeros(param.shape)
+    new_m = np.zeros(param.shape)
+    new_v = np.zeros(param.shape)
+    for idx in np.ndindex(param.shape):
+        p = float(param[idx])
+        g = float(grad[idx]) + weight_decay * p
+        mi = b1 * (0.0 if m is None else float(m[idx])) + (1.0 - b1) * g
+        vi = b2 * (0.0 if v is None else float(v[idx])) + (1.0 - b2) * g * g
+        m_hat = mi / (1.0 - b1 ** step)
+        v_hat = vi / (1.0 - b2 ** step)
+        new_param[idx] = p - lr * m_hat / (math.sqrt(v_hat) + eps)
+        new_m[idx] = mi
+        new_v[idx] = vi
+    return new_param, new_m, new_v
