@@ -1,0 +1,453 @@
+"""The backend primitives on an NVIDIA GPU: CuPy allocates, our kernels compute.
+
+Every primitive of ``gpucnn.backends.PRIMITIVES`` is here with the NumPy
+backend's signature.  Arithmetic runs in the kernels of ``kernels/*.cu``
+(launched through ``self.loader``); the only other device work is the GEMM of
+convolution and ``Linear``, which goes to cuBLAS through ``xp.matmul``.
+
+The class touches its array module only through ``self.xp`` functions that
+NumPy has with the same meaning (``empty``, ``zeros``, ``matmul``,
+``ascontiguousarray``, ``reshape``), and passes every kernel scalar as an
+explicit ``numpy.int64`` (all integer arguments of our kernels are
+``long long``) or as the array's float type (``T``).  That is what lets the
+tests run the same class on the CPU with ``xp=numpy`` and an emulated kernel
+loader.  CuPy itself is imported only by ``create_cuda_backend()``.
+
+Convolution layout: ``cols`` is ``(C*kh*kw, N*OH*OW)`` (see kernels/conv2d.cu);
+``y = W(O, C*kh*kw) @ cols`` gives ``(O, N*OH*OW)``, which ``swap_axes01``
+turns into NCHW.  Large batches are processed in chunks so that ``cols``
+holds at most ``max_cols_elements`` values; chunk results are combined in a
+fixed order, so results stay bitwise reproducible.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .kernels import launch_config
+
+I64 = np.int64
+
+_INSTALL_HINT = ("pip install gpucnn[cuda12] or gpucnn[cuda13] "
+                 "(the one matching your NVIDIA driver's CUDA version)")
+
+
+def _out_size(size, k, s, p):
+    return (size + 2 * p - k) // s + 1
+
+
+class CudaBackend:
+    """Every primitive on device arrays of ``xp`` (CuPy), computed by our kernels."""
+
+    #: upper bound on the elements of one im2col buffer; larger batches are chunked
+    max_cols_elements = 1 << 27
+    #: upper bound on the partial sums of one reduction
+    max_partials = 1024
+
+    def __init__(self, xp, loader, name="cuda"):
+        self.xp = xp
+        self.loader = loader
+        self.name = name
+
+    # ------------------------------------------------------------- helpers
+    def _c(self, a):
+        return self.xp.ascontiguousarray(a)
+
+    def _launch(self, file, kernel, dtype, total, *args):
+        """Launch ``kernel<T>`` of ``file`` with a grid-stride grid for ``total`` items."""
+        if total <= 0:
+            return
+        grid, block = launch_config(total)
+        self.loader.get(file, kernel, dtype)(grid, block, args)
+
+    @staticmethod
+    def _float_dtype(a, what):
+        dt = np.dtype(a.dtype)
+        if dt not in (np.float32, np.float64):
+            raise TypeError(f"CUDA backend {what}: expected a float32 or float64 array, got {dt}")
+        return dt
+
+    def _partials(self, m, per_thread=64):
+        """How many partial sums a reduction over ``m`` values uses (depends on m only)."""
+        return int(max(1, min(self.max_partials, (m + per_thread - 1) // per_thread)))
+
+    # -------------------------------------------------------------- arrays
+    def asarray(self, a, dtype=None):
+        xp = self.xp
+        if xp is np:
+            if not isinstance(a, np.ndarray) and hasattr(a, "get"):  # a CuPy array
+                a = a.get()
+            return np.ascontiguousarray(a, dtype=dtype)
+        return xp.ascontiguousarray(xp.asarray(a, dtype=dtype))
+
+    def to_numpy(self, a):
+        if isinstance(a, np.ndarray):
+            return a
+        if hasattr(a, "get"):
+            return a.get()
+        return np.asarray(a)
+
+    def zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def all_finite(self, a):
+        a = self._c(a)
+        if np.dtype(a.dtype).kind != "f":
+            return True
+        flag = self.xp.zeros((1,), dtype=np.int32)
+        self._launch("activation.cu", "nonfinite_flag", a.dtype, a.size, a, flag, I64(a.size))
+        return int(self.to_numpy(flag)[0]) == 0
+
+    def accumulate(self, dst, src):
+        if dst.shape != src.shape:
+            raise ValueError(f"accumulate: shapes differ, dst {dst.shape} and src {src.shape}")
+        src = self._c(src)
+        if not dst.flags.c_contiguous:
+            raise ValueError("accumulate: the destination array must be C-contiguous")
+        self._launch("activation.cu", "accumulate", dst.dtype, dst.size, dst, src, I64(dst.size))
+
+    # --------------------------------------------------------- convolution
+    def _conv_geometry(self, x_shape, w_shape, stride, padding, what):
+        n, c, h, w = (int(v) for v in x_shape)
+        o, c2, kh, kw = (int(v) for v in w_shape)
+        if c != c2:
+            raise ValueError(f"{what}: input has {c} channels but the weight expects {c2}")
+        sh, sw = int(stride[0]), int(stride[1])
+        ph, pw = int(padding[0]), int(padding[1])
+        oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{what}: a {kh}x{kw} kernel with padding {(ph, pw)} does not fit "
+                             f"the {h}x{w} input")
+        return n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow
+
+    def _chunks(self, n, per_sample):
+        step = max(1, self.max_cols_elements // max(1, per_sample))
+        return [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
+
+    def _im2col(self, x_chunk, dims):
+        n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = dims
+        cols = self.xp.empty((c * kh * kw, n * oh * ow), dtype=x_chunk.dtype)
+        self._launch("conv2d.cu", "im2col", x_chunk.dtype, cols.size, x_chunk, cols,
+                     *(I64(v) for v in dims))
+        return cols
+
+    def _swap01(self, src, a, b, l, out=None):
+        """(A, B, L) -> (B, A, L)."""
+        if out is None:
+            out = self.xp.empty((b, a, l), dtype=src.dtype)
+        self._launch("conv2d.cu", "swap_axes01", src.dtype, a * b * l, src, out,
+                     I64(a), I64(b), I64(l))
+        return out
+
+    def conv2d_forward(self, x, w, stride, padding):
+        dt = self._float_dtype(x, "conv2d_forward")
+        x, w = self._c(x), self._c(w)
+        n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
+            x.shape, w.shape, stride, padding, "conv2d_forward")
+        k, l = c * kh * kw, oh * ow
+        w2 = w.reshape(o, k)
+        y = self.xp.empty((n, o, oh, ow), dtype=dt)
+        for n0, n1 in self._chunks(n, k * l):
+            nb = n1 - n0
+            cols = self._im2col(x[n0:n1], (nb, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow))
+            y_onl = self.xp.matmul(w2, cols)                       # (O, nb*OH*OW)
+            self._swap01(y_onl, o, nb, l, out=y[n0:n1])
+        return y
+
+    def conv2d_backward_data(self, dy, w, x_shape, stride, padding):
+        dt = self._float_dtype(dy, "conv2d_backward_data")
+        dy, w = self._c(dy), self._c(w)
+        n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
+            x_shape, w.shape, stride, padding, "conv2d_backward_data")
+        k, l = c * kh * kw, oh * ow
+        if tuple(dy.shape) != (n, o, oh, ow):
+            raise ValueError(f"conv2d_backward_data: dy has shape {tuple(dy.shape)}, "
+                             f"expected {(n, o, oh, ow)}")
+        w2t = w.reshape(o, k).T                                     # (C*kh*kw, O)
+        dx = self.xp.empty((n, c, h, wd), dtype=dt)
+        for n0, n1 in self._chunks(n, k * l):
+            nb = n1 - n0
+            dy_onl = self._swap01(dy[n0:n1], nb, o, l)             # (O, nb, L)
+            dcols = self.xp.matmul(w2t, dy_onl.reshape(o, nb * l))  # (C*kh*kw, nb*L)
+            dcols = self._c(dcols)
+            self._launch("conv2d.cu", "col2im", dt, nb * c * h * wd, dcols, dx[n0:n1],
+                         *(I64(v) for v in (nb, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow)))
+        return dx
+
+    def conv2d_backward_weight(self, dy, x, w_shape, stride, padding):
+        dt = self._float_dtype(dy, "conv2d_backward_weight")
+        dy, x = self._c(dy), self._c(x)
+        n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
+            x.shape, w_shape, stride, padding, "conv2d_backward_weight")
+        k, l = c * kh * kw, oh * ow
+        if tuple(dy.shape) != (n, o, oh, ow):
+            raise ValueError(f"conv2d_backward_weight: dy has shape {tuple(dy.shape)}, "
+                             f"expected {(n, o, oh, ow)}")
+        dw = None
+        for n0, n1 in self._chunks(n, k * l):
+            nb = n1 - n0
+            cols = self._im2col(x[n0:n1], (nb, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow))
+            dy_onl = self._swap01(dy[n0:n1], nb, o, l).reshape(o, nb * l)
+            part = self._c(self.xp.matmul(dy_onl, cols.T))          # (O, C*kh*kw)
+            if dw is None:
+                dw = part
+            else:
+                self.accumulate(dw, part)
+        return dw.reshape(tuple(int(v) for v in w_shape))
+
+    # --------------------------------------------------------------- dense
+    def linear_forward(self, x, w):
+        return self._c(self.xp.matmul(x, w.T))
+
+    def linear_backward_data(self, dy, w):
+        return self._c(self.xp.matmul(dy, w))
+
+    def linear_backward_weight(self, dy, x):
+        return self._c(self.xp.matmul(dy.T, x))
+
+    def bias_forward(self, y, b):
+        self._float_dtype(y, "bias_forward")
+        y = self._c(y)
+        b = self._c(b)
+        c = int(y.shape[1])
+        if tuple(b.shape) != (c,):
+            raise ValueError(f"bias_forward: bias has shape {tuple(b.shape)}, expected ({c},)")
+        hw = int(np.prod(y.shape[2:], dtype=np.int64)) if y.ndim > 2 else 1
+        self._launch("bias.cu", "bias_forward", y.dtype, y.size, y, b,
+                     I64(y.size), I64(c), I64(hw))
+        return y
+
+    def bias_backward(self, dy):
+        dt = self._float_dtype(dy, "bias_backward")
+        dy = self._c(dy)
+        n, c = int(dy.shape[0]), int(dy.shape[1])
+        hw = int(np.prod(dy.shape[2:], dtype=np.int64)) if dy.ndim > 2 else 1
+        p = self._partials(n * hw)
+        partial = self.xp.empty((c * p,), dtype=np.float64)
+        self._launch("bias.cu", "channel_sum_partial", dt, c * p, dy, partial,
+                     I64(n), I64(c), I64(hw), I64(p))
+        db = self.xp.empty((c,), dtype=dt)
+        self._launch("bias.cu", "row_sum", dt, c, partial, db, I64(c), I64(p))
+        return db
+
+    # ------------------------------------------------------------- pooling
+    def _pool_geometry(self, x_shape, kernel, stride, padding, what):
+        n, c, h, w = (int(v) for v in x_shape)
+        kh, kw = int(kernel[0]), int(kernel[1])
+        sh, sw = int(stride[0]), int(stride[1])
+        ph, pw = int(padding[0]), int(padding[1])
+        oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{what}: a {kh}x{kw} window with padding {(ph, pw)} does not fit "
+                             f"the {h}x{w} input")
+        return n, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw
+
+    def maxpool2d_forward(self, x, kernel, stride, padding):
+        dt = self._float_dtype(x, "maxpool2d_forward")
+        x = self._c(x)
+        dims = self._pool_geometry(x.shape, kernel, stride, padding, "maxpool2d_forward")
+        n, c, _, _, oh, ow = dims[:6]
+        y = self.xp.empty((n, c, oh, ow), dtype=dt)
+        argmax = self.xp.empty((n, c, oh, ow), dtype=np.int32)
+        self._launch("pool2d.cu", "maxpool2d_forward", dt, y.size, x, y, argmax,
+                     *(I64(v) for v in dims))
+        return y, argmax
+
+    def maxpool2d_backward(self, dy, argmax, x_shape, kernel, stride, padding):
+        dt = self._float_dtype(dy, "maxpool2d_backward")
+        dy, argmax = self._c(dy), self._c(argmax)
+        if np.dtype(argmax.dtype) != np.int32:
+            raise TypeError(f"maxpool2d_backward: argmax must be int32, got {argmax.dtype}")
+        dims = self._pool_geometry(x_shape, kernel, stride, padding, "maxpool2d_backward")
+        n, c, h, w = dims[:4]
+        dx = self.xp.empty((n, c, h, w), dtype=dt)
+        self._launch("pool2d.cu", "maxpool2d_backward", dt, dx.size, dy, argmax, dx,
+                     *(I64(v) for v in dims))
+        return dx
+
+    def avgpool2d_forward(self, x, kernel, stride, padding):
+        dt = self._float_dtype(x, "avgpool2d_forward")
+        x = self._c(x)
+        dims = self._pool_geometry(x.shape, kernel, stride, padding, "avgpool2d_forward")
+        n, c, _, _, oh, ow, kh, kw = dims[:8]
+        y = self.xp.empty((n, c, oh, ow), dtype=dt)
+        self._launch("pool2d.cu", "avgpool2d_forward", dt, y.size, x, y,
+                     *(I64(v) for v in dims), dt.type(1.0 / (kh * kw)))
+        return y
+
+    def avgpool2d_backward(self, dy, x_shape, kernel, stride, padding):
+        dt = self._float_dtype(dy, "avgpool2d_backward")
+        dy = self._c(dy)
+        dims = self._pool_geometry(x_shape, kernel, stride, padding, "avgpool2d_backward")
+        n, c, h, w, _, _, kh, kw = dims[:8]
+        dx = self.xp.empty((n, c, h, w), dtype=dt)
+        self._launch("pool2d.cu", "avgpool2d_backward", dt, dx.size, dy, dx,
+                     *(I64(v) for v in dims), dt.type(1.0 / (kh * kw)))
+        return dx
+
+    # --------------------------------------------------------- activations
+    def _unary(self, kernel, x):
+        dt = self._float_dtype(x, kernel)
+        x = self._c(x)
+        y = self.xp.empty(x.shape, dtype=dt)
+        self._launch("activation.cu", kernel, dt, x.size, x, y, I64(x.size))
+        return y
+
+    def _binary(self, kernel, dy, y):
+        dt = self._float_dtype(dy, kernel)
+        if dy.shape != y.shape:
+            raise ValueError(f"{kernel}: dy has shape {tuple(dy.shape)} but y has "
+                             f"{tuple(y.shape)}")
+        dy, y = self._c(dy), self._c(y)
+        dx = self.xp.empty(dy.shape, dtype=dt)
+        self._launch("activation.cu", kernel, dt, dy.size, dy, y, dx, I64(dy.size))
+        return dx
+
+    def sigmoid_forward(self, x):
+        return self._unary("sigmoid_forward", x)
+
+    def sigmoid_backward(self, dy, y):
+        return self._binary("sigmoid_backward", dy, y)
+
+    def relu_forward(self, x):
+        return self._unary("relu_forward", x)
+
+    def relu_backward(self, dy, y):
+        return self._binary("relu_backward", dy, y)
+
+    def tanh_forward(self, x):
+        return self._unary("tanh_forward", x)
+
+    def tanh_backward(self, dy, y):
+        return self._binary("tanh_backward", dy, y)
+
+    # -------------------------------------------------------------- losses
+    def softmax_cross_entropy_forward(self, logits, labels):
+        dt = self._float_dtype(logits, "softmax_cross_entropy_forward")
+        logits = self._c(logits)
+        labels = self.asarray(labels, dtype=np.int64)
+        n, k = int(logits.shape[0]), int(logits.shape[1])
+        probs = self.xp.empty((n, k), dtype=dt)
+        row_loss = self.xp.empty((n,), dtype=dt)
+        self._launch("loss.cu", "softmax_cross_entropy_forward", dt, n, logits, labels, probs,
+                     row_loss, I64(n), I64(k))
+        loss = float(np.sum(self.to_numpy(row_loss), dtype=np.float64) / n) if n else float("nan")
+        return loss, probs
+
+    def softmax_cross_entropy_backward(self, probs, labels):
+        dt = self._float_dtype(probs, "softmax_cross_entropy_backward")
+        probs = self._c(probs)
+        labels = self.asarray(labels, dtype=np.int64)
+        n, k = int(probs.shape[0]), int(probs.shape[1])
+        dx = self.xp.empty((n, k), dtype=dt)
+        self._launch("loss.cu", "softmax_cross_entropy_backward", dt, n * k, probs, labels, dx,
+                     I64(n), I64(k), dt.type(1.0 / max(n, 1)))
+        return dx
+
+    def mse_forward(self, y, t):
+        dt = self._float_dtype(y, "mse_forward")
+        y, t = self._c(y), self._c(t)
+        n = int(y.size)
+        p = self._partials(n, per_thread=256) if n else 1
+        partial = self.xp.zeros((p,), dtype=np.float64)
+        self._launch("loss.cu", "squared_error_partial", dt, p, y, t, partial, I64(n), I64(p))
+        return float(np.sum(self.to_numpy(partial), dtype=np.float64) / n) if n else float("nan")
+
+    def mse_backward(self, y, t):
+        dt = self._float_dtype(y, "mse_backward")
+        y, t = self._c(y), self._c(t)
+        dx = self.xp.empty(y.shape, dtype=dt)
+        self._launch("loss.cu", "mse_backward", dt, y.size, y, t, dx, I64(y.size),
+                     dt.type(2.0 / max(int(y.size), 1)))
+        return dx
+
+    # ---------------------------------------------------------- optimizers
+    def sgd_update(self, param, grad, buf, lr, momentum, weight_decay, nesterov, first):
+        dt = self._float_dtype(param, "sgd_update")
+        t = dt.type
+        grad = self._c(grad)
+        use_buf = bool(momentum)
+        if use_buf and buf is None:
+            raise ValueError("sgd_update: momentum is set but no momentum buffer was given")
+        self._launch("optim.cu", "sgd_update", dt, param.size, param, grad,
+                     buf if use_buf else param, I64(param.size), t(lr), t(momentum),
+                     t(weight_decay), I64(bool(nesterov)), I64(bool(first)), I64(use_buf))
+
+    def adam_update(self, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
+        dt = self._float_dtype(param, "adam_update")
+        t = dt.type
+        grad = self._c(grad)
+        bc1 = 1 - beta1 ** step
+        bc2 = 1 - beta2 ** step
+        self._launch("optim.cu", "adam_update", dt, param.size, param, grad, m, v,
+                     I64(param.size), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps),
+                     t(weight_decay), t(lr / bc1), t(1.0 / math.sqrt(bc2)))
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def create_cuda_backend():
+    """Return ``(CudaBackend, None)``, or ``(None, reason)`` with a one-line reason.
+
+    Checks, in order: CuPy imports, a device is visible, the driver is new enough
+    for CuPy's CUDA, the float32 kernels compile, and a small kernel runs.
+    """
+    try:
+        import cupy
+    except ImportError:
+        return None, f"CuPy is not installed ({_INSTALL_HINT})"
+    except Exception as exc:  # a broken CuPy install (missing CUDA libraries, ...)
+        return None, f"CuPy failed to import ({_one_line(exc)}); reinstall it: {_INSTALL_HINT}"
+    runtime = cupy.cuda.runtime
+    try:
+        count = runtime.getDeviceCount()
+    except Exception as exc:
+        msg = str(exc)
+        if "InsufficientDriver" in msg or "insufficient" in msg.lower():
+            try:
+                want = runtime.runtimeGetVersion()
+                want = f"CUDA {want // 1000}.{want % 1000 // 10}"
+            except Exception:
+                want = "its CUDA version"
+            return None, (f"no usable NVIDIA driver: CuPy needs a driver for {want} "
+                          "(no driver or no GPU on this machine, or the driver is too old; "
+                          "update the driver or install the CuPy for your driver's CUDA: "
+                          f"{_INSTALL_HINT})")
+        if "NoDevice" in msg:
+            return None, "no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+        return None, f"cannot query CUDA devices ({_one_line(exc)})"
+    if count < 1:
+        return None, "no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+    try:
+        driver, built = runtime.driverGetVersion(), runtime.runtimeGetVersion()
+        if driver and driver // 1000 < built // 1000:
+            return None, (f"the NVIDIA driver supports CUDA {driver // 1000}.{driver % 1000 // 10} "
+                          f"but this CuPy is built for CUDA {built // 1000}.{built % 1000 // 10}: "
+                          f"update the driver or install the CuPy for CUDA {driver // 1000} "
+                          f"({_INSTALL_HINT})")
+    except Exception:
+        pass
+    from .kernels import CupyKernelLoader, KernelCompileError
+    loader = CupyKernelLoader(cupy)
+    backend = CudaBackend(cupy, loader)
+    try:
+        loader.compile_all(("float32",))
+    except KernelCompileError as exc:
+        return None, f"the CUDA kernels failed to compile: {_one_line(exc)}"
+    except Exception as exc:
+        return None, f"the CUDA kernels could not be loaded: {_one_line(exc)}"
+    try:
+        x = backend.asarray(np.array([-1.5, 0.0, 2.5], dtype=np.float32))
+        got = backend.to_numpy(backend.relu_forward(x))
+        if not np.array_equal(got, np.array([0.0, 0.0, 2.5], dtype=np.float32)):
+            return None, f"a test kernel on the GPU returned wrong values {got.tolist()}"
+    except Exception as exc:
+        msg = _one_line(exc)
+        if "PTX" in msg or "DRIVER" in msg.upper() and "VERSION" in msg.upper():
+            return None, f"the NVIDIA driver is too old to run the compiled kernels ({msg})"
+        return None, f"running a test kernel on the GPU failed ({msg})"
+    return backend, None

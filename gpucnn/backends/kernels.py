@@ -1,0 +1,156 @@
+"""Where the CUDA kernels live and how they are compiled.
+
+The kernels are plain CUDA C++ files in the top-level ``kernels/`` directory of a
+checkout; the wheel ships them as the package data ``gpucnn.kernels``.  Each file
+holds one op family as ``template <typename T>`` kernels; the float32 and float64
+versions are instantiated through NVRTC name expressions (``"im2col<float>"``).
+
+``CupyKernelLoader`` compiles one ``cupy.RawModule`` per (file, dtype, device), the
+first time a kernel of it is asked for, and hands out ``cupy.RawKernel`` objects:
+``kernel(grid, block, args, shared_mem=0)``.  CuPy's on-disk cache makes the next
+process start fast.  Any object with the same ``get(file, name, dtype)`` method
+can stand in for it (the CPU emulator used by the tests does).
+
+Nothing here imports CuPy at import time.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+#: The exact options passed to NVRTC (through ``cupy.RawModule(options=...)``).
+#: tests/test_kernels_compile.py compiles every file with these plus an ``-arch``.
+#: ``--fmad=false`` keeps ``a*b + c`` two IEEE roundings, as NumPy computes it, so the
+#: elementwise kernels (optimizer updates, pooling sums, ...) agree with the NumPy backend
+#: bit for bit where the formula is the same; those kernels are memory-bound, so it costs
+#: nothing measurable.  cuBLAS (the GEMMs) is not affected.
+NVRTC_OPTIONS = ("-std=c++14", "--fmad=false")
+
+#: file -> the kernel templates it defines (each ``template <typename T>``).
+KERNELS = {
+    "conv2d.cu": ("im2col", "col2im", "swap_axes01"),
+    "bias.cu": ("bias_forward", "channel_sum_partial", "row_sum"),
+    "pool2d.cu": ("maxpool2d_forward", "maxpool2d_backward",
+                  "avgpool2d_forward", "avgpool2d_backward"),
+    "activation.cu": ("sigmoid_forward", "sigmoid_backward", "relu_forward",
+                      "relu_backward", "tanh_forward", "tanh_backward",
+                      "accumulate", "nonfinite_flag"),
+    "loss.cu": ("softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+                "squared_error_partial", "mse_backward"),
+    "optim.cu": ("sgd_update", "adam_update"),
+}
+
+#: numpy dtype name -> C++ type the templates are instantiated with.
+CTYPES = {"float32": "float", "float64": "double"}
+
+#: Threads per block for every launch.  Kernels use grid-stride loops and do not
+#: depend on the block size (no shared memory), so any value works.
+BLOCK = 256
+#: Cap on blocks per launch; grid-stride loops cover the rest.
+MAX_BLOCKS = 65535
+
+
+def kernel_dir() -> pathlib.Path:
+    """The directory holding the ``.cu`` files: the installed package ``gpucnn.kernels``
+    if present, else ``<checkout>/kernels``."""
+    try:
+        import importlib.resources as resources
+        root = resources.files("gpucnn.kernels")
+        path = pathlib.Path(str(root))
+        if (path / "conv2d.cu").is_file():
+            return path
+    except (ModuleNotFoundError, TypeError, AttributeError):
+        pass
+    path = pathlib.Path(__file__).resolve().parents[2] / "kernels"
+    if (path / "conv2d.cu").is_file():
+        return path
+    raise FileNotFoundError(
+        "cannot find gpucnn's CUDA kernel sources: neither the installed package "
+        f"'gpucnn.kernels' nor the checkout directory {path} holds conv2d.cu")
+
+
+def kernel_path(file: str) -> pathlib.Path:
+    if file not in KERNELS:
+        raise ValueError(f"unknown kernel file {file!r}; expected one of {', '.join(KERNELS)}")
+    return kernel_dir() / file
+
+
+def read_source(file: str) -> str:
+    return kernel_path(file).read_text(encoding="utf-8")
+
+
+def ctype(dtype) -> str:
+    name = np.dtype(dtype).name
+    if name not in CTYPES:
+        raise TypeError(f"CUDA kernels support float32 and float64, got {name}")
+    return CTYPES[name]
+
+
+def name_expression(name: str, dtype) -> str:
+    """The NVRTC name expression of one instantiation, e.g. ``"im2col<float>"``."""
+    return f"{name}<{ctype(dtype)}>"
+
+
+def instantiations(file: str | None = None):
+    """Every (file, kernel template, dtype name, name expression) the backend uses."""
+    files = KERNELS if file is None else {file: KERNELS[file]}
+    return [(f, name, dt, f"{name}<{ct}>")
+            for f, names in files.items() for dt, ct in CTYPES.items() for name in names]
+
+
+def launch_config(total: int):
+    """(grid, block) for a grid-stride loop over ``total`` items."""
+    blocks = max(1, min((int(total) + BLOCK - 1) // BLOCK, MAX_BLOCKS))
+    return (blocks,), (BLOCK,)
+
+
+class KernelCompileError(RuntimeError):
+    """A kernel file failed to compile; the message carries the compiler log."""
+
+
+class CupyKernelLoader:
+    """Compiles ``kernels/*.cu`` with ``cupy.RawModule`` once per (file, dtype, device)."""
+
+    def __init__(self, cupy_module=None):
+        if cupy_module is None:
+            import cupy as cupy_module
+        self.cp = cupy_module
+        self._modules = {}
+        self._kernels = {}
+
+    def _device(self) -> int:
+        return int(self.cp.cuda.runtime.getDevice())
+
+    def module(self, file: str, dtype):
+        key = (file, np.dtype(dtype).name, self._device())
+        mod = self._modules.get(key)
+        if mod is None:
+            exprs = [name_expression(name, dtype) for name in KERNELS[file]]
+            try:
+                mod = self.cp.RawModule(code=read_source(file), options=NVRTC_OPTIONS,
+                                        name_expressions=exprs)
+                mod.compile()
+            except Exception as exc:  # cupy.cuda.compiler.CompileException and friends
+                raise KernelCompileError(
+                    f"compiling {kernel_path(file)} for {key[1]} failed: "
+                    f"{type(exc).__name__}: {exc}") from exc
+            self._modules[key] = mod
+        return mod
+
+    def get(self, file: str, name: str, dtype):
+        """The kernel ``name<T>`` of ``file`` for ``dtype`` (a ``cupy.RawKernel``)."""
+        key = (file, name, np.dtype(dtype).name, self._device())
+        kern = self._kernels.get(key)
+        if kern is None:
+            if name not in KERNELS.get(file, ()):
+                raise ValueError(f"kernel {name!r} is not listed for {file!r} in KERNELS")
+            kern = self.module(file, dtype).get_function(name_expression(name, dtype))
+            self._kernels[key] = kern
+        return kern
+
+    def compile_all(self, dtypes=("float32",)):
+        """Compile every file for ``dtypes`` now (surfaces compile errors early)."""
+        for file in KERNELS:
+            for dt in dtypes:
+                self.module(file, dt)
