@@ -1,0 +1,318 @@
+"""Time one training step of gpucnn against PyTorch, in the same process.
+
+One step = forward, CrossEntropy loss, backward (every layer, parameter
+gradients included), SGD-momentum update; float32.  For each (net, batch) the
+two frameworks run step by step, interleaved (gpucnn, torch, gpucnn, torch,
+...), after a warm-up; the figure reported is the median step time.
+
+Nets (from issue 2):
+  lenet  LeNet-5, input 1x28x28: conv 6@5x5 pad 2, sigmoid, maxpool 2; conv 16@5x5,
+         sigmoid, maxpool 2; flatten; linear 400->120, sigmoid, 120->84, sigmoid, 84->10
+  cifar  input 3x32x32: conv 32@3x3 pad 1, ReLU, maxpool 2; conv 64@3x3 pad 1, ReLU,
+         maxpool 2; conv 128@3x3 pad 1, ReLU, avgpool 2; flatten; linear 2048->10
+
+The torch nets are built layer for layer identically and start from gpucnn's
+weights (copied through state_dict); the first step's losses are printed side
+by side as a check that both compute the same thing.
+
+FLOPs of a step are counted the same way for both frameworks: for every
+convolution and linear layer, the forward GEMM plus the two backward GEMMs
+(data and weight), i.e. 3 x 2*M*N*K.  (PyTorch skips the data gradient of the
+first layer, since the input needs no gradient; gpucnn's Sequential.backward
+computes it, because it returns d loss / d input.)  Element-wise work is not
+counted.
+
+Usage:
+  python benchmarks/bench_train.py                     # CPU, both nets, batch 64 and 256
+  python benchmarks/bench_train.py --device cuda --quick
+  python benchmarks/bench_train.py --nets cifar --batch 256 --steps 40 --json out.json
+
+On the CPU, torch uses os.cpu_count() threads (torch.set_num_threads), and
+NumPy's BLAS uses its default (all cores for OpenBLAS).  On CUDA, torch runs
+cuDNN in float32 with TF32 disabled and cudnn.benchmark on; both sides are
+synchronised before each clock read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # run against the checkout
+
+import gpucnn  # noqa: E402
+from gpucnn import backends  # noqa: E402
+
+NETS = ("lenet", "cifar")
+IN_SHAPE = {"lenet": (1, 28, 28), "cifar": (3, 32, 32)}
+
+
+# ---------------------------------------------------------------- the nets
+def build_gpucnn(net):
+    g = gpucnn
+    if net == "lenet":
+        return g.Sequential(
+            g.Conv2d(1, 6, 5, padding=2), g.Sigmoid(), g.MaxPool2d(2),
+            g.Conv2d(6, 16, 5), g.Sigmoid(), g.MaxPool2d(2),
+            g.Flatten(),
+            g.Linear(400, 120), g.Sigmoid(), g.Linear(120, 84), g.Sigmoid(), g.Linear(84, 10))
+    if net == "cifar":
+        return g.Sequential(
+            g.Conv2d(3, 32, 3, padding=1), g.ReLU(), g.MaxPool2d(2),
+            g.Conv2d(32, 64, 3, padding=1), g.ReLU(), g.MaxPool2d(2),
+            g.Conv2d(64, 128, 3, padding=1), g.ReLU(), g.AvgPool2d(2),
+            g.Flatten(),
+            g.Linear(2048, 10))
+    raise ValueError(f"unknown net {net!r}; expected one of {NETS}")
+
+
+def build_torch(net, state_dict, device):
+    import torch
+    from torch import nn
+    if net == "lenet":
+        m = nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(400, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10))
+    else:
+        m = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2048, 10))
+    m.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state_dict.items()})
+    return m.to(device=device, dtype=torch.float32)
+
+
+def step_flops(net, batch):
+    """3 x forward GEMM FLOPs of every conv / linear layer (see the module docstring)."""
+    model = build_gpucnn(net)
+    c, h, w = IN_SHAPE[net]
+    total = 0
+    for layer in model:
+        if isinstance(layer, gpucnn.Conv2d):
+            (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+            h = (h + 2 * ph - kh) // sh + 1
+            w = (w + 2 * pw - kw) // sw + 1
+            total += 3 * 2 * batch * layer.out_channels * layer.in_channels * kh * kw * h * w
+            c = layer.out_channels
+        elif isinstance(layer, (gpucnn.MaxPool2d, gpucnn.AvgPool2d)):
+            (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+            h = (h + 2 * ph - kh) // sh + 1
+            w = (w + 2 * pw - kw) // sw + 1
+        elif isinstance(layer, gpucnn.Linear):
+            total += 3 * 2 * batch * layer.in_features * layer.out_features
+    return total
+
+
+# ------------------------------------------------------------- the steps
+class GpucnnRunner:
+    def __init__(self, net, batch, backend, x, y, sync):
+        self.model = build_gpucnn(net).to(backend.name)
+        self.loss_fn = gpucnn.CrossEntropyLoss()
+        self.opt = gpucnn.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.x = backend.asarray(x)
+        self.y = backend.asarray(y)
+        self.sync = sync
+
+    def step(self):
+        out = self.model(self.x)
+        loss = self.loss_fn(out, self.y)
+        self.model.zero_grad()
+        self.model.backward(self.loss_fn.backward())
+        self.opt.step()
+        self.sync()
+        return loss
+
+
+class TorchRunner:
+    def __init__(self, net, state_dict, x, y, device, sync):
+        import torch
+        self.torch = torch
+        self.model = build_torch(net, state_dict, device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.x = torch.from_numpy(x).to(device)
+        self.y = torch.from_numpy(y).to(device)
+        self.sync = sync
+
+    def step(self):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+        self.sync()
+        return loss
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def gemm_floor(device, reps=10):
+    """NumPy's (or CuPy's) own float32 GEMM speed, GFLOP/s, on two shapes."""
+    shapes = [(1024, 1024, 1024), (64, 288, 64 * 256 * 4)]  # square; CIFAR conv2 fwd at batch 64
+    out = {}
+    if device == "cuda":
+        import cupy as xp
+        sync = xp.cuda.Device().synchronize
+    else:
+        xp = np
+        sync = lambda: None  # noqa: E731
+    rng = np.random.default_rng(0)
+    for m, k, n in shapes:
+        a = xp.asarray(rng.standard_normal((m, k), dtype=np.float32))
+        b = xp.asarray(rng.standard_normal((k, n), dtype=np.float32))
+        for _ in range(2):
+            a @ b
+        sync()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            a @ b
+            sync()
+            times.append(time.perf_counter() - t0)
+        out[f"{m}x{k}x{n}"] = 2 * m * k * n / statistics.median(times) / 1e9
+    return out
+
+
+def bench_one(net, batch, device, backend, steps, warmup, use_torch, torch_device, syncs):
+    rng = np.random.default_rng(1234)
+    x = rng.standard_normal((batch,) + IN_SHAPE[net], dtype=np.float32)
+    y = rng.integers(0, 10, size=batch).astype(np.int64)
+    gpucnn.manual_seed(0)
+    g = GpucnnRunner(net, batch, backend, x, y, syncs["gpucnn"])
+    t = TorchRunner(net, g.model.state_dict(), x, y, torch_device, syncs["torch"]) if use_torch else None
+    g_times, t_times = [], []
+    first_losses = None
+    for i in range(warmup + steps):
+        dg, lg = _timed(g.step)
+        dt, lt = _timed(t.step) if t else (None, None)
+        if i == 0:
+            first_losses = (float(lg), float(lt.item()) if t else None)
+        if i >= warmup:
+            g_times.append(dg)
+            if t:
+                t_times.append(dt)
+    flops = step_flops(net, batch)
+    res = {"net": net, "batch": batch, "device": device, "steps": steps, "warmup": warmup,
+           "flops_per_step": flops,
+           "gpucnn_ms": 1e3 * statistics.median(g_times),
+           "gpucnn_gflops": flops / statistics.median(g_times) / 1e9,
+           "first_loss_gpucnn": first_losses[0]}
+    if t:
+        res.update({"torch_ms": 1e3 * statistics.median(t_times),
+                    "torch_gflops": flops / statistics.median(t_times) / 1e9,
+                    "ratio": statistics.median(g_times) / statistics.median(t_times),
+                    "first_loss_torch": first_losses[1]})
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 30, --quick 20)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5, --quick 3)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS))
+    ap.add_argument("--quick", action="store_true", help="small counts, for a fast GPU run")
+    ap.add_argument("--no-torch", action="store_true", help="time gpucnn alone")
+    ap.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
+    args = ap.parse_args(argv)
+    steps = args.steps or (20 if args.quick else 30)
+    warmup = args.warmup or (3 if args.quick else 5)
+    if steps < 1 or warmup < 1:
+        ap.error("--steps and --warmup must be >= 1")
+
+    try:
+        backend, _ = backends.resolve_device(args.device)
+    except backends.DeviceError as exc:
+        print(f"bench_train: skipping, {exc}")
+        return 0
+
+    use_torch = not args.no_torch
+    torch_note = None
+    torch_device = args.device
+    nosync = lambda: None  # noqa: E731
+    syncs = {"gpucnn": nosync, "torch": nosync}
+    if args.device == "cuda":
+        import cupy
+        syncs["gpucnn"] = cupy.cuda.Device().synchronize
+    if use_torch:
+        try:
+            import torch
+        except ImportError as exc:
+            use_torch, torch_note = False, f"PyTorch not importable ({exc}); gpucnn timed alone"
+        else:
+            if args.device == "cpu":
+                torch.set_num_threads(os.cpu_count())
+            elif not torch.cuda.is_available():
+                use_torch, torch_note = False, "torch has no CUDA here; gpucnn timed alone"
+            else:
+                torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cudnn.benchmark = True
+                syncs["torch"] = torch.cuda.synchronize
+
+    info = {"python": platform.python_version(), "numpy": np.__version__,
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), "device": args.device,
+            "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if hasattr(os, "getloadavg"):  # other processes on the machine skew every figure
+        info["loadavg_1min"] = round(os.getloadavg()[0], 2)
+    if use_torch:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads() if args.device == "cpu" else None
+        if args.device == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(0)
+    if args.device == "cuda":
+        import cupy
+        info["cupy"] = cupy.__version__
+    print("bench_train: " + ", ".join(f"{k}={v}" for k, v in info.items() if v is not None))
+    if torch_note:
+        print(f"bench_train: {torch_note}")
+    print(f"bench_train: median of {steps} steps after {warmup} warm-up steps, float32, "
+          f"interleaved step by step")
+
+    floor = gemm_floor(args.device)
+    lib = "CuPy (cuBLAS)" if args.device == "cuda" else "NumPy"
+    print(f"{lib} float32 GEMM floor: " +
+          ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in floor.items()))
+
+    results = []
+    head = f"{'net':6} {'batch':>5} {'gpucnn ms':>10} {'GFLOP/s':>8}"
+    if use_torch:
+        head += f" {'torch ms':>10} {'GFLOP/s':>8} {'ratio':>6}  first loss gpucnn / torch"
+    print(head)
+    for net in args.nets:
+        for batch in args.batch:
+            r = bench_one(net, batch, args.device, backend, steps, warmup, use_torch,
+                          torch_device, syncs)
+            results.append(r)
+            line = f"{net:6} {batch:5d} {r['gpucnn_ms']:10.2f} {r['gpucnn_gflops']:8.1f}"
+            if use_torch:
+                line += (f" {r['torch_ms']:10.2f} {r['torch_gflops']:8.1f} {r['ratio']:6.2f}"
+                         f"  {r['first_loss_gpucnn']:.6f} / {r['first_loss_torch']:.6f}")
+            print(line, flush=True)
+    if hasattr(os, "getloadavg"):
+        print(f"bench_train: load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "gemm_floor_gflops": floor, "results": results}, f, indent=2)
+        print(f"bench_train: wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
