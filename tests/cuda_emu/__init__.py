@@ -1,0 +1,543 @@
+"""Run the CUDA kernels of ``kernels/*.cu`` on the CPU (test infrastructure, not shipped).
+
+How it works
+------------
+* ``build_module`` writes a small wrapper translation unit per ``.cu`` file: it includes
+  ``cuda_emu.h`` (threadIdx, __global__, __syncthreads, math, atomics), then the unchanged
+  ``.cu`` file, then one ``extern "C"`` entry point per name expression (``"im2col<float>"``)
+  that unpacks a ``void** args`` array into the kernel's parameters. g++ compiles it with
+  ``-fsanitize=kernel-address`` in outline mode, so every load and store calls back into
+  ``runtime.cpp``, and links it with the launcher into a shared library cached by a hash of
+  every input (``$GPUCNN_EMU_CACHE``, default ``~/.cache/gpucnn/cuda_emu``).
+* ``EmulatedRawKernel`` has ``cupy.RawKernel``'s call, ``kernel(grid, block, args,
+  shared_mem=0)``, over NumPy arrays. Before launching it checks every argument against the
+  kernel's C signature read from the source (``signature.py``) and confirmed by the compiler:
+  a Python ``int``/``float`` or a NumPy scalar of the wrong width where the kernel takes
+  ``int``/``float``/... raises ``KernelArgumentError`` naming kernel and parameter, as does an
+  array of the wrong dtype. It copies each array into a buffer with guard zones on both sides;
+  an access outside an array raises ``KernelMemoryError`` naming the kernel, the argument, the
+  element, the thread and the block. Writable arrays are copied back after a clean launch.
+* ``EmulatedLoader`` has the CUDA backend's loader interface, ``get(file, name, dtype)``, so
+  ``CudaBackend(xp=numpy, loader=EmulatedLoader(), name="emulated")`` runs the backend's own
+  launch code unchanged with NumPy standing in for CuPy.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import pathlib
+import subprocess
+import tempfile
+import threading
+
+import numpy as np
+
+from .signature import SignatureError, find_kernels, kernel_signature, parse_name_expression, strip_comments
+
+__all__ = [
+    "EmulatorError", "EmulatorCompileError", "KernelArgumentError", "KernelMemoryError",
+    "KernelSyncError", "EmulatedModule", "EmulatedRawKernel", "EmulatedLoader", "build_module",
+    "poisoned_numpy", "SignatureError", "make_emulated_backend", "emulator_unavailable_reason",
+]
+
+HERE = pathlib.Path(__file__).resolve().parent
+HEADER = HERE / "cuda_emu.h"
+RUNTIME = HERE / "runtime.cpp"
+CXX = os.environ.get("CXX", "g++")
+
+#: Flags for the kernels' translation unit: every memory access becomes a call to runtime.cpp.
+KERNEL_FLAGS = (
+    "-O1", "-fPIC", "-fsanitize=kernel-address",
+    "--param", "asan-instrumentation-with-call-threshold=0",
+    "--param", "asan-stack=0", "--param", "asan-globals=0",
+)
+RUNTIME_FLAGS = ("-std=c++14", "-O2", "-fPIC", "-fvisibility=hidden")
+LINK_FLAGS = ("-shared", "-Wl,-z,defs", "-Wl,-Bsymbolic")
+
+#: Bytes of readable guard zone on each side of an array (accesses there are reported exactly),
+#: and of PROT_NONE pages beyond that (accesses there fault and are reported by address).
+GUARD_ZONE = 64 * 1024
+GUARD_FAULT = 1024 * 1024
+
+# CUDA's launch limits (compute capability >= 3.0).
+MAX_THREADS_PER_BLOCK = 1024
+MAX_BLOCK = (1024, 1024, 64)
+MAX_GRID = (2 ** 31 - 1, 65535, 65535)
+
+
+class EmulatorError(RuntimeError):
+    """The emulator cannot run what it was given (not necessarily a kernel bug)."""
+
+
+class EmulatorCompileError(EmulatorError):
+    """g++ rejected a kernel file; the message carries g++'s file:line diagnostics."""
+
+
+class KernelArgumentError(TypeError):
+    """A launch argument does not match the kernel's C parameter (type, dtype, count, layout)."""
+
+
+class KernelMemoryError(RuntimeError):
+    """A kernel read or wrote outside the arrays it was given."""
+
+
+class KernelSyncError(RuntimeError):
+    """A block's threads did not meet at the same __syncthreads() (undefined behaviour on a GPU)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# ctypes mirrors of runtime.cpp's structs
+class _Guard(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("start", "end", "zone_lo", "zone_hi", "fault_lo", "fault_hi")]
+
+
+class _Report(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int64), ("arg", ctypes.c_int64), ("offset", ctypes.c_int64),
+                ("size", ctypes.c_int64), ("is_write", ctypes.c_int64),
+                ("block", ctypes.c_int64 * 3), ("thread", ctypes.c_int64 * 3), ("count", ctypes.c_int64)]
+
+
+_OUT_OF_BOUNDS, _FAULT_NEAR_ARRAY, _NULL_POINTER, _BARRIER_EXIT, _BARRIER_MISMATCH, _TRAP, _BAD_LAUNCH = range(1, 8)
+
+
+# ------------------------------------------------------------------------------------------------
+# building
+def cache_dir() -> pathlib.Path:
+    env = os.environ.get("GPUCNN_EMU_CACHE")
+    if env:
+        path = pathlib.Path(env)
+    else:
+        path = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "gpucnn" / "cuda_emu"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError:
+        path = pathlib.Path(tempfile.gettempdir()) / f"gpucnn-cuda-emu-{os.getuid()}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+_compiler_id = None
+
+
+def _compiler_version() -> str:
+    global _compiler_id
+    if _compiler_id is None:
+        try:
+            out = subprocess.run([CXX, "--version"], capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise EmulatorError(f"the CUDA emulator needs a host C++ compiler ({CXX!r}): {exc}") from exc
+        _compiler_id = out.stdout.splitlines()[0] if out.stdout else CXX
+    return _compiler_id
+
+
+def _run_compiler(cmd, what):
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EmulatorCompileError(
+            f"{what}: {CXX} failed (exit {proc.returncode}):\n{proc.stderr.strip()}\ncommand: {' '.join(cmd)}")
+
+
+def _atomic_build(final: pathlib.Path, build):
+    """Run ``build(tmp_path)`` and move the result to ``final`` (safe under concurrent pytest runs)."""
+    if final.exists():
+        return final
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=final.stem + "-", suffix=final.suffix)
+    os.close(fd)
+    try:
+        build(pathlib.Path(tmp))
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final
+
+
+def _runtime_object() -> pathlib.Path:
+    digest = hashlib.sha256(RUNTIME.read_bytes() + repr(RUNTIME_FLAGS).encode()
+                            + _compiler_version().encode()).hexdigest()[:16]
+    final = cache_dir() / f"runtime-{digest}.o"
+    return _atomic_build(final, lambda out: _run_compiler(
+        [CXX, *RUNTIME_FLAGS, "-c", str(RUNTIME), "-o", str(out)], "compiling the emulator runtime"))
+
+
+def _wrapper_source(source: pathlib.Path, exprs) -> str:
+    lines = ['#include "cuda_emu.h"', f'#include "{source}"', ""]
+    for i, expr in enumerate(exprs):
+        lines.append(f'extern "C" void cuda_emu_entry_{i}(void** a) {{ cuda_emu::invoke(&{expr}, a); }}')
+        lines.append(f'extern "C" const int* cuda_emu_sig_{i}(void) {{ return cuda_emu::signature(&{expr}); }}')
+    return "\n".join(lines) + "\n"
+
+
+def build_module(source, name_expressions, std="c++14", include_dirs=()) -> pathlib.Path:
+    """Compile ``source`` (a .cu path) with an entry point per name expression; return the .so path."""
+    source = pathlib.Path(source).resolve()
+    exprs = list(name_expressions)
+    includes = [source.parent, *map(pathlib.Path, include_dirs)]
+    wrapper = _wrapper_source(source, exprs)
+    h = hashlib.sha256()
+    for part in (HEADER.read_bytes(), RUNTIME.read_bytes(), source.read_bytes(), wrapper.encode(),
+                 repr((KERNEL_FLAGS, LINK_FLAGS, std)).encode(), _compiler_version().encode()):
+        h.update(part)
+        h.update(b"\0")
+    for inc in includes:  # headers the .cu may include
+        for hdr in sorted(inc.glob("*.cuh")) + sorted(inc.glob("*.h")):
+            h.update(hdr.name.encode() + b"\0" + hdr.read_bytes())
+    final = cache_dir() / f"{source.stem}-{h.hexdigest()[:16]}.so"
+    if final.exists():
+        return final
+    runtime_o = _runtime_object()
+
+    def build(out: pathlib.Path):
+        with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
+            cpp = pathlib.Path(tmp) / f"{source.stem}_emu.cpp"
+            cpp.write_text(wrapper, encoding="utf-8")
+            cmd = [CXX, f"-std={std}", *KERNEL_FLAGS, f"-I{HERE}", *(f"-I{d}" for d in includes),
+                   str(cpp), str(runtime_o), *LINK_FLAGS, "-o", str(out)]
+            _run_compiler(cmd, f"compiling {source} for the CUDA emulator")
+
+    return _atomic_build(final, build)
+
+
+# ------------------------------------------------------------------------------------------------
+# modules and kernels
+_LIB_LOCK = threading.Lock()  # the runtime keeps its launch state in globals: one launch at a time
+
+
+def _decode_type(code: int):
+    """Decode cuda_emu::type_code: -> (pointer depth, numpy dtype or None)."""
+    pointer, rest = divmod(code, 1000)
+    kind, size = divmod(rest, 100)
+    letter = {1: "f", 2: "i", 3: "u", 4: "b"}.get(kind)
+    return pointer, (np.dtype(f"{letter}{size}") if letter else None)
+
+
+class EmulatedModule:
+    """The emulated counterpart of a ``cupy.RawModule`` compiled with ``name_expressions``."""
+
+    def __init__(self, source, name_expressions, std="c++14", include_dirs=(), label=None):
+        self.path = pathlib.Path(source).resolve()
+        self.label = label or self.path.name
+        self.source = self.path.read_text(encoding="utf-8")
+        self.name_expressions = list(dict.fromkeys(name_expressions))
+        code = strip_comments(self.source)
+        for inc in [self.path.parent, *map(pathlib.Path, include_dirs)]:
+            for hdr in inc.glob("*.cuh"):
+                if hdr.name in code:
+                    code += strip_comments(hdr.read_text(encoding="utf-8"))
+        # Fibers only where a barrier can happen; otherwise a block's threads run in a plain loop.
+        self.fiber_mode = "__syncthreads" in code
+        self.signatures = {e: kernel_signature(self.source, e) for e in self.name_expressions}
+        self.lib_path = build_module(self.path, self.name_expressions, std=std, include_dirs=include_dirs)
+        self.lib = ctypes.CDLL(str(self.lib_path))
+        self.lib.cuda_emu_launch.restype = ctypes.c_int
+        self.lib.cuda_emu_launch.argtypes = [
+            ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint * 3), ctypes.POINTER(ctypes.c_uint * 3),
+            ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Report)]
+        self.lib.cuda_emu_alloc_guarded.restype = ctypes.c_int
+        self.lib.cuda_emu_alloc_guarded.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
+                                                    ctypes.POINTER(_Guard)]
+        self.lib.cuda_emu_free_guarded.argtypes = [ctypes.POINTER(_Guard)]
+        self._kernels = {}
+        for i, expr in enumerate(self.name_expressions):
+            entry = ctypes.cast(getattr(self.lib, f"cuda_emu_entry_{i}"), ctypes.c_void_p).value
+            sig_fn = getattr(self.lib, f"cuda_emu_sig_{i}")
+            sig_fn.restype = ctypes.POINTER(ctypes.c_int)
+            raw = sig_fn()
+            codes = [raw[k + 1] for k in range(raw[0])]
+            self._kernels[expr] = EmulatedRawKernel(self, expr, entry, self.signatures[expr], codes)
+
+    def get_function(self, name_expression: str) -> "EmulatedRawKernel":
+        try:
+            return self._kernels[name_expression]
+        except KeyError:
+            raise EmulatorError(
+                f"{self.label}: {name_expression!r} was not among the name expressions this module was "
+                f"compiled with ({', '.join(self.name_expressions)})") from None
+
+
+def _dims(value, what, kernel, limits):
+    if isinstance(value, (int, np.integer)):
+        value = (value,)
+    try:
+        dims = tuple(int(v) for v in value)
+    except TypeError:
+        raise KernelArgumentError(f"{kernel}: {what} must be an int or a tuple of 1 to 3 ints, got {value!r}") from None
+    if not 1 <= len(dims) <= 3 or any(isinstance(v, (bool, np.bool_)) for v in value):
+        raise KernelArgumentError(f"{kernel}: {what} must be an int or a tuple of 1 to 3 ints, got {value!r}")
+    dims = dims + (1,) * (3 - len(dims))
+    for axis, (d, lim) in enumerate(zip(dims, limits)):
+        if not 1 <= d <= lim:
+            raise EmulatorError(
+                f"{kernel}: invalid launch configuration: {what}.{'xyz'[axis]} = {d}, CUDA allows 1..{lim}")
+    return dims
+
+
+def _type_name(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    if isinstance(value, np.generic):
+        return f"numpy.{type(value).__name__}"
+    return f"a Python {type(value).__name__}"
+
+
+class EmulatedRawKernel:
+    """One kernel instantiation, called like ``cupy.RawKernel``: ``kernel(grid, block, args, shared_mem=0)``."""
+
+    max_threads_per_block = MAX_THREADS_PER_BLOCK
+
+    def __init__(self, module, name_expression, entry, params, codes):
+        self.module = module
+        self.name = name_expression
+        self.entry = entry
+        self.params = params
+        self.where = f"kernel {name_expression} ({module.label})"
+        if len(codes) != len(params):
+            raise SignatureError(
+                f"{self.where}: the source parser found {len(params)} parameters, g++ found {len(codes)}")
+        self.types = []
+        for p, code in zip(params, codes):
+            pointer, dtype = _decode_type(code)
+            if pointer != p.pointer or (p.dtype is not None and dtype != p.dtype):
+                raise SignatureError(
+                    f"{self.where}: parameter {p.name} reads as {p.ctype} from the source but g++ "
+                    f"sees pointer depth {pointer}, type {dtype}")
+            if dtype is None or pointer > 1:
+                raise EmulatorError(f"{self.where}: parameter {p.name} ({p.spelled}) has a type the "
+                                    "emulator cannot pass (only scalars and pointers to scalars)")
+            self.types.append((pointer, dtype))
+
+    def __repr__(self):
+        return f"<EmulatedRawKernel {self.name} from {self.module.label}>"
+
+    # -- argument checks ---------------------------------------------------------------------------
+    def _describe(self, i) -> str:
+        p = self.params[i]
+        return f"{self.where}: argument {i} '{p.name}' ({p.ctype} {p.name}"
+
+    def _check_args(self, args):
+        if not isinstance(args, (tuple, list)):
+            raise KernelArgumentError(f"{self.where}: args must be a tuple, got {type(args).__name__}")
+        if len(args) != len(self.params):
+            names = ", ".join(f"{p.ctype} {p.name}" for p in self.params)
+            raise KernelArgumentError(
+                f"{self.where}: expected {len(self.params)} arguments ({names}), got {len(args)}")
+        for i, (value, (pointer, dtype)) in enumerate(zip(args, self.types)):
+            p = self.params[i]
+            if pointer:
+                if value is None:
+                    continue
+                if not isinstance(value, np.ndarray):
+                    raise KernelArgumentError(
+                        f"{self._describe(i)}) takes an array of {dtype}; got {_type_name(value)}")
+                if value.dtype != dtype:
+                    raise KernelArgumentError(
+                        f"{self._describe(i)}) takes {dtype} elements; got {_type_name(value)} -- the "
+                        f"kernel would reinterpret its bytes")
+                if not value.flags.c_contiguous:
+                    raise KernelArgumentError(
+                        f"{self._describe(i)}) receives a raw pointer; got a non-contiguous array of shape "
+                        f"{value.shape} with strides {value.strides} -- pass a C-contiguous array")
+            else:
+                if type(value) is not dtype.type:
+                    hint = f"pass numpy.{dtype.type.__name__}(...)"
+                    if isinstance(value, (bool, int, float)) and not isinstance(value, np.generic):
+                        hint += (" -- CuPy passes a Python int as int64 and a Python float as float64, so "
+                                 "the kernel would read garbage")
+                    raise KernelArgumentError(
+                        f"{self._describe(i)}) takes numpy.{dtype.type.__name__}; got {_type_name(value)}; {hint}")
+
+    # -- launch ------------------------------------------------------------------------------------
+    def __call__(self, grid, block, args, shared_mem=0, stream=None, enable_cooperative_groups=False):
+        grid3 = _dims(grid, "grid", self.where, MAX_GRID)
+        block3 = _dims(block, "block", self.where, MAX_BLOCK)
+        if block3[0] * block3[1] * block3[2] > MAX_THREADS_PER_BLOCK:
+            raise EmulatorError(f"{self.where}: invalid launch configuration: block {block3} has "
+                                f"{block3[0] * block3[1] * block3[2]} threads, CUDA allows {MAX_THREADS_PER_BLOCK}")
+        if shared_mem:
+            raise EmulatorError(f"{self.where}: dynamic shared memory ({shared_mem} bytes) is not emulated")
+        self._check_args(args)
+        lib = self.module.lib
+        n = len(args)
+        guards = (_Guard * max(n, 1))()
+        slots = np.zeros(max(n, 1), dtype=np.uint64)
+        slot_bytes = slots.view(np.uint8)
+        buffers = {}   # (address, nbytes) -> index of the argument that owns the guarded copy
+        owners = {}    # that index -> every argument index passing the same memory
+        allocated = []
+        try:
+            spans = []
+            for i, value in enumerate(args):
+                pointer, dtype = self.types[i]
+                if not pointer:
+                    slot_bytes[8 * i: 8 * i + dtype.itemsize] = np.frombuffer(value.tobytes(), np.uint8)
+                    continue
+                if value is None:
+                    continue
+                key = (value.ctypes.data, value.nbytes)
+                if key in buffers:  # the same memory passed twice (in-place kernels): one buffer
+                    j = buffers[key]
+                    owners[j].append(i)
+                    guards[i] = guards[j]
+                    slots[i] = guards[j].start
+                    continue
+                for (lo, hi, j) in spans:
+                    if value.nbytes and lo < value.ctypes.data + value.nbytes and value.ctypes.data < hi:
+                        raise EmulatorError(
+                            f"{self.where}: arguments '{self.params[j].name}' and '{self.params[i].name}' overlap "
+                            "partially; the emulator can only guard identical or disjoint arrays")
+                spans.append((value.ctypes.data, value.ctypes.data + value.nbytes, i))
+                if lib.cuda_emu_alloc_guarded(value.nbytes, GUARD_ZONE, GUARD_FAULT, ctypes.byref(guards[i])) != 0:
+                    raise MemoryError(f"{self.where}: cannot map a guarded buffer of {value.nbytes} bytes")
+                allocated.append(i)
+                buffers[key] = i
+                owners[i] = [i]
+                ctypes.memmove(guards[i].start, value.ctypes.data, value.nbytes)
+                slots[i] = guards[i].start
+            argv = (ctypes.c_void_p * max(n, 1))(*[slots.ctypes.data + 8 * i for i in range(n)])
+            report = _Report()
+            with _LIB_LOCK:
+                kind = lib.cuda_emu_launch(self.entry, ctypes.byref((ctypes.c_uint * 3)(*grid3)),
+                                           ctypes.byref((ctypes.c_uint * 3)(*block3)), ctypes.cast(argv, ctypes.c_void_p),
+                                           int(self.module.fiber_mode), ctypes.cast(guards, ctypes.c_void_p), n,
+                                           ctypes.byref(report))
+            if kind:
+                self._raise(report, args, grid3, block3)
+            for i in allocated:
+                if all(self.params[j].const_pointee for j in owners[i]):
+                    continue  # only read through const pointers
+                value = args[i]
+                if not value.flags.writeable:
+                    if value.tobytes() != ctypes.string_at(guards[i].start, value.nbytes):
+                        raise KernelMemoryError(f"{self.where}: wrote to argument {i} '{self.params[i].name}', "
+                                                "a read-only NumPy array")
+                    continue
+                ctypes.memmove(value.ctypes.data, guards[i].start, value.nbytes)
+        finally:
+            for i in allocated:
+                lib.cuda_emu_free_guarded(ctypes.byref(guards[i]))
+
+    def _raise(self, r, args, grid, block):
+        where = f"{self.where}, launched with grid {grid} and block {block}"
+        who = f"thread {tuple(r.thread)} of block {tuple(r.block)}"
+        if r.kind in (_OUT_OF_BOUNDS, _FAULT_NEAR_ARRAY):
+            i = r.arg
+            p = self.params[i]
+            arr = args[i]
+            item = arr.dtype.itemsize
+            nelem = arr.size
+            elem = r.offset // item if r.offset >= 0 else -((-r.offset + item - 1) // item)
+            if r.offset < 0:
+                rel = f"{-elem} element(s) before the start"
+            else:
+                rel = f"{elem - nelem + 1} element(s) past the end"
+            access = {0: "read", 1: "write"}.get(r.is_write, "access")
+            size = f" of {r.size} bytes" if r.size else ""
+            extra = f"; {r.count} bad accesses in this launch" if r.count > 1 else ""
+            raise KernelMemoryError(
+                f"{where}: out-of-bounds {access}{size} by {who}: argument {i} '{p.name}' ({p.ctype}) "
+                f"holds {nelem} elements (shape {arr.shape}), the access is at element {elem}, "
+                f"{rel}{extra}")
+        if r.kind == _NULL_POINTER:
+            names = [self.params[i].name for i, a in enumerate(args) if self.types[i][0] and a is None]
+            raise KernelMemoryError(f"{where}: {who} dereferenced a null pointer (address {r.offset:#x}); "
+                                    f"arguments passed as None: {', '.join(names) or 'none'}")
+        if r.kind == _BARRIER_EXIT:
+            raise KernelSyncError(f"{where}: in block {tuple(r.block)}, {r.offset} thread(s) returned while "
+                                  "the others wait at __syncthreads() (undefined behaviour on a GPU)")
+        if r.kind == _BARRIER_MISMATCH:
+            raise KernelSyncError(f"{where}: the threads of block {tuple(r.block)} wait at different "
+                                  "__syncthreads() calls (undefined behaviour on a GPU)")
+        if r.kind == _TRAP:
+            raise KernelMemoryError(f"{where}: {who} executed __trap()")
+        raise EmulatorError(f"{where}: the launcher could not run it (error kind {r.kind}, detail {r.offset}); "
+                            "__syncthreads() reached without fiber mode?")
+
+
+# ------------------------------------------------------------------------------------------------
+class EmulatedLoader:
+    """Stands in for ``gpucnn.backends.kernels.CupyKernelLoader``: ``get(file, name, dtype)``.
+
+    Compiles each kernel file once per process (and once per content hash on disk), with every
+    kernel template the backend lists instantiated for float and double.
+    """
+
+    def __init__(self, kernel_dir=None):
+        from gpucnn.backends import kernels as K
+        self.K = K
+        self.kernel_dir = pathlib.Path(kernel_dir) if kernel_dir is not None else None
+        self._modules = {}
+        self._kernels = {}
+        std = [o for o in K.NVRTC_OPTIONS if o.startswith("-std=")]
+        self.std = std[-1][len("-std="):] if std else "c++14"
+
+    def path(self, file):
+        if self.kernel_dir is not None:
+            return self.kernel_dir / file
+        return self.K.kernel_path(file)
+
+    def module(self, file) -> EmulatedModule:
+        mod = self._modules.get(file)
+        if mod is None:
+            if file not in self.K.KERNELS:
+                raise ValueError(f"unknown kernel file {file!r}; expected one of {', '.join(self.K.KERNELS)}")
+            exprs = [f"{name}<{ct}>" for ct in self.K.CTYPES.values() for name in self.K.KERNELS[file]]
+            mod = self._modules[file] = EmulatedModule(self.path(file), exprs, std=self.std, label=file)
+        return mod
+
+    def get(self, file: str, name: str, dtype):
+        key = (file, name, np.dtype(dtype).name)
+        kern = self._kernels.get(key)
+        if kern is None:
+            if name not in self.K.KERNELS.get(file, ()):
+                raise ValueError(f"kernel {name!r} is not listed for {file!r} in KERNELS")
+            kern = self._kernels[key] = self.module(file).get_function(self.K.name_expression(name, dtype))
+        return kern
+
+    def compile_all(self, dtypes=("float32",)):
+        for file in self.K.KERNELS:
+            self.module(file)
+
+
+# ------------------------------------------------------------------------------------------------
+class _PoisonedNumpy:
+    """NumPy, except that ``empty``/``empty_like`` fill floats with NaN and integers with a
+    sentinel: a kernel that leaves part of its output unwritten then shows up in the parity
+    check instead of passing on the zeros a fresh page happens to hold."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def _poison(a):
+        if a.dtype.kind in "fc":
+            a.fill(np.nan)
+        elif a.dtype.kind in "iu":
+            a.fill(np.iinfo(a.dtype).max // 3 + 7)
+        return a
+
+    def empty(self, *args, **kwargs):
+        return self._poison(np.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._poison(np.empty_like(*args, **kwargs))
+
+
+poisoned_numpy = _PoisonedNumpy()
+
+
+# ------------------------------------------------------------------------------------------------
+def emulator_unavailable_reason():
+    """None when the emulator can run here, else why not (no host C++ compiler)."""
+    try:
+        _compiler_version()
+    except EmulatorError as exc:
+        return str(exc)
+    return None
+
+
+def make_emulated_backend(kernel_dir=None):
+    """The CUDA backend's own class over NumPy, its kernels run by the emulator."""
+    from gpucnn.backends.cuda_backend import CudaBackend
+    return CudaBackend(xp=poisoned_numpy, loader=EmulatedLoader(kernel_dir), name="emulated")

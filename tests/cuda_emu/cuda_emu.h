@@ -1,0 +1,166 @@
+// cuda_emu.h -- just enough CUDA C++ for kernels/*.cu to compile with the host g++.
+//
+// Test infrastructure only (see tests/cuda_emu/__init__.py). The wrapper translation unit that
+// the emulator generates includes this header, then the unchanged .cu file, then exports one
+// extern "C" entry point per kernel instantiation. The launcher (runtime.cpp) runs the grid:
+// blocks one after another; the threads of a block one after another, or, when the source
+// calls __syncthreads(), as fibers so that __syncthreads() is a real barrier.
+//
+// Every load and store the kernel makes is instrumented by g++ (-fsanitize=kernel-address with
+// outline calls); runtime.cpp checks each address against the guard zones around the kernel's
+// array arguments and reports the first out-of-bounds access by argument and element.
+#pragma once
+
+#include <math.h>      // float overloads of exp/log/... in the global namespace, as in CUDA
+#include <stdint.h>
+#include <stddef.h>
+#include <float.h>
+#include <limits.h>
+#include <type_traits>
+#include <utility>
+
+// ---- built-in variables ----------------------------------------------------------------------
+struct uint3 { unsigned int x, y, z; };
+struct dim3 {
+    unsigned int x, y, z;
+    constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+extern "C" {
+extern uint3 cuda_emu_threadIdx;
+extern uint3 cuda_emu_blockIdx;
+extern dim3 cuda_emu_blockDim;
+extern dim3 cuda_emu_gridDim;
+extern const int cuda_emu_warpSize;
+void cuda_emu_syncthreads(void);
+void cuda_emu_trap(void);
+}
+
+#define threadIdx cuda_emu_threadIdx
+#define blockIdx cuda_emu_blockIdx
+#define blockDim cuda_emu_blockDim
+#define gridDim cuda_emu_gridDim
+#define warpSize cuda_emu_warpSize
+
+// ---- qualifiers --------------------------------------------------------------------------------
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __launch_bounds__(...)
+// Blocks run one after another on one OS thread, so a function-local static is exactly one
+// copy per block, shared by the block's threads (the fibers).
+#define __shared__ static
+#define __constant__ static const
+// g++ understands __restrict__ natively.
+
+#define __syncthreads() cuda_emu_syncthreads()
+#define __trap() cuda_emu_trap()
+#define __threadfence() ((void)0)
+#define __threadfence_block() ((void)0)
+
+// ---- math: CUDA's device math library, mapped to libm ------------------------------------------
+// Intrinsics are computed with the accurate libm function (the GPU's fast approximations differ
+// in the last bits; the parity tolerances cover that).
+// (glibc declares its own __expf & co., so these are macros rather than functions.)
+#define __expf(x) expf(x)
+#define __logf(x) logf(x)
+#define __log2f(x) log2f(x)
+#define __log10f(x) log10f(x)
+#define __powf(x, y) powf(x, y)
+#define __sinf(x) sinf(x)
+#define __cosf(x) cosf(x)
+#define __tanf(x) tanf(x)
+static inline float __fdividef(float x, float y) { return x / y; }
+static inline float __frcp_rn(float x) { return 1.0f / x; }
+static inline double __drcp_rn(double x) { return 1.0 / x; }
+static inline float __fsqrt_rn(float x) { return sqrtf(x); }
+static inline double __dsqrt_rn(double x) { return sqrt(x); }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+static inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+static inline float saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+static inline float __saturatef(float x) { return saturatef(x); }
+static inline int __float_as_int(float x) { int i; __builtin_memcpy(&i, &x, 4); return i; }
+static inline float __int_as_float(int i) { float x; __builtin_memcpy(&x, &i, 4); return x; }
+static inline unsigned int __float_as_uint(float x) { unsigned int i; __builtin_memcpy(&i, &x, 4); return i; }
+static inline float __uint_as_float(unsigned int i) { float x; __builtin_memcpy(&x, &i, 4); return x; }
+static inline long long __double_as_longlong(double x) { long long i; __builtin_memcpy(&i, &x, 8); return i; }
+static inline double __longlong_as_double(long long i) { double x; __builtin_memcpy(&x, &i, 8); return x; }
+
+// CUDA's min/max: overloaded for every arithmetic pair, result in the common type.
+template <typename A, typename B,
+          typename = typename std::enable_if<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value>::type>
+static inline typename std::common_type<A, B>::type max(A a, B b) {
+    typedef typename std::common_type<A, B>::type C;
+    return (C)a > (C)b ? (C)a : (C)b;
+}
+template <typename A, typename B,
+          typename = typename std::enable_if<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value>::type>
+static inline typename std::common_type<A, B>::type min(A a, B b) {
+    typedef typename std::common_type<A, B>::type C;
+    return (C)a < (C)b ? (C)a : (C)b;
+}
+static inline int __mul24(int a, int b) { return a * b; }
+static inline unsigned int __umul24(unsigned int a, unsigned int b) { return a * b; }
+static inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
+static inline int __popc(unsigned int x) { return __builtin_popcount(x); }
+static inline int __ffs(int x) { return __builtin_ffs(x); }
+
+// ---- atomics: fibers switch only at barriers, so a plain read-modify-write is atomic here -------
+template <typename T> static inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
+template <typename T> static inline T atomicSub(T* p, T v) { T old = *p; *p = old - v; return old; }
+template <typename T> static inline T atomicExch(T* p, T v) { T old = *p; *p = v; return old; }
+template <typename T> static inline T atomicMax(T* p, T v) { T old = *p; *p = old > v ? old : v; return old; }
+template <typename T> static inline T atomicMin(T* p, T v) { T old = *p; *p = old < v ? old : v; return old; }
+template <typename T> static inline T atomicAnd(T* p, T v) { T old = *p; *p = old & v; return old; }
+template <typename T> static inline T atomicOr(T* p, T v) { T old = *p; *p = old | v; return old; }
+template <typename T> static inline T atomicXor(T* p, T v) { T old = *p; *p = old ^ v; return old; }
+template <typename T> static inline T atomicCAS(T* p, T cmp, T v) { T old = *p; if (old == cmp) *p = v; return old; }
+
+// ---- read-only cache load ------------------------------------------------------------------------
+template <typename T> static inline T __ldg(const T* p) { return *p; }
+
+// ---- warp intrinsics are not emulated: a kernel that uses them fails to compile here, loudly ----
+
+// ---- used by the generated wrapper translation unit, not by kernels ----------------------------
+namespace cuda_emu {
+
+// One int per parameter type: 1000 * pointer depth + 100 * kind + sizeof(base type),
+// kind 1 = floating point, 2 = signed integer, 3 = unsigned integer, 4 = bool, 0 = other.
+template <typename T>
+constexpr int type_code() {
+    typedef typename std::remove_cv<T>::type U;
+    return std::is_pointer<U>::value ? 1000 + type_code<typename std::remove_pointer<U>::type>()
+         : std::is_same<U, bool>::value ? 400 + (int)sizeof(U)
+         : std::is_floating_point<U>::value ? 100 + (int)sizeof(U)
+         : std::is_integral<U>::value ? (std::is_signed<U>::value ? 200 : 300) + (int)sizeof(U)
+         : 0;
+}
+template <>
+constexpr int type_code<void>() { return 0; }
+
+// {number of parameters, type code of each}.
+template <typename... P>
+const int* signature(void (*)(P...)) {
+    static const int s[] = {(int)sizeof...(P), type_code<P>()..., 0};
+    return s;
+}
+
+// args[i] points at the value of parameter i (as cuLaunchKernel's kernelParams).
+template <typename... P, size_t... I>
+inline void invoke_impl(void (*f)(P...), void** args, std::index_sequence<I...>) {
+    f(*static_cast<typename std::remove_cv<typename std::remove_reference<P>::type>::type*>(args[I])...);
+}
+template <typename... P>
+inline void invoke(void (*f)(P...), void** args) {
+    invoke_impl(f, args, std::index_sequence_for<P...>{});
+}
+
+}  // namespace cuda_emu

@@ -1,0 +1,336 @@
+// runtime.cpp -- the launcher and the memory checker of the CUDA-on-CPU emulator.
+//
+// Compiled WITHOUT instrumentation and linked into every emulated module next to the
+// instrumented wrapper translation unit (the kernels).
+//
+// Launch: blocks run one after another (x fastest, as the hardware numbers them). Inside a block,
+// threads run one after another; when the kernel's source calls __syncthreads(), each thread is a
+// ucontext fiber and __syncthreads() switches back to the scheduler, which resumes nobody until
+// every thread of the block has arrived -- a real barrier. A block whose threads reach different
+// barriers, or where some threads exit while others wait, is reported (undefined behaviour on a GPU).
+//
+// Memory check: g++ -fsanitize=kernel-address with outline instrumentation makes every load and
+// store in the kernel call __asan_{load,store}N_noabort(addr). Python copies each array argument
+// into a buffer with a readable "guard zone" on both sides and PROT_NONE pages beyond those; an
+// access that falls in a guard zone (or faults in the PROT_NONE pages, or near address 0) is
+// recorded with the argument, byte offset, thread and block, and the launch stops.
+#include <csetjmp>
+#include <csignal>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+// Built with -fvisibility=hidden: only these are visible to Python.
+#define EXPORT __attribute__((visibility("default")))
+
+struct uint3 { unsigned int x, y, z; };
+struct dim3 { unsigned int x, y, z; };
+
+extern "C" {
+uint3 cuda_emu_threadIdx;
+uint3 cuda_emu_blockIdx;
+dim3 cuda_emu_blockDim;
+dim3 cuda_emu_gridDim;
+const int cuda_emu_warpSize = 32;
+}
+
+// Kept in sync with _Guard / _Report in tests/cuda_emu/__init__.py.
+struct Guard {
+    uintptr_t start, end;        // the array: [start, end)
+    uintptr_t zone_lo, zone_hi;  // readable guard zones: [zone_lo, start) and [end, zone_hi)
+    uintptr_t fault_lo, fault_hi;  // whole mapping incl. PROT_NONE pages: [fault_lo, fault_hi)
+};
+
+enum ErrorKind {
+    OK = 0,
+    OUT_OF_BOUNDS = 1,      // access in a guard zone (instrumented)
+    FAULT_NEAR_ARRAY = 2,   // hardware fault in the PROT_NONE pages around an array
+    NULL_POINTER = 3,       // fault near address 0
+    BARRIER_EXIT = 4,       // some threads exited while others wait at __syncthreads()
+    BARRIER_MISMATCH = 5,   // threads of a block wait at different __syncthreads() calls
+    TRAP = 6,               // __trap()
+    BAD_LAUNCH = 7,         // launch configuration the runtime cannot run
+};
+
+struct Report {
+    int64_t kind;
+    int64_t arg;          // index into the guards (== kernel parameter index), -1 if none
+    int64_t offset;       // byte offset of the access relative to the array start
+    int64_t size;         // bytes accessed
+    int64_t is_write;
+    int64_t block[3];
+    int64_t thread[3];
+    int64_t count;        // how many bad accesses were seen before the launch stopped
+};
+
+static const Guard* g_guards = nullptr;
+static int g_nguards = 0;
+static Report* g_report = nullptr;
+static volatile int g_stop = 0;
+static sigjmp_buf g_jump;
+static volatile int g_jump_armed = 0;
+
+static void note_error(int kind, int arg, int64_t offset, int64_t size, int is_write) {
+    Report* r = g_report;
+    r->count += 1;
+    if (r->kind == OK) {
+        r->kind = kind;
+        r->arg = arg;
+        r->offset = offset;
+        r->size = size;
+        r->is_write = is_write;
+        r->block[0] = cuda_emu_blockIdx.x; r->block[1] = cuda_emu_blockIdx.y; r->block[2] = cuda_emu_blockIdx.z;
+        r->thread[0] = cuda_emu_threadIdx.x; r->thread[1] = cuda_emu_threadIdx.y; r->thread[2] = cuda_emu_threadIdx.z;
+    }
+    g_stop = 1;
+}
+
+static inline void check_access(uintptr_t a, size_t n, int is_write) {
+    const Guard* g = g_guards;
+    for (int i = 0; i < g_nguards; ++i) {
+        if (a + n > g[i].zone_lo && a < g[i].zone_hi) {
+            if (a >= g[i].start && a + n <= g[i].end) return;  // inside the array
+            note_error(OUT_OF_BOUNDS, i, (int64_t)(a - g[i].start), (int64_t)n, is_write);
+            return;
+        }
+    }
+}
+
+extern "C" {
+#define CUDA_EMU_CB(n)                                                                    \
+    void __asan_load##n##_noabort(void* p) { check_access((uintptr_t)p, n, 0); }          \
+    void __asan_store##n##_noabort(void* p) { check_access((uintptr_t)p, n, 1); }         \
+    void __asan_report_load##n##_noabort(void* p) { check_access((uintptr_t)p, n, 0); }   \
+    void __asan_report_store##n##_noabort(void* p) { check_access((uintptr_t)p, n, 1); }
+CUDA_EMU_CB(1)
+CUDA_EMU_CB(2)
+CUDA_EMU_CB(4)
+CUDA_EMU_CB(8)
+CUDA_EMU_CB(16)
+void __asan_loadN_noabort(void* p, size_t n) { check_access((uintptr_t)p, n, 0); }
+void __asan_storeN_noabort(void* p, size_t n) { check_access((uintptr_t)p, n, 1); }
+void __asan_report_load_n_noabort(void* p, size_t n) { check_access((uintptr_t)p, n, 0); }
+void __asan_report_store_n_noabort(void* p, size_t n) { check_access((uintptr_t)p, n, 1); }
+void __asan_handle_no_return(void) {}
+}
+
+// ---- guarded buffers ---------------------------------------------------------------------------
+// [fault pages, PROT_NONE][zone, rw][array, rounded up to pages][zone, rw][fault pages, PROT_NONE]
+// The array starts right after the front zone; its end is followed by the slack up to the page
+// boundary and then the back zone, all of which counts as "past the end".
+extern "C" EXPORT int cuda_emu_alloc_guarded(uint64_t nbytes, uint64_t zone, uint64_t fault, Guard* g) {
+    const uint64_t page = 4096;
+    zone = (zone + page - 1) / page * page;
+    fault = (fault + page - 1) / page * page;
+    uint64_t body = (nbytes + page - 1) / page * page;
+    uint64_t total = 2 * fault + 2 * zone + body;
+    void* p = mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return -1;
+    char* base = (char*)p;
+    if (mprotect(base + fault, 2 * zone + body, PROT_READ | PROT_WRITE) != 0) {
+        munmap(p, total);
+        return -1;
+    }
+    g->fault_lo = (uintptr_t)base;
+    g->fault_hi = (uintptr_t)(base + total);
+    g->zone_lo = (uintptr_t)(base + fault);
+    g->start = g->zone_lo + zone;
+    g->end = g->start + nbytes;
+    g->zone_hi = g->start + body + zone;
+    return 0;
+}
+
+extern "C" EXPORT void cuda_emu_free_guarded(const Guard* g) {
+    if (g->fault_hi > g->fault_lo) munmap((void*)g->fault_lo, g->fault_hi - g->fault_lo);
+}
+
+// ---- hardware faults: PROT_NONE pages and null pointers ------------------------------------------
+static struct sigaction g_old_segv, g_old_bus;
+static stack_t g_old_altstack;
+static char g_altstack[1 << 16];
+
+static void on_fault(int sig, siginfo_t* info, void* ctx) {
+    uintptr_t a = (uintptr_t)info->si_addr;
+    if (g_jump_armed) {
+        for (int i = 0; i < g_nguards; ++i) {
+            if (a >= g_guards[i].fault_lo && a < g_guards[i].fault_hi) {
+                note_error(FAULT_NEAR_ARRAY, i, (int64_t)(a - g_guards[i].start), 0, -1);
+                g_jump_armed = 0;
+                siglongjmp(g_jump, 1);
+            }
+        }
+        if (a < 65536) {
+            note_error(NULL_POINTER, -1, (int64_t)a, 0, -1);
+            g_jump_armed = 0;
+            siglongjmp(g_jump, 1);
+        }
+    }
+    // Not ours: put the previous handler back and let the access fault again into it.
+    sigaction(SIGSEGV, &g_old_segv, nullptr);
+    sigaction(SIGBUS, &g_old_bus, nullptr);
+    (void)sig; (void)ctx;
+}
+
+static void install_fault_handler() {
+    stack_t ss;
+    ss.ss_sp = g_altstack;
+    ss.ss_size = sizeof g_altstack;
+    ss.ss_flags = 0;
+    sigaltstack(&ss, &g_old_altstack);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
+    sigaction(SIGBUS, &sa, &g_old_bus);
+}
+
+static void remove_fault_handler() {
+    sigaction(SIGSEGV, &g_old_segv, nullptr);
+    sigaction(SIGBUS, &g_old_bus, nullptr);
+    sigaltstack(&g_old_altstack, nullptr);
+}
+
+// ---- fibers ------------------------------------------------------------------------------------
+typedef void (*Entry)(void**);
+
+enum FiberState { RUNNING = 0, AT_BARRIER = 1, DONE = 2 };
+struct Fiber {
+    ucontext_t ctx;
+    int state;
+    void* site;
+};
+
+static const size_t kFiberStack = 64 * 1024;
+static const int kMaxThreads = 1024;
+static Fiber g_fibers[kMaxThreads];
+static char* g_stacks = nullptr;
+static ucontext_t g_sched;
+static int g_cur = -1;
+static int g_fiber_mode = 0;
+static Entry g_entry = nullptr;
+static void** g_args = nullptr;
+
+static void fiber_main() {
+    g_entry(g_args);
+    g_fibers[g_cur].state = DONE;
+    // returning resumes uc_link == &g_sched
+}
+
+extern "C" void cuda_emu_syncthreads(void) {
+    void* site = __builtin_return_address(0);
+    if (!g_fiber_mode) {
+        // Only reachable when the source did not mention __syncthreads (e.g. via a macro) and the
+        // block has more than one thread; a barrier cannot be honoured without fibers.
+        if (cuda_emu_blockDim.x * cuda_emu_blockDim.y * cuda_emu_blockDim.z > 1)
+            note_error(BAD_LAUNCH, -1, 0, 0, -1);
+        return;
+    }
+    Fiber* f = &g_fibers[g_cur];
+    f->state = AT_BARRIER;
+    f->site = site;
+    swapcontext(&f->ctx, &g_sched);
+}
+
+extern "C" void cuda_emu_trap(void) { note_error(TRAP, -1, 0, 0, -1); }
+
+static inline void set_thread(unsigned t, const unsigned* block) {
+    cuda_emu_threadIdx.x = t % block[0];
+    cuda_emu_threadIdx.y = (t / block[0]) % block[1];
+    cuda_emu_threadIdx.z = t / (block[0] * block[1]);
+}
+
+static void run_block_fibers(unsigned nthreads, const unsigned* block) {
+    if (!g_stacks) {
+        void* p = mmap(nullptr, kFiberStack * kMaxThreads, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        g_stacks = (char*)p;
+    }
+    for (unsigned t = 0; t < nthreads; ++t) {
+        Fiber* f = &g_fibers[t];
+        getcontext(&f->ctx);
+        f->ctx.uc_stack.ss_sp = g_stacks + (size_t)t * kFiberStack;
+        f->ctx.uc_stack.ss_size = kFiberStack;
+        f->ctx.uc_link = &g_sched;
+        makecontext(&f->ctx, fiber_main, 0);
+        f->state = RUNNING;
+        f->site = nullptr;
+    }
+    for (;;) {
+        for (unsigned t = 0; t < nthreads; ++t) {
+            if (g_fibers[t].state == DONE) continue;
+            g_cur = (int)t;
+            g_fibers[t].state = RUNNING;
+            set_thread(t, block);
+            swapcontext(&g_sched, &g_fibers[t].ctx);
+        }
+        unsigned waiting = 0;
+        void* site = nullptr;
+        int mismatch = 0;
+        for (unsigned t = 0; t < nthreads; ++t) {
+            if (g_fibers[t].state == AT_BARRIER) {
+                if (waiting == 0) site = g_fibers[t].site;
+                else if (g_fibers[t].site != site) mismatch = 1;
+                ++waiting;
+            }
+        }
+        if (waiting == 0) return;
+        if (waiting != nthreads) {
+            cuda_emu_threadIdx = {0, 0, 0};
+            note_error(BARRIER_EXIT, -1, (int64_t)(nthreads - waiting), 0, -1);
+            return;
+        }
+        if (mismatch) {
+            note_error(BARRIER_MISMATCH, -1, 0, 0, -1);
+            return;
+        }
+        if (g_stop) return;
+    }
+}
+
+// grid, block: 3 unsigned each. guards: one per kernel parameter (zeros for scalars).
+// Returns 0 when the launch ran clean, else the error kind (details in *report).
+extern "C" EXPORT int cuda_emu_launch(void* entry, const unsigned* grid, const unsigned* block, void** args,
+                               int fiber_mode, const Guard* guards, int nguards, Report* report) {
+    memset(report, 0, sizeof *report);
+    report->arg = -1;
+    g_report = report;
+    g_guards = guards;
+    g_nguards = nguards;
+    g_stop = 0;
+    g_entry = (Entry)entry;
+    g_args = args;
+    g_fiber_mode = fiber_mode;
+    unsigned nthreads = block[0] * block[1] * block[2];
+    if (nthreads == 0 || nthreads > (unsigned)kMaxThreads) {
+        note_error(BAD_LAUNCH, -1, nthreads, 0, -1);
+        return (int)report->kind;
+    }
+    cuda_emu_gridDim = {grid[0], grid[1], grid[2]};
+    cuda_emu_blockDim = {block[0], block[1], block[2]};
+    install_fault_handler();
+    if (sigsetjmp(g_jump, 1) == 0) {
+        g_jump_armed = 1;
+        for (unsigned bz = 0; bz < grid[2] && !g_stop; ++bz)
+            for (unsigned by = 0; by < grid[1] && !g_stop; ++by)
+                for (unsigned bx = 0; bx < grid[0] && !g_stop; ++bx) {
+                    cuda_emu_blockIdx = {bx, by, bz};
+                    if (fiber_mode) {
+                        run_block_fibers(nthreads, block);
+                    } else {
+                        for (unsigned t = 0; t < nthreads && !g_stop; ++t) {
+                            set_thread(t, block);
+                            g_entry(g_args);
+                        }
+                    }
+                }
+    }
+    g_jump_armed = 0;
+    remove_fault_handler();
+    g_guards = nullptr;
+    g_nguards = 0;
+    return (int)report->kind;
+}

@@ -1,0 +1,55 @@
+// Toy kernels that exercise the emulator itself (tests/test_emulated.py); not part of gpucnn.
+
+// One thread per element of a grid-stride loop: y[i] = a * x[i] + y[i].
+template <typename T>
+__global__ void axpy(const T* __restrict__ x, T* __restrict__ y, T a, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) {
+        y[i] = a * x[i] + y[i];
+    }
+}
+
+// One block per output: out[b] = sum of x[b*len : (b+1)*len], a shared-memory tree reduction
+// (needs blockDim.x == 256: a power of two).
+template <typename T>
+__global__ void block_sum(const T* __restrict__ x, T* __restrict__ out, int len) {
+    __shared__ T buf[256];
+    T acc = 0;
+    for (int i = threadIdx.x; i < len; i += blockDim.x) acc += x[(long long)blockIdx.x * len + i];
+    buf[threadIdx.x] = acc;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) buf[threadIdx.x] += buf[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = buf[0];
+}
+
+// Each thread reads its neighbour's value after a barrier: y[i] = x[(i + 1) % blockDim.x] of the block.
+// A barrier that the threads past `n` skip by returning early.
+__global__ void early_exit_barrier(const int* __restrict__ x, int* __restrict__ y, int n) {
+    __shared__ int buf[1024];
+    if ((int)threadIdx.x >= n) return;
+    buf[threadIdx.x] = x[threadIdx.x];
+    __syncthreads();
+    y[threadIdx.x] = buf[(threadIdx.x + 1) % n];
+}
+
+// 2-D grid and block: out[r, c] = r * 1000 + c for an (rows, cols) array.
+__global__ void fill_2d(int* __restrict__ out, int rows, int cols) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    int r = blockIdx.y * blockDim.y + threadIdx.y;
+    if (r < rows && c < cols) out[r * cols + c] = r * 1000 + c;
+}
+
+// Writes one past the end of a row buffer when `skew` is 1 (out-of-bounds demo).
+__global__ void shifted_copy(const float* __restrict__ x, float* __restrict__ y, int n, int skew) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i + skew] = x[i];
+}
+
+// Reads one before the start when `skew` is 1.
+__global__ void shifted_read(const double* __restrict__ x, double* __restrict__ y, int n, int skew) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i - skew];
+}
