@@ -1,0 +1,351 @@
+"""The CUDA-on-CPU emulator (tests/cuda_emu) itself, and that it catches kernel bugs.
+
+* The launcher: 1-D/2-D grids, grid-stride loops, a shared-memory reduction whose
+  __syncthreads() must be a real barrier, undefined barrier use reported.
+* The checks: wrongly typed scalars and arrays, out-of-bounds reads and writes on either side
+  of an array, null pointers, launch limits -- each an exception naming kernel and parameter.
+* Planted bugs: an off-by-one in a *copy* of a real kernel file, run through the CUDA
+  backend's own code, fails the comparison with the NumPy backend (or the bounds check).
+
+The parity suite proper (every primitive x dtype x shape on the emulated backend) lives in the
+backend parity tests, parametrized with the "emulated" backend.
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.cuda_emu import (EmulatedLoader, EmulatedModule, EmulatorCompileError, EmulatorError,
+                            KernelArgumentError, KernelMemoryError, KernelSyncError,
+                            emulator_unavailable_reason, make_emulated_backend, poisoned_numpy)
+from tests.cuda_emu.signature import (SignatureError, find_kernels, kernel_signature,
+                                      parse_name_expression, strip_comments)
+
+_reason = emulator_unavailable_reason()
+pytestmark = [pytest.mark.emulated,
+              pytest.mark.skipif(_reason is not None, reason=f"CUDA emulator unavailable: {_reason}")]
+
+TOY = pathlib.Path(__file__).parent / "cuda_emu" / "toy" / "toy.cu"
+KERNEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "kernels"
+TOY_EXPRS = ["axpy<float>", "axpy<double>", "block_sum<float>", "block_sum<double>",
+             "early_exit_barrier", "fill_2d", "shifted_copy", "shifted_read"]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return EmulatedModule(TOY, TOY_EXPRS)
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    from gpucnn.backends import cpu_backend
+    return cpu_backend()
+
+
+# ------------------------------------------------------------------------------------------------
+# the launcher
+@pytest.mark.parametrize("dtype,expr", [(np.float32, "axpy<float>"), (np.float64, "axpy<double>")])
+@pytest.mark.parametrize("n,grid", [(1, 1), (1000, 4), (1000, 1), (5000, 3)])
+def test_grid_stride_loop_covers_every_element(toy, dtype, expr, n, grid):
+    x = np.arange(n, dtype=dtype)
+    y = np.full(n, 0.5, dtype=dtype)
+    toy.get_function(expr)((grid,), (256,), (x, y, dtype(3), np.int64(n)))
+    np.testing.assert_array_equal(y, 3 * np.arange(n, dtype=dtype) + dtype(0.5))
+
+
+def test_2d_grid_and_block_indices(toy):
+    rows, cols = 37, 45
+    out = np.full((rows, cols), -1, dtype=np.int32)
+    toy.get_function("fill_2d")((3, 5), (16, 8), (out, np.int32(rows), np.int32(cols)))
+    r, c = np.indices((rows, cols))
+    np.testing.assert_array_equal(out, r * 1000 + c)
+
+
+@pytest.mark.parametrize("dtype,expr", [(np.float32, "block_sum<float>"), (np.float64, "block_sum<double>")])
+def test_syncthreads_is_a_real_barrier(toy, dtype, expr):
+    # The tree reduction reads its neighbours' shared-memory slots after each barrier; run
+    # without a barrier (threads one after another) thread 0 would add slots not yet written.
+    assert toy.fiber_mode
+    rng = np.random.default_rng(1)
+    x = rng.integers(-50, 50, size=(5, 700)).astype(dtype)  # integers: exact in any order
+    out = np.zeros(5, dtype=dtype)
+    toy.get_function(expr)((5,), (256,), (x, out, np.int32(700)))
+    np.testing.assert_array_equal(out, x.sum(axis=1))
+
+
+def test_shared_memory_exchange_between_threads(toy):
+    x = np.arange(100, 164, dtype=np.int32)
+    y = np.zeros(64, dtype=np.int32)
+    toy.get_function("early_exit_barrier")((1,), (64,), (x, y, np.int32(64)))
+    np.testing.assert_array_equal(y, np.roll(x, -1))
+
+
+def test_threads_returning_before_a_barrier_are_reported(toy):
+    x = np.arange(64, dtype=np.int32)
+    y = np.zeros(64, dtype=np.int32)
+    with pytest.raises(KernelSyncError, match=r"early_exit_barrier.*4 thread\(s\) returned.*__syncthreads"):
+        toy.get_function("early_exit_barrier")((1,), (64,), (x, y, np.int32(60)))
+
+
+def test_kernels_without_barriers_run_without_fibers():
+    mod = EmulatedModule(KERNEL_DIR / "activation.cu", ["relu_forward<float>"])
+    assert not mod.fiber_mode
+
+
+# ------------------------------------------------------------------------------------------------
+# argument checks
+@pytest.mark.parametrize("bad,got", [
+    (1000, "a Python int"),
+    (np.int32(1000), "numpy.int32"),
+    (np.uint64(1000), "numpy.uint64"),
+    (1000.0, "a Python float"),
+])
+def test_integer_scalar_of_the_wrong_type_names_kernel_and_parameter(toy, bad, got):
+    x = np.zeros(1000, np.float32)
+    with pytest.raises(KernelArgumentError) as info:
+        toy.get_function("axpy<float>")((4,), (256,), (x, x.copy(), np.float32(2), bad))
+    msg = str(info.value)
+    assert "axpy<float>" in msg and "argument 3 'n'" in msg and "long long" in msg
+    assert "numpy.int64" in msg and got in msg
+
+
+@pytest.mark.parametrize("bad,got", [(2.0, "a Python float"), (np.float64(2.0), "numpy.float64"),
+                                     (2, "a Python int")])
+def test_float_scalar_of_the_wrong_type_names_kernel_and_parameter(toy, bad, got):
+    x = np.zeros(10, np.float32)
+    with pytest.raises(KernelArgumentError, match=rf"axpy<float>.*argument 2 'a' \(float a\).*numpy.float32.*{got}"):
+        toy.get_function("axpy<float>")((1,), (256,), (x, x.copy(), bad, np.int64(10)))
+
+
+def test_array_of_the_wrong_dtype_is_refused(toy):
+    with pytest.raises(KernelArgumentError, match=r"argument 1 'y' \(double\* y\) takes float64 elements; got a float32"):
+        toy.get_function("axpy<double>")((1,), (256,), (np.zeros(4), np.zeros(4, np.float32),
+                                                       np.float64(1), np.int64(4)))
+
+
+def test_scalar_for_pointer_and_wrong_count_and_layout_are_refused(toy):
+    k = toy.get_function("axpy<float>")
+    x = np.zeros(8, np.float32)
+    with pytest.raises(KernelArgumentError, match=r"argument 0 'x'.*takes an array of float32; got numpy.float32"):
+        k((1,), (32,), (np.float32(1), x, np.float32(1), np.int64(8)))
+    with pytest.raises(KernelArgumentError, match=r"expected 4 arguments \(const float\* x, float\* y, float a, long long n\), got 3"):
+        k((1,), (32,), (x, x, np.float32(1)))
+    with pytest.raises(KernelArgumentError, match=r"argument 1 'y'.*non-contiguous"):
+        k((1,), (32,), (x, np.zeros(16, np.float32)[::2], np.float32(1), np.int64(8)))
+
+
+@pytest.mark.parametrize("grid,block,match", [
+    ((1,), (1025,), r"block.x = 1025, CUDA allows 1..1024"),
+    ((1,), (32, 32, 2), r"2048 threads"),
+    ((0,), (32,), r"grid.x = 0"),
+    ((1, 70000), (32,), r"grid.y = 70000"),
+    ((1,), (1, 1, 65), r"block.z = 65"),
+])
+def test_invalid_launch_configuration(toy, grid, block, match):
+    x = np.zeros(8, np.float32)
+    with pytest.raises(EmulatorError, match=match):
+        toy.get_function("axpy<float>")(grid, block, (x, x.copy(), np.float32(1), np.int64(8)))
+
+
+# ------------------------------------------------------------------------------------------------
+# bounds checks
+def test_write_one_past_the_end_is_reported(toy):
+    x = np.ones(1000, np.float32)
+    y = np.zeros(1000, np.float32)
+    with pytest.raises(KernelMemoryError) as info:
+        toy.get_function("shifted_copy")((4,), (256,), (x, y, np.int32(1000), np.int32(1)))
+    msg = str(info.value)
+    assert "shifted_copy" in msg and "out-of-bounds write of 4 bytes" in msg
+    assert "argument 1 'y'" in msg and "element 1000, 1 element(s) past the end" in msg
+    assert "thread (231, 0, 0) of block (3, 0, 0)" in msg  # i = 3*256 + 231 = 999
+    np.testing.assert_array_equal(y, 0)  # nothing is copied back from a failed launch
+
+
+def test_read_before_the_start_is_reported(toy):
+    with pytest.raises(KernelMemoryError, match=r"shifted_read.*out-of-bounds read of 8 bytes by thread \(0, 0, 0\) "
+                                                 r"of block \(0, 0, 0\): argument 0 'x'.*element -1, 1 element\(s\) before"):
+        toy.get_function("shifted_read")((4,), (256,), (np.zeros(1000), np.zeros(1000), np.int32(1000), np.int32(1)))
+
+
+def test_far_out_of_bounds_access_faults_into_a_report(toy):
+    # Beyond the exactly-checked guard zone, the PROT_NONE pages turn the access into a fault
+    # that is caught and reported instead of crashing the test process.
+    with pytest.raises(KernelMemoryError, match=r"argument 0 'x'.*element -100000"):
+        toy.get_function("shifted_read")((1,), (32,), (np.zeros(10), np.zeros(10), np.int32(10), np.int32(100000)))
+
+
+def test_null_pointer_is_reported(toy):
+    with pytest.raises(KernelMemoryError, match=r"null pointer.*passed as None: x"):
+        toy.get_function("shifted_read")((1,), (32,), (None, np.zeros(10), np.int32(10), np.int32(0)))
+
+
+def test_clean_launch_after_a_failed_one(toy):
+    with pytest.raises(KernelMemoryError):
+        toy.get_function("shifted_copy")((1,), (32,), (np.ones(10, np.float32), np.zeros(10, np.float32),
+                                                       np.int32(10), np.int32(1)))
+    y = np.zeros(10, np.float32)
+    toy.get_function("shifted_copy")((1,), (32,), (np.arange(10, dtype=np.float32), y, np.int32(10), np.int32(0)))
+    np.testing.assert_array_equal(y, np.arange(10))
+
+
+def test_views_and_aliased_arguments_are_written_through():
+    mod = EmulatedModule(KERNEL_DIR / "activation.cu", ["relu_forward<float>"])
+    k = mod.get_function("relu_forward<float>")
+    base = np.array([-1, 2, -3, 4, -5, 6], dtype=np.float32)
+    k((1,), (256,), (base[2:], base[2:], np.int64(4)))  # in place, on a view
+    np.testing.assert_array_equal(base, [-1, 2, 0, 4, 0, 6])
+
+
+# ------------------------------------------------------------------------------------------------
+# the source parser and the compiler front
+def test_signature_parser_substitutes_templates_and_skips_comments():
+    src = """
+    // __global__ void commented_out(int x) {}
+    /* template <typename T> __global__ void also_commented(T* y) {} */
+    template <typename T>
+    __global__ void k(const T* __restrict__ x, T *y, int * __restrict__ idx,
+                      long long n, T alpha, unsigned int m) {}
+    __global__ void plain(double* out, size_t count) {}
+    """
+    assert set(find_kernels(src)) == {"k", "plain"}
+    params = kernel_signature(src, "k<double>")
+    assert [p.name for p in params] == ["x", "y", "idx", "n", "alpha", "m"]
+    assert [p.ctype for p in params] == ["const double*", "double*", "int*", "long long", "double", "unsigned int"]
+    assert [str(p.dtype) for p in params] == ["float64", "float64", "int32", "int64", "float64", "uint32"]
+    assert [p.const_pointee for p in params] == [True, False, False, False, False, False]
+    assert [p.ctype for p in kernel_signature(src, "plain")] == ["double*", "size_t"]
+    assert parse_name_expression("k< float >") == ("k", ["float"])
+    with pytest.raises(SignatureError, match="no __global__ kernel named 'nope'"):
+        kernel_signature(src, "nope<float>")
+    with pytest.raises(SignatureError, match="takes 1 template argument"):
+        kernel_signature(src, "k")
+    assert "commented_out" not in strip_comments(src)
+
+
+def test_every_real_kernel_signature_agrees_with_the_compiler():
+    # EmulatedModule cross-checks the parsed signature of each instantiation against g++'s view of
+    # the same function (pointer depth and type of every parameter) and raises on disagreement.
+    from gpucnn.backends import kernels as K
+    loader = EmulatedLoader()
+    for file, names in K.KERNELS.items():
+        mod = loader.module(file)
+        for name in names:
+            for dt in ("float32", "float64"):
+                kern = mod.get_function(K.name_expression(name, dt))
+                assert len(kern.params) == len(kern.types) > 0
+
+
+def test_compile_errors_carry_file_and_line(tmp_path):
+    bad = tmp_path / "broken.cu"
+    bad.write_text("template <typename T>\n__global__ void k(T* y) {\n    y[0] = undefined_name;\n}\n")
+    with pytest.raises(EmulatorCompileError, match=r"broken\.cu:3:\d+: error: .undefined_name"):
+        EmulatedModule(bad, ["k<float>"])
+
+
+def test_poisoned_empty_is_nan_filled():
+    assert np.isnan(poisoned_numpy.empty((3, 2), dtype=np.float32)).all()
+    assert poisoned_numpy.matmul is np.matmul
+
+
+# ------------------------------------------------------------------------------------------------
+# planted bugs in copies of the real kernels, run through the CUDA backend's own code
+def _plant(tmp_path, file, kernel, old, new):
+    """Copy kernels/ to tmp_path with ``old`` -> ``new`` once inside the body of ``kernel``."""
+    dst = tmp_path / "kernels"
+    shutil.copytree(KERNEL_DIR, dst)
+    src = (dst / file).read_text()
+    start = re.search(rf"__global__ void {kernel}\s*\(", src).start()
+    end = src.find("\n}\n", start)
+    body = src[start:end]
+    assert body.count(old) == 1, f"the planted bug's anchor {old!r} must occur once in {kernel}"
+    (dst / file).write_text(src[:start] + body.replace(old, new) + src[end:])
+    return make_emulated_backend(kernel_dir=dst)
+
+
+def _assert_parity(got, want, dtype):
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unchanged_kernels_pass_the_same_checks(cpu, dtype):
+    # The control for the planted-bug tests below: same inputs, same checks, real kernels.
+    emu = make_emulated_backend()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    _assert_parity(emu.relu_forward(x), cpu.relu_forward(x), dtype)
+    y, am = emu.maxpool2d_forward(x, (3, 2), (2, 1), (1, 1))
+    y0, am0 = cpu.maxpool2d_forward(x, (3, 2), (2, 1), (1, 1))
+    _assert_parity(y, y0, dtype)
+    np.testing.assert_array_equal(am, am0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    _assert_parity(emu.conv2d_forward(x, w, (1, 1), (1, 1)), cpu.conv2d_forward(x, w, (1, 1), (1, 1)), dtype)
+
+
+def test_off_by_one_loop_bound_fails_parity(tmp_path, cpu):
+    # The grid-stride loop stops one element short: the last output element is never written.
+    # (poisoned_numpy's NaN-filled `empty` makes that visible whatever the allocator returns.)
+    emu = _plant(tmp_path, "activation.cu", "relu_forward", "i < n;", "i < n - 1;")
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    y = emu.relu_forward(x)
+    with pytest.raises(AssertionError, match="nan location mismatch"):
+        _assert_parity(y, cpu.relu_forward(x), np.float32)
+    assert np.isnan(y).sum() == 1 and np.isnan(y[-1, -1])
+
+
+def test_off_by_one_window_offset_fails_parity(tmp_path, cpu):
+    # The pooling window starts one row too low: every index stays in bounds, values are wrong.
+    emu = _plant(tmp_path, "pool2d.cu", "maxpool2d_forward", "oh * SH - PH;", "oh * SH - PH + 1;")
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 5))
+    y, argmax = emu.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    y0, argmax0 = cpu.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    with pytest.raises(AssertionError):
+        _assert_parity(y, y0, np.float64)
+    assert not np.array_equal(argmax, argmax0)
+
+
+def test_off_by_one_bounds_check_is_an_out_of_bounds_read(tmp_path):
+    # `h <= H` lets the bottom padding row read the row after the plane; for the last plane
+    # that is past the end of x, and the emulator says which kernel, argument and thread.
+    emu = _plant(tmp_path, "conv2d.cu", "im2col", "h < H", "h <= H")
+    x = np.ones((1, 2, 4, 4), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    with pytest.raises(KernelMemoryError, match=r"kernel im2col<float> \(conv2d.cu\).*out-of-bounds read of 4 bytes"
+                                                r".*argument 0 'x' \(const float\*\) holds 32 elements.*past the end"):
+        emu.conv2d_forward(x, w, (1, 1), (1, 1))
+
+
+def test_backend_passing_python_ints_is_caught(monkeypatch):
+    # The backend's discipline is numpy.int64 for every `long long`; a backend that passed plain
+    # Python ints (which CuPy would send as 8 bytes -- or a Python float as a double) is caught.
+    import gpucnn.backends.cuda_backend as cb
+    emu = make_emulated_backend()
+    monkeypatch.setattr(cb, "I64", int)
+    with pytest.raises(KernelArgumentError, match=r"relu_forward<float> \(activation.cu\): argument 2 'n' "
+                                                  r"\(long long n\) takes numpy.int64; got a Python int"):
+        emu.relu_forward(np.zeros((2, 3), np.float32))
+
+
+def test_float64_scalar_for_a_float_kernel_is_caught():
+    loader = EmulatedLoader()
+    k = loader.get("optim.cu", "sgd_update", np.float32)
+    p = np.zeros(4, np.float32)
+    args = [p, p.copy(), p.copy(), np.int64(4), np.float64(0.1), np.float32(0.9), np.float32(0),
+            np.int64(0), np.int64(0), np.int64(1)]
+    with pytest.raises(KernelArgumentError, match=r"sgd_update<float> \(optim.cu\): argument 4 'lr' \(float lr\) "
+                                                  r"takes numpy.float32; got numpy.float64"):
+        k((1,), (256,), tuple(args))
+
+
+def test_int64_argmax_for_an_int_pointer_is_caught():
+    loader = EmulatedLoader()
+    k = loader.get("pool2d.cu", "maxpool2d_backward", np.float32)
+    dy = np.zeros((1, 1, 2, 2), np.float32)
+    dims = [np.int64(v) for v in (1, 1, 4, 4, 2, 2, 2, 2, 2, 2, 0, 0)]
+    with pytest.raises(KernelArgumentError, match=r"argument 1 'argmax' \(const int\* argmax\) takes int32 elements; "
+                                                  r"got a int64 array"):
+        k((1,), (256,), (dy, np.zeros((1, 1, 2, 2), np.int64), np.zeros((1, 1, 4, 4), np.float32), *dims))
