@@ -390,6 +390,28 @@ def _one_line(exc):
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _driver_library_present():
+    """Whether the NVIDIA driver's CUDA library (libcuda / nvcuda.dll) can be loaded."""
+    import ctypes
+    import sys
+    names = ("nvcuda.dll",) if sys.platform.startswith("win") else ("libcuda.so.1", "libcuda.so")
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _cuda_version(runtime):
+    try:
+        v = runtime.runtimeGetVersion()
+        return f"CUDA {v // 1000}.{v % 1000 // 10}"
+    except Exception:
+        return "its CUDA version"
+
+
 def create_cuda_backend():
     """Return ``(CudaBackend, None)``, or ``(None, reason)`` with a one-line reason.
 
@@ -407,18 +429,15 @@ def create_cuda_backend():
         count = runtime.getDeviceCount()
     except Exception as exc:
         msg = str(exc)
-        if "InsufficientDriver" in msg or "insufficient" in msg.lower():
-            try:
-                want = runtime.runtimeGetVersion()
-                want = f"CUDA {want // 1000}.{want % 1000 // 10}"
-            except Exception:
-                want = "its CUDA version"
-            return None, (f"no usable NVIDIA driver: CuPy needs a driver for {want} "
-                          "(no driver or no GPU on this machine, or the driver is too old; "
-                          "update the driver or install the CuPy for your driver's CUDA: "
-                          f"{_INSTALL_HINT})")
         if "NoDevice" in msg:
             return None, "no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+        if "InsufficientDriver" in msg or "insufficient" in msg.lower():
+            if not _driver_library_present():
+                return None, ("no NVIDIA driver on this machine (libcuda cannot be loaded), "
+                              "so there is no GPU to use")
+            return None, (f"the NVIDIA driver is too old for this CuPy (built for "
+                          f"{_cuda_version(runtime)}): update the driver, or install the CuPy "
+                          f"for your driver's CUDA ({_INSTALL_HINT})")
         return None, f"cannot query CUDA devices ({_one_line(exc)})"
     if count < 1:
         return None, "no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"

@@ -1,0 +1,85 @@
+"""How closely two backends must agree, per primitive and dtype.
+
+A result ``got`` matches the reference ``ref`` when
+
+    max |got - ref|  <=  rtol * max(max |ref|, 1e-30)
+
+i.e. the largest error, relative to the largest magnitude of the reference
+(a normwise relative error; an elementwise one would be meaningless where a
+sum cancels to nearly zero).  Integer results (the max-pool argmax) must be
+equal, and so must ``all_finite``.
+
+float64: 1e-10 for every primitive.
+float32 (machine epsilon 1.2e-7):
+
+* 1e-6 (about 8 ulp of the largest value) for elementwise formulas, pooling
+  and the losses: the kernels evaluate the same expressions in the same order
+  as the NumPy backend, so they differ at most by the last bits of ``exp``,
+  ``log``, ``tanh`` (CUDA's are within 2 ulp, NumPy's within 1) and by sums
+  over overlapping windows.
+* 1e-5 for the GEMM-based primitives (convolution, linear) and the bias
+  gradient: a dot product of K terms computed in a different order (cuBLAS tiles
+  vs. NumPy's BLAS) differs by up to about sqrt(K) ulp of the largest partial
+  sum; 1e-5 holds for K up to a few thousand, the sizes the tests use.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT64_RTOL = 1e-10
+
+_GEMM = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight",
+         "linear_forward", "linear_backward_data", "linear_backward_weight",
+         "bias_backward")
+
+_FLOAT32 = {name: 1e-5 for name in _GEMM}
+
+#: primitive -> {dtype name: rtol}
+TOLERANCES = {}
+for _name in ("asarray", "to_numpy", "zeros", "all_finite", "accumulate",
+              "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight",
+              "linear_forward", "linear_backward_data", "linear_backward_weight",
+              "bias_forward", "bias_backward",
+              "maxpool2d_forward", "maxpool2d_backward",
+              "avgpool2d_forward", "avgpool2d_backward",
+              "sigmoid_forward", "sigmoid_backward", "relu_forward", "relu_backward",
+              "tanh_forward", "tanh_backward",
+              "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+              "mse_forward", "mse_backward", "sgd_update", "adam_update"):
+    TOLERANCES[_name] = {"float32": _FLOAT32.get(_name, 1e-6), "float64": FLOAT64_RTOL}
+del _name
+
+#: Whole-network training (tests/test_parity.py): after 50 steps from the same seed, the
+#: loss history and every parameter agree to this normwise relative error.  Errors of a
+#: single step grow through the training dynamics, hence the looser float32 figure.
+TRAINING = {"float32": 1e-3, "float64": 1e-8}
+
+
+def rtol(primitive: str, dtype) -> float:
+    name = np.dtype(dtype).name
+    try:
+        return TOLERANCES[primitive][name]
+    except KeyError:
+        raise KeyError(f"no tolerance for primitive {primitive!r} and dtype {name}") from None
+
+
+def compare(got, ref, tol):
+    """Return (max_abs_err, rel_err, ok) for arrays or scalars; integers must be equal."""
+    got = np.asarray(got)
+    ref = np.asarray(ref)
+    if got.shape != ref.shape:
+        return float("inf"), float("inf"), False
+    if ref.dtype.kind in "iub" or got.dtype.kind in "iub":
+        diff = int(np.count_nonzero(got != ref))
+        return float(diff), float(diff), diff == 0
+    g = got.astype(np.float64)
+    r = ref.astype(np.float64)
+    if g.size == 0:
+        return 0.0, 0.0, True
+    if not (np.isfinite(g).all() and np.isfinite(r).all()):
+        same = bool(np.array_equal(g, r, equal_nan=True))
+        return (0.0 if same else float("inf")), (0.0 if same else float("inf")), same
+    abs_err = float(np.max(np.abs(g - r)))
+    scale = max(float(np.max(np.abs(r))), 1e-30)
+    rel = abs_err / scale
+    return abs_err, rel, rel <= tol

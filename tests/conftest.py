@@ -1,0 +1,38 @@
+"""Shared fixtures.
+
+``other_backend``: each backend of ``tests/backend_registry.py`` in turn (the CUDA backend,
+the CPU emulator of the CUDA kernels, ...), to be compared against the NumPy backend;
+skipped, with the probe's reason, where it cannot run.  ``numpy_backend``: the reference.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests import backend_registry
+
+
+def pytest_generate_tests(metafunc):
+    if "other_backend" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "other_backend",
+            [pytest.param(e.name, marks=e.marks, id=e.name) for e in backend_registry.BACKENDS],
+            indirect=True)
+
+
+@pytest.fixture
+def other_backend(request):
+    backend, reason = backend_registry.entry(request.param).get()
+    if backend is None:
+        pytest.skip(reason)
+    return backend
+
+
+@pytest.fixture
+def backend_entry(other_backend):
+    return backend_registry.entry(other_backend.name)
+
+
+@pytest.fixture(scope="session")
+def numpy_backend():
+    from gpucnn.backends import cpu_backend
+    return cpu_backend()
