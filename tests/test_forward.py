@@ -16,7 +16,8 @@ import pytest
 
 import gpucnn
 from gpucnn import reference as R
-from gpucnn.backends import DeviceError, get_backend, resolve_device
+from gpucnn.backends import get_backend
+from tests import backend_registry
 
 F64 = dict(rtol=1e-12, atol=1e-12)
 F32 = dict(rtol=2e-5, atol=2e-5)
@@ -26,18 +27,24 @@ def cpu64(layer):
     return layer.to(device="cpu", dtype=np.float64)
 
 
+def case_id(case):
+    return str(case).replace(" ", "")
+
+
 def npy(a):
     return np.asarray(gpucnn.asnumpy(a))
 
 
-@pytest.fixture(params=["cpu", "cuda"])
+@pytest.fixture(params=["cpu"] + [pytest.param(e.name, marks=e.marks) for e in backend_registry.BACKENDS])
 def backend(request):
+    """The NumPy backend, then every backend of tests/backend_registry.py (CUDA, the CPU
+    emulator of the CUDA kernels), each checked against the reference directly."""
     if request.param == "cpu":
         return get_backend("cpu")
-    try:
-        return resolve_device("cuda")[0]
-    except DeviceError as exc:
-        pytest.skip(f"CUDA backend not usable here: {exc}")
+    b, reason = backend_registry.entry(request.param).get()
+    if b is None:
+        pytest.skip(reason)
+    return b
 
 
 def pair(v):
@@ -116,7 +123,7 @@ def _conv_inputs(case, seed=0):
     return x, w, b
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
 def test_conv2d_layer_float64(case):
     N, C, H, W, O, k, s, p = case
     x, _, _ = _conv_inputs(case)
@@ -128,7 +135,7 @@ def test_conv2d_layer_float64(case):
     np.testing.assert_allclose(npy(y), R.conv2d(x, w, b, s, p), **F64)
 
 
-@pytest.mark.parametrize("case", CONV_CASES[:4], ids=str)
+@pytest.mark.parametrize("case", CONV_CASES[:4], ids=case_id)
 def test_conv2d_layer_float32_default(case):
     N, C, H, W, O, k, s, p = case
     x, _, _ = _conv_inputs(case)
@@ -148,7 +155,7 @@ def test_conv2d_without_bias():
     np.testing.assert_allclose(npy(conv(x)), R.conv2d(x, npy(conv.weight.data), None, (2, 1), (1, 0)), **F64)
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_conv2d_primitives(backend, case, dtype):
     N, C, H, W, O, k, s, p = case
@@ -177,7 +184,7 @@ POOL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
 @pytest.mark.parametrize("values", ["normal", "negative", "ties"])
 def test_maxpool2d_layer(case, values):
     N, C, H, W, k, s, p = case
@@ -197,7 +204,7 @@ def test_maxpool2d_layer(case, values):
     np.testing.assert_array_equal(npy(y32), y_ref.astype(np.float32))
 
 
-@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_maxpool2d_primitive_with_argmax(backend, case, dtype):
     N, C, H, W, k, s, p = case
@@ -213,7 +220,7 @@ def test_maxpool2d_primitive_with_argmax(backend, case, dtype):
     np.testing.assert_array_equal(arg, arg_ref)
 
 
-@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
 def test_avgpool2d_layer(case):
     N, C, H, W, k, s, p = case
     x = np.random.default_rng(5).standard_normal((N, C, H, W))
@@ -225,7 +232,7 @@ def test_avgpool2d_layer(case):
     np.testing.assert_allclose(npy(y32), R.avgpool2d(x.astype(np.float32), k, s, p), **F32)
 
 
-@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_avgpool2d_primitive(backend, case, dtype):
     N, C, H, W, k, s, p = case

@@ -21,10 +21,15 @@ import pytest
 
 import gpucnn
 from gpucnn import reference as R
-from gpucnn.backends import DeviceError, get_backend, resolve_device
+from gpucnn.backends import get_backend
+from tests import backend_registry
 
 EPS = 1e-6
 TOL = 1e-6
+
+
+def case_id(case):
+    return str(case).replace(" ", "")
 
 
 def npy(a):
@@ -108,7 +113,7 @@ CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
 def test_conv2d_gradcheck(case):
     N, C, H, W, O, k, s, p = case
     rng = np.random.default_rng(20)
@@ -156,13 +161,13 @@ def _distinct_input(shape, seed):
     return vals.reshape(shape)
 
 
-@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
 def test_maxpool2d_gradcheck(case):
     N, C, H, W, k, s, p = case
     gradcheck_module(gpucnn.MaxPool2d(k, stride=s, padding=p), _distinct_input((N, C, H, W), 22))
 
 
-@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
 def test_avgpool2d_gradcheck(case):
     N, C, H, W, k, s, p = case
     gradcheck_module(gpucnn.AvgPool2d(k, stride=s, padding=p),
@@ -192,7 +197,7 @@ def test_maxpool2d_partial_tie_hand_example():
     np.testing.assert_array_equal(dx, expected)
 
 
-@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_maxpool2d_ties_match_reference(case, dtype):
     N, C, H, W, k, s, p = case
@@ -321,21 +326,23 @@ def test_reference_backwards_match_finite_differences():
 # Backward primitives against the reference, on every backend present
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(params=["cpu", "cuda"])
+@pytest.fixture(params=["cpu"] + [pytest.param(e.name, marks=e.marks) for e in backend_registry.BACKENDS])
 def backend(request):
+    """The NumPy backend, then every backend of tests/backend_registry.py (CUDA, the CPU
+    emulator of the CUDA kernels), each checked against the reference directly."""
     if request.param == "cpu":
         return get_backend("cpu")
-    try:
-        return resolve_device("cuda")[0]
-    except DeviceError as exc:
-        pytest.skip(f"CUDA backend not usable here: {exc}")
+    b, reason = backend_registry.entry(request.param).get()
+    if b is None:
+        pytest.skip(reason)
+    return b
 
 
 def _tol(dtype):
     return dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_conv2d_backward_primitives(backend, case, dtype):
     N, C, H, W, O, k, s, p = case
@@ -355,7 +362,7 @@ def test_conv2d_backward_primitives(backend, case, dtype):
         np.testing.assert_allclose(got, ref, **_tol(dtype))
 
 
-@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_pool_backward_primitives(backend, case, dtype):
     N, C, H, W, k, s, p = case

@@ -409,7 +409,7 @@ def test_rng_argument_is_used_and_leaves_the_global_generator_alone():
 
 
 @pytest.mark.parametrize("layer, fan_in", [(lambda: gpucnn.Conv2d(3, 16, (5, 4)), 3 * 5 * 4),
-                                           (lambda: gpucnn.Linear(50, 40), 50)])
+                                           (lambda: gpucnn.Linear(50, 40), 50)], ids=["Conv2d", "Linear"])
 def test_default_initialization_is_pytorch_like(layer, fan_in):
     # PyTorch: weight kaiming_uniform(a=sqrt(5)) and bias both U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     gpucnn.manual_seed(0)
