@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.cuda_emu import (EmulatedLoader, EmulatedModule, EmulatorCompileError, EmulatorError,
-                            KernelArgumentError, KernelMemoryError, KernelSyncError,
+                            KernelArgumentError, KernelMemoryError, KernelRaceError, KernelSyncError,
                             emulator_unavailable_reason, make_emulated_backend, poisoned_numpy)
 from tests.cuda_emu.signature import (SignatureError, find_kernels, kernel_signature,
                                       parse_name_expression, strip_comments)
@@ -32,7 +32,8 @@ pytestmark = [pytest.mark.emulated,
 TOY = pathlib.Path(__file__).parent / "cuda_emu" / "toy" / "toy.cu"
 KERNEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "kernels"
 TOY_EXPRS = ["axpy<float>", "axpy<double>", "block_sum<float>", "block_sum<double>",
-             "early_exit_barrier", "fill_2d", "shifted_copy", "shifted_read"]
+             "early_exit_barrier", "fill_2d", "shifted_copy", "shifted_read", "shift_add_inplace",
+             "last_writer_wins", "any_negative", "rotate_through_global", "count_positive"]
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +199,43 @@ def test_views_and_aliased_arguments_are_written_through():
     base = np.array([-1, 2, -3, 4, -5, 6], dtype=np.float32)
     k((1,), (256,), (base[2:], base[2:], np.int64(4)))  # in place, on a view
     np.testing.assert_array_equal(base, [-1, 2, 0, 4, 0, 6])
+
+
+# ------------------------------------------------------------------------------------------------
+# the race detector
+def test_in_place_neighbour_update_is_a_race(toy):
+    x = np.arange(10, dtype=np.float32)
+    with pytest.raises(KernelRaceError, match=r"shift_add_inplace.*data race on argument 0 'x' \(float\*\) element 1: "
+                                              r"thread \(1, 0, 0\) of block \(0, 0, 0\) wrote the element that "
+                                              r"thread \(0, 0, 0\) of block \(0, 0, 0\) read"):
+        toy.get_function("shift_add_inplace")((1,), (32,), (x, np.int32(10)))
+
+
+def test_different_values_into_one_element_is_a_race(toy):
+    out = np.zeros(1, np.int32)
+    with pytest.raises(KernelRaceError, match=r"last_writer_wins.*element 0: thread \(1, 0, 0\) of block \(0, 0, 0\) "
+                                              r"wrote a different value to the element that thread \(0, 0, 0\)"):
+        toy.get_function("last_writer_wins")((1,), (32,), (out, np.int32(5)))
+
+
+def test_same_value_from_many_threads_and_atomics_are_not_races(toy):
+    x = np.array([1, -2, 3, -4, -5, 6, 7, 8] * 40, dtype=np.float32)
+    flag = np.zeros(1, np.int32)
+    toy.get_function("any_negative")((2,), (256,), (x, flag, np.int32(x.size)))
+    assert flag[0] == 1
+    count = np.zeros(1, np.int32)
+    toy.get_function("count_positive")((2,), (256,), (x, count, np.int32(x.size)))
+    assert count[0] == (x > 0).sum()
+
+
+def test_barrier_orders_global_accesses_within_a_block_only(toy):
+    k = toy.get_function("rotate_through_global")
+    x = np.arange(200, dtype=np.float32)
+    y, z = np.zeros_like(x), np.zeros_like(x)
+    k((1,), (256,), (x, y, z, np.int32(200)))
+    np.testing.assert_array_equal(z, np.roll(x, -1))
+    with pytest.raises(KernelRaceError, match=r"rotate_through_global.*argument 1 'y'"):
+        k((2,), (128,), (x, y, z, np.int32(200)))
 
 
 # ------------------------------------------------------------------------------------------------

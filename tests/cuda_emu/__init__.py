@@ -6,8 +6,8 @@ How it works
   ``cuda_emu.h`` (threadIdx, __global__, __syncthreads, math, atomics), then the unchanged
   ``.cu`` file, then one ``extern "C"`` entry point per name expression (``"im2col<float>"``)
   that unpacks a ``void** args`` array into the kernel's parameters. g++ compiles it with
-  ``-fsanitize=kernel-address`` in outline mode, so every load and store calls back into
-  ``runtime.cpp``, and links it with the launcher into a shared library cached by a hash of
+  ``-fsanitize=thread`` instrumentation (but no TSan runtime), so every load and store calls
+  back into ``runtime.cpp`` (bounds and race checks), and links it with the launcher into a shared library cached by a hash of
   every input (``$GPUCNN_EMU_CACHE``, default ``~/.cache/gpucnn/cuda_emu``).
 * ``EmulatedRawKernel`` has ``cupy.RawKernel``'s call, ``kernel(grid, block, args,
   shared_mem=0)``, over NumPy arrays. Before launching it checks every argument against the
@@ -37,7 +37,7 @@ from .signature import SignatureError, find_kernels, kernel_signature, parse_nam
 
 __all__ = [
     "EmulatorError", "EmulatorCompileError", "KernelArgumentError", "KernelMemoryError",
-    "KernelSyncError", "EmulatedModule", "EmulatedRawKernel", "EmulatedLoader", "build_module",
+    "KernelSyncError", "KernelRaceError", "EmulatedModule", "EmulatedRawKernel", "EmulatedLoader", "build_module",
     "poisoned_numpy", "SignatureError", "make_emulated_backend", "emulator_unavailable_reason",
 ]
 
@@ -47,11 +47,7 @@ RUNTIME = HERE / "runtime.cpp"
 CXX = os.environ.get("CXX", "g++")
 
 #: Flags for the kernels' translation unit: every memory access becomes a call to runtime.cpp.
-KERNEL_FLAGS = (
-    "-O1", "-fPIC", "-fsanitize=kernel-address",
-    "--param", "asan-instrumentation-with-call-threshold=0",
-    "--param", "asan-stack=0", "--param", "asan-globals=0",
-)
+KERNEL_FLAGS = ("-O1", "-fPIC", "-fsanitize=thread", "--param", "tsan-instrument-func-entry-exit=0")
 RUNTIME_FLAGS = ("-std=c++14", "-O2", "-fPIC", "-fvisibility=hidden")
 LINK_FLAGS = ("-shared", "-Wl,-z,defs", "-Wl,-Bsymbolic")
 
@@ -82,6 +78,10 @@ class KernelMemoryError(RuntimeError):
     """A kernel read or wrote outside the arrays it was given."""
 
 
+class KernelRaceError(RuntimeError):
+    """Two threads of one launch accessed an element (one of them writing) without ordering."""
+
+
 class KernelSyncError(RuntimeError):
     """A block's threads did not meet at the same __syncthreads() (undefined behaviour on a GPU)."""
 
@@ -89,16 +89,18 @@ class KernelSyncError(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 # ctypes mirrors of runtime.cpp's structs
 class _Guard(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_uint64) for n in ("start", "end", "zone_lo", "zone_hi", "fault_lo", "fault_hi")]
+    _fields_ = [(n, ctypes.c_uint64) for n in ("start", "end", "zone_lo", "zone_hi", "fault_lo", "fault_hi",
+                                                "shadow", "shadow_bytes")]
 
 
 class _Report(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_int64), ("arg", ctypes.c_int64), ("offset", ctypes.c_int64),
                 ("size", ctypes.c_int64), ("is_write", ctypes.c_int64),
-                ("block", ctypes.c_int64 * 3), ("thread", ctypes.c_int64 * 3), ("count", ctypes.c_int64)]
+                ("block", ctypes.c_int64 * 3), ("thread", ctypes.c_int64 * 3), ("count", ctypes.c_int64),
+                ("race", ctypes.c_int64), ("other_block", ctypes.c_int64), ("other_thread", ctypes.c_int64)]
 
 
-_OUT_OF_BOUNDS, _FAULT_NEAR_ARRAY, _NULL_POINTER, _BARRIER_EXIT, _BARRIER_MISMATCH, _TRAP, _BAD_LAUNCH = range(1, 8)
+_OUT_OF_BOUNDS, _FAULT_NEAR_ARRAY, _NULL_POINTER, _BARRIER_EXIT, _BARRIER_MISMATCH, _TRAP, _BAD_LAUNCH, _RACE = range(1, 9)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -193,9 +195,13 @@ def build_module(source, name_expressions, std="c++14", include_dirs=()) -> path
         with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
             cpp = pathlib.Path(tmp) / f"{source.stem}_emu.cpp"
             cpp.write_text(wrapper, encoding="utf-8")
+            obj = pathlib.Path(tmp) / f"{source.stem}_emu.o"
             cmd = [CXX, f"-std={std}", *KERNEL_FLAGS, f"-I{HERE}", *(f"-I{d}" for d in includes),
-                   str(cpp), str(runtime_o), *LINK_FLAGS, "-o", str(out)]
+                   "-c", str(cpp), "-o", str(obj)]
             _run_compiler(cmd, f"compiling {source} for the CUDA emulator")
+            # linked without -fsanitize: runtime.cpp supplies the instrumentation's callbacks
+            _run_compiler([CXX, str(obj), str(runtime_o), *LINK_FLAGS, "-o", str(out)],
+                          f"linking the emulated {source.name}")
 
     return _atomic_build(final, build)
 
@@ -439,6 +445,20 @@ class EmulatedRawKernel:
                 f"{where}: out-of-bounds {access}{size} by {who}: argument {i} '{p.name}' ({p.ctype}) "
                 f"holds {nelem} elements (shape {arr.shape}), the access is at element {elem}, "
                 f"{rel}{extra}")
+        if r.kind == _RACE:
+            i = r.arg
+            p = self.params[i]
+            item = args[i].dtype.itemsize
+            ob, ot = r.other_block, r.other_thread
+            other_block = (ob % grid[0], ob // grid[0] % grid[1], ob // (grid[0] * grid[1]))
+            other_thread = (ot % block[0], ot // block[0] % block[1], ot // (block[0] * block[1]))
+            other = f"thread {other_thread} of block {other_block}"
+            what = {1: f"wrote a different value to the element that {other} wrote",
+                    2: f"read the element that {other} wrote",
+                    3: f"wrote the element that {other} read"}[r.race]
+            raise KernelRaceError(
+                f"{where}: data race on argument {i} '{p.name}' ({p.ctype}) element {r.offset // item}: {who} "
+                f"{what}, with no __syncthreads() between them (on a GPU the result depends on scheduling)")
         if r.kind == _NULL_POINTER:
             names = [self.params[i].name for i, a in enumerate(args) if self.types[i][0] and a is None]
             raise KernelMemoryError(f"{where}: {who} dereferenced a null pointer (address {r.offset:#x}); "

@@ -6,9 +6,10 @@
 // blocks one after another; the threads of a block one after another, or, when the source
 // calls __syncthreads(), as fibers so that __syncthreads() is a real barrier.
 //
-// Every load and store the kernel makes is instrumented by g++ (-fsanitize=kernel-address with
-// outline calls); runtime.cpp checks each address against the guard zones around the kernel's
-// array arguments and reports the first out-of-bounds access by argument and element.
+// Every load and store the kernel makes is instrumented by g++ (-fsanitize=thread, without the
+// TSan runtime); runtime.cpp checks each address against the guard zones around the kernel's
+// array arguments (out-of-bounds accesses) and keeps a shadow of who last wrote and read each
+// word (data races between threads of one launch).
 #pragma once
 
 #include <math.h>      // float overloads of exp/log/... in the global namespace, as in CUDA
@@ -32,7 +33,7 @@ extern uint3 cuda_emu_blockIdx;
 extern dim3 cuda_emu_blockDim;
 extern dim3 cuda_emu_gridDim;
 extern const int cuda_emu_warpSize;
-void cuda_emu_syncthreads(void);
+void cuda_emu_syncthreads(int line);
 void cuda_emu_trap(void);
 }
 
@@ -55,7 +56,7 @@ void cuda_emu_trap(void);
 #define __constant__ static const
 // g++ understands __restrict__ natively.
 
-#define __syncthreads() cuda_emu_syncthreads()
+#define __syncthreads() cuda_emu_syncthreads(__LINE__)
 #define __trap() cuda_emu_trap()
 #define __threadfence() ((void)0)
 #define __threadfence_block() ((void)0)
@@ -114,15 +115,24 @@ static inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 static inline int __ffs(int x) { return __builtin_ffs(x); }
 
 // ---- atomics: fibers switch only at barriers, so a plain read-modify-write is atomic here -------
-template <typename T> static inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
-template <typename T> static inline T atomicSub(T* p, T v) { T old = *p; *p = old - v; return old; }
-template <typename T> static inline T atomicExch(T* p, T v) { T old = *p; *p = v; return old; }
-template <typename T> static inline T atomicMax(T* p, T v) { T old = *p; *p = old > v ? old : v; return old; }
-template <typename T> static inline T atomicMin(T* p, T v) { T old = *p; *p = old < v ? old : v; return old; }
-template <typename T> static inline T atomicAnd(T* p, T v) { T old = *p; *p = old & v; return old; }
-template <typename T> static inline T atomicOr(T* p, T v) { T old = *p; *p = old | v; return old; }
-template <typename T> static inline T atomicXor(T* p, T v) { T old = *p; *p = old ^ v; return old; }
-template <typename T> static inline T atomicCAS(T* p, T cmp, T v) { T old = *p; if (old == cmp) *p = v; return old; }
+// (between cuda_emu_atomic_begin/end the race detector ignores the accesses; bounds still count)
+extern "C" void cuda_emu_atomic_begin(void);
+extern "C" void cuda_emu_atomic_end(void);
+#define CUDA_EMU_ATOMIC(name, expr)                                                       \
+    template <typename T> static inline T name(T* p, T v) {                               \
+        cuda_emu_atomic_begin(); T old = *p; *p = (expr); cuda_emu_atomic_end(); return old; \
+    }
+CUDA_EMU_ATOMIC(atomicAdd, old + v)
+CUDA_EMU_ATOMIC(atomicSub, old - v)
+CUDA_EMU_ATOMIC(atomicExch, v)
+CUDA_EMU_ATOMIC(atomicMax, old > v ? old : v)
+CUDA_EMU_ATOMIC(atomicMin, old < v ? old : v)
+CUDA_EMU_ATOMIC(atomicAnd, old & v)
+CUDA_EMU_ATOMIC(atomicOr, old | v)
+CUDA_EMU_ATOMIC(atomicXor, old ^ v)
+template <typename T> static inline T atomicCAS(T* p, T cmp, T v) {
+    cuda_emu_atomic_begin(); T old = *p; if (old == cmp) *p = v; cuda_emu_atomic_end(); return old;
+}
 
 // ---- read-only cache load ------------------------------------------------------------------------
 template <typename T> static inline T __ldg(const T* p) { return *p; }

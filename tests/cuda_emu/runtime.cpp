@@ -9,8 +9,8 @@
 // every thread of the block has arrived -- a real barrier. A block whose threads reach different
 // barriers, or where some threads exit while others wait, is reported (undefined behaviour on a GPU).
 //
-// Memory check: g++ -fsanitize=kernel-address with outline instrumentation makes every load and
-// store in the kernel call __asan_{load,store}N_noabort(addr). Python copies each array argument
+// Memory check: g++ -fsanitize=thread (instrumentation only) makes every load and store in the
+// kernel call __tsan_{read,write}N(addr). Python copies each array argument
 // into a buffer with a readable "guard zone" on both sides and PROT_NONE pages beyond those; an
 // access that falls in a guard zone (or faults in the PROT_NONE pages, or near address 0) is
 // recorded with the argument, byte offset, thread and block, and the launch stops.
@@ -41,6 +41,8 @@ struct Guard {
     uintptr_t start, end;        // the array: [start, end)
     uintptr_t zone_lo, zone_hi;  // readable guard zones: [zone_lo, start) and [end, zone_hi)
     uintptr_t fault_lo, fault_hi;  // whole mapping incl. PROT_NONE pages: [fault_lo, fault_hi)
+    uintptr_t shadow;            // race detector: 2 uint64 (last writer, last reader) per 4-byte word
+    uintptr_t shadow_bytes;
 };
 
 enum ErrorKind {
@@ -52,7 +54,10 @@ enum ErrorKind {
     BARRIER_MISMATCH = 5,   // threads of a block wait at different __syncthreads() calls
     TRAP = 6,               // __trap()
     BAD_LAUNCH = 7,         // launch configuration the runtime cannot run
+    RACE = 8,               // two threads of one launch touch a word without a barrier between
 };
+
+enum RaceKind { WRITE_WRITE = 1, READ_AFTER_WRITE = 2, WRITE_AFTER_READ = 3 };
 
 struct Report {
     int64_t kind;
@@ -63,6 +68,9 @@ struct Report {
     int64_t block[3];
     int64_t thread[3];
     int64_t count;        // how many bad accesses were seen before the launch stopped
+    int64_t race;         // RaceKind
+    int64_t other_block;  // the other thread of a race: linear block index
+    int64_t other_thread; //   and linear thread index within its block
 };
 
 static const Guard* g_guards = nullptr;
@@ -87,33 +95,154 @@ static void note_error(int kind, int arg, int64_t offset, int64_t size, int is_w
     g_stop = 1;
 }
 
+// ---- race detector ------------------------------------------------------------------------------
+// Each 4-byte word of an array argument remembers its last writer and last reader as an id
+// (block, barrier epoch within the block, thread). Two accesses by different threads are
+// ordered only when both are in the same block with a __syncthreads() between them (a later
+// epoch); anything else in one launch is concurrent on a GPU, whatever order the emulator ran
+// them in. Reported: a read of a word a concurrent thread wrote, a write to a word a concurrent
+// thread read, and a write over a concurrent thread's write *with a different value* (the same
+// value stored by many threads, e.g. an "any element non-finite" flag, is benign).
+// Atomics are exempt. Accesses narrower than 4 bytes are only bounds-checked.
+static int cuda_emu_in_atomic = 0;
+extern "C" void cuda_emu_atomic_begin(void) { ++cuda_emu_in_atomic; }
+extern "C" void cuda_emu_atomic_end(void) { --cuda_emu_in_atomic; }
+static uint64_t g_block_lin = 0;
+static uint64_t g_thread_lin = 0;
+static uint64_t g_epoch = 0;
+static uint64_t g_nthreads = 1;
+
+static const uint64_t kValid = 1ull << 63;
+static const uint64_t kShared = 1ull << 62;   // reader slot: another concurrent thread read it too
+static const uint64_t kEpochMask = 0x3FFFFFull << 10;
+
+static inline uint64_t my_id() {
+    return kValid | (g_block_lin << 32) | ((g_epoch & 0x3FFFFF) << 10) | g_thread_lin;
+}
+static inline uint64_t id_block(uint64_t id) { return (id >> 32) & 0x3FFFFFFF; }
+static inline uint64_t id_thread(uint64_t id) { return id & 0x3FF; }
+static inline uint64_t id_epoch(uint64_t id) { return (id >> 10) & 0x3FFFFF; }
+static inline bool same_thread(uint64_t a, uint64_t b) {
+    return id_block(a) == id_block(b) && id_thread(a) == id_thread(b);
+}
+static inline bool concurrent(uint64_t prev, uint64_t me) {
+    if (!(prev & kValid)) return false;
+    if (id_block(prev) != id_block(me)) return true;
+    if (id_thread(prev) == id_thread(me)) return false;
+    return id_epoch(prev) == id_epoch(me);
+}
+
+static void note_race(int race, int arg, int64_t offset, int64_t size, int is_write, uint64_t me, uint64_t other) {
+    Report* r = g_report;
+    bool first = r->kind == OK;
+    note_error(RACE, arg, offset, size, is_write);
+    if (!first) return;
+    r->race = race;
+    uint64_t t = id_thread(me), b = id_block(me);
+    const dim3& bd = cuda_emu_blockDim; const dim3& gd = cuda_emu_gridDim;
+    r->thread[0] = t % bd.x; r->thread[1] = (t / bd.x) % bd.y; r->thread[2] = t / (bd.x * bd.y);
+    r->block[0] = b % gd.x; r->block[1] = (b / gd.x) % gd.y; r->block[2] = b / ((uint64_t)gd.x * gd.y);
+    r->other_block = (int64_t)id_block(other);
+    r->other_thread = (int64_t)id_thread(other);
+}
+
+// A write over a concurrent thread's write: decided after the store, by comparing the bytes.
+static struct {
+    int active;
+    uintptr_t addr;
+    size_t n;
+    unsigned char before[16];
+    int arg;
+    int64_t offset;
+    uint64_t me, other;
+} g_pending;
+
+static inline void resolve_pending() {
+    if (!g_pending.active) return;
+    g_pending.active = 0;
+    if (memcmp((const void*)g_pending.addr, g_pending.before, g_pending.n) != 0)
+        note_race(WRITE_WRITE, g_pending.arg, g_pending.offset, (int64_t)g_pending.n, 1, g_pending.me, g_pending.other);
+}
+
+static void track(const Guard& g, int arg, uintptr_t a, size_t n, int is_write) {
+    uint64_t* shadow = (uint64_t*)g.shadow;
+    uint64_t me = my_id();
+    uint64_t w0 = (a - g.start) / 4, w1 = (a + n - 1 - g.start) / 4;
+    for (uint64_t k = w0; k <= w1; ++k) {
+        uint64_t* writer = &shadow[2 * k];
+        uint64_t* reader = &shadow[2 * k + 1];
+        if (is_write) {
+            uint64_t r = *reader;
+            if ((concurrent(r, me)) ||
+                ((r & kShared) && same_thread(r, me) && id_epoch(r) == id_epoch(me))) {
+                note_race(WRITE_AFTER_READ, arg, (int64_t)(a - g.start), (int64_t)n, 1, me, r);
+                return;
+            }
+            if (concurrent(*writer, me) && !g_pending.active && n <= 16) {
+                g_pending.active = 1;
+                g_pending.addr = a;
+                g_pending.n = n;
+                memcpy(g_pending.before, (const void*)a, n);
+                g_pending.arg = arg;
+                g_pending.offset = (int64_t)(a - g.start);
+                g_pending.me = me;
+                g_pending.other = *writer;
+            }
+            *writer = me;
+        } else {
+            if (concurrent(*writer, me)) {
+                note_race(READ_AFTER_WRITE, arg, (int64_t)(a - g.start), (int64_t)n, 0, me, *writer);
+                return;
+            }
+            uint64_t r = *reader;
+            if (!(r & kValid)) *reader = me;
+            else if (same_thread(r, me)) *reader = me | (r & kShared & (id_epoch(r) == id_epoch(me) ? ~0ull : 0));
+            else if (concurrent(r, me)) *reader = (r & ~kShared) | kShared;  // keep the other reader's id
+            else *reader = me;  // ordered before us by a barrier
+        }
+    }
+}
+
 static inline void check_access(uintptr_t a, size_t n, int is_write) {
+    if (g_pending.active) resolve_pending();
     const Guard* g = g_guards;
     for (int i = 0; i < g_nguards; ++i) {
         if (a + n > g[i].zone_lo && a < g[i].zone_hi) {
-            if (a >= g[i].start && a + n <= g[i].end) return;  // inside the array
+            if (a >= g[i].start && a + n <= g[i].end) {  // inside the array
+                if (n >= 4 && !cuda_emu_in_atomic && g[i].shadow) track(g[i], i, a, n, is_write);
+                return;
+            }
             note_error(OUT_OF_BOUNDS, i, (int64_t)(a - g[i].start), (int64_t)n, is_write);
             return;
         }
     }
 }
 
+// g++ -fsanitize=thread (compile only, no TSan runtime linked) calls these before every load
+// and store of the kernel code; unlike AddressSanitizer's, its instrumentation keeps a store
+// that follows a load of the same address, which the race detector needs.
 extern "C" {
-#define CUDA_EMU_CB(n)                                                                    \
-    void __asan_load##n##_noabort(void* p) { check_access((uintptr_t)p, n, 0); }          \
-    void __asan_store##n##_noabort(void* p) { check_access((uintptr_t)p, n, 1); }         \
-    void __asan_report_load##n##_noabort(void* p) { check_access((uintptr_t)p, n, 0); }   \
-    void __asan_report_store##n##_noabort(void* p) { check_access((uintptr_t)p, n, 1); }
+#define CUDA_EMU_CB(n)                                                                     \
+    void __tsan_read##n(void* p) { check_access((uintptr_t)p, n, 0); }                     \
+    void __tsan_write##n(void* p) { check_access((uintptr_t)p, n, 1); }                    \
+    void __tsan_unaligned_read##n(void* p) { check_access((uintptr_t)p, n, 0); }           \
+    void __tsan_unaligned_write##n(void* p) { check_access((uintptr_t)p, n, 1); }          \
+    void __tsan_volatile_read##n(void* p) { check_access((uintptr_t)p, n, 0); }            \
+    void __tsan_volatile_write##n(void* p) { check_access((uintptr_t)p, n, 1); }           \
+    void __tsan_unaligned_volatile_read##n(void* p) { check_access((uintptr_t)p, n, 0); }  \
+    void __tsan_unaligned_volatile_write##n(void* p) { check_access((uintptr_t)p, n, 1); }
 CUDA_EMU_CB(1)
 CUDA_EMU_CB(2)
 CUDA_EMU_CB(4)
 CUDA_EMU_CB(8)
 CUDA_EMU_CB(16)
-void __asan_loadN_noabort(void* p, size_t n) { check_access((uintptr_t)p, n, 0); }
-void __asan_storeN_noabort(void* p, size_t n) { check_access((uintptr_t)p, n, 1); }
-void __asan_report_load_n_noabort(void* p, size_t n) { check_access((uintptr_t)p, n, 0); }
-void __asan_report_store_n_noabort(void* p, size_t n) { check_access((uintptr_t)p, n, 1); }
-void __asan_handle_no_return(void) {}
+void __tsan_read_range(void* p, size_t n) { check_access((uintptr_t)p, n, 0); }
+void __tsan_write_range(void* p, size_t n) { check_access((uintptr_t)p, n, 1); }
+void __tsan_init(void) {}
+void __tsan_func_entry(void*) {}
+void __tsan_func_exit(void) {}
+void __tsan_vptr_update(void**, void*) {}
+void __tsan_vptr_read(void**) {}
 }
 
 // ---- guarded buffers ---------------------------------------------------------------------------
@@ -139,11 +268,22 @@ extern "C" EXPORT int cuda_emu_alloc_guarded(uint64_t nbytes, uint64_t zone, uin
     g->start = g->zone_lo + zone;
     g->end = g->start + nbytes;
     g->zone_hi = g->start + body + zone;
+    g->shadow_bytes = (nbytes + 3) / 4 * 16;
+    g->shadow = 0;
+    if (g->shadow_bytes) {
+        void* sh = mmap(nullptr, g->shadow_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (sh == MAP_FAILED) {
+            munmap(p, total);
+            return -1;
+        }
+        g->shadow = (uintptr_t)sh;
+    }
     return 0;
 }
 
 extern "C" EXPORT void cuda_emu_free_guarded(const Guard* g) {
     if (g->fault_hi > g->fault_lo) munmap((void*)g->fault_lo, g->fault_hi - g->fault_lo);
+    if (g->shadow) munmap((void*)g->shadow, g->shadow_bytes);
 }
 
 // ---- hardware faults: PROT_NONE pages and null pointers ------------------------------------------
@@ -201,7 +341,7 @@ enum FiberState { RUNNING = 0, AT_BARRIER = 1, DONE = 2 };
 struct Fiber {
     ucontext_t ctx;
     int state;
-    void* site;
+    long site;
 };
 
 static const size_t kFiberStack = 64 * 1024;
@@ -216,12 +356,14 @@ static void** g_args = nullptr;
 
 static void fiber_main() {
     g_entry(g_args);
+    resolve_pending();
     g_fibers[g_cur].state = DONE;
     // returning resumes uc_link == &g_sched
 }
 
-extern "C" void cuda_emu_syncthreads(void) {
-    void* site = __builtin_return_address(0);
+// `line` tells the barriers of a kernel apart (the compiler may duplicate one call site).
+extern "C" void cuda_emu_syncthreads(int line) {
+    long site = line;
     if (!g_fiber_mode) {
         // Only reachable when the source did not mention __syncthreads (e.g. via a macro) and the
         // block has more than one thread; a barrier cannot be honoured without fibers.
@@ -229,6 +371,7 @@ extern "C" void cuda_emu_syncthreads(void) {
             note_error(BAD_LAUNCH, -1, 0, 0, -1);
         return;
     }
+    resolve_pending();
     Fiber* f = &g_fibers[g_cur];
     f->state = AT_BARRIER;
     f->site = site;
@@ -238,6 +381,7 @@ extern "C" void cuda_emu_syncthreads(void) {
 extern "C" void cuda_emu_trap(void) { note_error(TRAP, -1, 0, 0, -1); }
 
 static inline void set_thread(unsigned t, const unsigned* block) {
+    g_thread_lin = t;
     cuda_emu_threadIdx.x = t % block[0];
     cuda_emu_threadIdx.y = (t / block[0]) % block[1];
     cuda_emu_threadIdx.z = t / (block[0] * block[1]);
@@ -257,7 +401,7 @@ static void run_block_fibers(unsigned nthreads, const unsigned* block) {
         f->ctx.uc_link = &g_sched;
         makecontext(&f->ctx, fiber_main, 0);
         f->state = RUNNING;
-        f->site = nullptr;
+        f->site = 0;
     }
     for (;;) {
         for (unsigned t = 0; t < nthreads; ++t) {
@@ -268,7 +412,7 @@ static void run_block_fibers(unsigned nthreads, const unsigned* block) {
             swapcontext(&g_sched, &g_fibers[t].ctx);
         }
         unsigned waiting = 0;
-        void* site = nullptr;
+        long site = 0;
         int mismatch = 0;
         for (unsigned t = 0; t < nthreads; ++t) {
             if (g_fibers[t].state == AT_BARRIER) {
@@ -288,6 +432,7 @@ static void run_block_fibers(unsigned nthreads, const unsigned* block) {
             return;
         }
         if (g_stop) return;
+        ++g_epoch;  // everything before this barrier is ordered before everything after it
     }
 }
 
@@ -296,6 +441,8 @@ static void run_block_fibers(unsigned nthreads, const unsigned* block) {
 extern "C" EXPORT int cuda_emu_launch(void* entry, const unsigned* grid, const unsigned* block, void** args,
                                int fiber_mode, const Guard* guards, int nguards, Report* report) {
     memset(report, 0, sizeof *report);
+    memset(&g_pending, 0, sizeof g_pending);
+    cuda_emu_in_atomic = 0;
     report->arg = -1;
     g_report = report;
     g_guards = guards;
@@ -318,17 +465,21 @@ extern "C" EXPORT int cuda_emu_launch(void* entry, const unsigned* grid, const u
             for (unsigned by = 0; by < grid[1] && !g_stop; ++by)
                 for (unsigned bx = 0; bx < grid[0] && !g_stop; ++bx) {
                     cuda_emu_blockIdx = {bx, by, bz};
+                    g_block_lin = bx + (uint64_t)grid[0] * (by + (uint64_t)grid[1] * bz);
+                    g_epoch = 0;
                     if (fiber_mode) {
                         run_block_fibers(nthreads, block);
                     } else {
                         for (unsigned t = 0; t < nthreads && !g_stop; ++t) {
                             set_thread(t, block);
                             g_entry(g_args);
+                            resolve_pending();
                         }
                     }
                 }
     }
     g_jump_armed = 0;
+    g_pending.active = 0;
     remove_fault_handler();
     g_guards = nullptr;
     g_nguards = 0;

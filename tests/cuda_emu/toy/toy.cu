@@ -53,3 +53,39 @@ __global__ void shifted_read(const double* __restrict__ x, double* __restrict__ 
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = x[i - skew];
 }
+
+// Race-detector demos ---------------------------------------------------------------------------
+
+// In place: x[i] += x[i + 1]. Thread i reads the element thread i + 1 overwrites: a data race.
+__global__ void shift_add_inplace(float* __restrict__ x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n - 1) x[i] += x[i + 1];
+}
+
+// Every thread stores its own index into out[0]: the last writer wins -- a data race.
+__global__ void last_writer_wins(int* __restrict__ out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[0] = i;
+}
+
+// Every thread whose element is negative stores 1 into flag[0]: the same value, benign.
+__global__ void any_negative(const float* __restrict__ x, int* __restrict__ flag, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n && x[i] < 0.0f) flag[0] = 1;
+}
+
+// y[i] = x[i]; barrier; z[i] = y[(i + 1) % n]. Race-free in one block (the barrier orders the
+// write before the neighbour's read); with several blocks the neighbour across a block boundary
+// is not ordered by __syncthreads -- a data race.
+__global__ void rotate_through_global(const float* __restrict__ x, float* y, float* __restrict__ z, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i];
+    __syncthreads();
+    if (i < n) z[i] = y[(i + 1) % n];
+}
+
+// atomicAdd from every thread into one counter: not a race.
+__global__ void count_positive(const float* __restrict__ x, int* __restrict__ count, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n && x[i] > 0.0f) atomicAdd(count, 1);
+}
