@@ -406,3 +406,67 @@ def test_loss_primitives(backend, dtype):
     np.testing.assert_allclose(probs, ref_grad * 4 + onehot, rtol=tol, atol=tol)
     y, t = rng.standard_normal((3, 4)).astype(dtype), rng.standard_normal((3, 4)).astype(dtype)
     assert float(backend.mse_forward(backend.asarray(y), backend.asarray(t))) == pytest.approx(R.mse(y, t)[0], rel=tol)
+
+
+# ---------------------------------------------------------------------------
+# Inputs the user may hand over: views, non-contiguous arrays; never modified
+# ---------------------------------------------------------------------------
+
+def _layers_for_views():
+    return [
+        cpu64(gpucnn.Conv2d(3, 2, 3, padding=1, rng=np.random.default_rng(16))),
+        gpucnn.MaxPool2d(2), gpucnn.AvgPool2d(3, stride=2, padding=1),
+        gpucnn.ReLU(), gpucnn.Sigmoid(), gpucnn.Tanh(), gpucnn.Flatten(),
+    ]
+
+
+@pytest.mark.parametrize("view", ["flip", "slice", "fortran", "transpose"])
+def test_layers_accept_non_contiguous_inputs(view):
+    base = np.random.default_rng(17).standard_normal((2, 3, 8, 10))
+    x = {"flip": lambda: np.flip(base, axis=3), "slice": lambda: base[:, :, ::2, 1:],
+         "fortran": lambda: np.asfortranarray(base), "transpose": lambda: base.transpose(0, 1, 3, 2)}[view]()
+    xc = np.ascontiguousarray(x)
+    for layer in _layers_for_views():
+        y = npy(layer(x))
+        name = type(layer).__name__
+        np.testing.assert_array_equal(y, npy(layer(xc)), err_msg=name)
+        dy = np.random.default_rng(18).standard_normal(y.shape)
+        layer(x)
+        dx = npy(layer.backward(dy))
+        layer(xc)
+        np.testing.assert_allclose(dx, npy(layer.backward(dy)), rtol=1e-14, atol=1e-14, err_msg=name)
+    lin = cpu64(gpucnn.Linear(4, 3))
+    xl = np.random.default_rng(19).standard_normal((4, 5)).T[:, :4]
+    np.testing.assert_allclose(npy(lin(xl)), npy(lin(np.ascontiguousarray(xl))), rtol=1e-14)
+
+
+def test_forward_and_backward_leave_their_arguments_unchanged():
+    rng = np.random.default_rng(20)
+    net = cpu64(gpucnn.Sequential(
+        gpucnn.Conv2d(2, 3, 3, padding=1, rng=rng), gpucnn.Sigmoid(), gpucnn.MaxPool2d(2),
+        gpucnn.Tanh(), gpucnn.AvgPool2d(1), gpucnn.ReLU(), gpucnn.Flatten(), gpucnn.Linear(12, 2, rng=rng)))
+    x = rng.standard_normal((2, 2, 4, 4))
+    x0 = x.copy()
+    y = npy(net(x)).copy()
+    np.testing.assert_array_equal(x, x0)
+    dy = rng.standard_normal(y.shape)
+    dy0 = dy.copy()
+    net.backward(dy)
+    np.testing.assert_array_equal(dy, dy0)
+    np.testing.assert_array_equal(npy(net(x)), y)      # and a second forward gives the same output
+    for layer in (gpucnn.Sigmoid(), gpucnn.ReLU(), gpucnn.Tanh()):
+        g = rng.standard_normal(x.shape)
+        g0 = g.copy()
+        layer(x)
+        layer.backward(g)
+        np.testing.assert_array_equal(x, x0, err_msg=type(layer).__name__)
+        np.testing.assert_array_equal(g, g0, err_msg=type(layer).__name__)
+
+
+def test_sequential_slicing():
+    net = gpucnn.Sequential(gpucnn.Flatten(), gpucnn.Linear(4, 3), gpucnn.ReLU(), gpucnn.Linear(3, 2))
+    head = net[:2]
+    assert isinstance(head, gpucnn.Sequential) and len(head) == 2
+    assert head[1] is net[1]
+    x = np.random.default_rng(21).standard_normal((2, 1, 2, 2)).astype(np.float32)
+    np.testing.assert_array_equal(npy(head(x)), npy(net[1](net[0](x))))
