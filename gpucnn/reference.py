@@ -38,6 +38,7 @@ __all__ = [
     "avgpool2d", "avgpool2d_backward", "sigmoid", "sigmoid_backward", "relu",
     "relu_backward", "tanh", "tanh_backward", "linear", "linear_backward",
     "softmax_cross_entropy", "mse", "sgd_step", "adam_step", "pool_out_size",
+    "check_cases", "check_backend",
 ]
 
 
@@ -417,3 +418,328 @@ def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, we
         new_m[idx] = mi
         new_v[idx] = vi
     return new_param, new_m, new_v
+
+
+# --------------------------------------------------------------------------
+# Checking a backend against the definitions (used by the tests and by
+# `gpucnn check` when no GPU is present)
+# --------------------------------------------------------------------------
+#
+# One *case* per backend primitive.  A case builds tiny, awkward inputs
+# (odd sizes, non-square kernels, stride and padding, ties in max pooling)
+# rounded to the dtype under test, and returns ``(run, expected)``:
+# ``run(backend)`` calls the primitive with the backend's signature and returns
+# a tuple of host results; ``expected`` is the same tuple computed by the loop
+# definitions above, in float64 from the same rounded inputs.
+
+def _rounded(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def _host(backend, *arrays):
+    return tuple(np.asarray(backend.to_numpy(a)) for a in arrays)
+
+
+_CONV = dict(x=(2, 3, 6, 5), w=(4, 3, 3, 2), stride=(2, 1), padding=(1, 1))
+_POOL = dict(x=(2, 3, 5, 6), kernel=(3, 2), stride=(2, 1), padding=(1, 1))
+
+
+def _conv_dy_shape():
+    n, _, h, w = _CONV["x"]
+    o, _, kh, kw = _CONV["w"]
+    (sh, sw), (ph, pw) = _CONV["stride"], _CONV["padding"]
+    return (n, o, pool_out_size(h, kh, sh, ph), pool_out_size(w, kw, sw, pw))
+
+
+def _pool_dy_shape():
+    n, c, h, w = _POOL["x"]
+    (kh, kw), (sh, sw), (ph, pw) = _POOL["kernel"], _POOL["stride"], _POOL["padding"]
+    return (n, c, pool_out_size(h, kh, sh, ph), pool_out_size(w, kw, sw, pw))
+
+
+def _away_from_zero(rng, shape, dtype):
+    x = rng.standard_normal(shape) * 2
+    x[np.abs(x) < 0.05] = 0.5
+    return x.astype(dtype)
+
+
+def _case_asarray(rng, dtype):
+    a = rng.standard_normal((3, 4))                      # float64 on the host
+    return (lambda B: _host(B, B.asarray(a, dtype=dtype), B.asarray(a.astype(dtype)))), \
+        (a.astype(dtype), a.astype(dtype))
+
+
+def _case_to_numpy(rng, dtype):
+    a = _rounded(rng, (2, 3, 4), dtype)
+    return (lambda B: (np.asarray(B.to_numpy(B.asarray(a))),)), (a,)
+
+
+def _case_zeros(rng, dtype):
+    return (lambda B: _host(B, B.zeros((2, 3), dtype))), (np.zeros((2, 3)),)
+
+
+def _case_all_finite(rng, dtype):
+    a = _rounded(rng, (3, 4), dtype)
+    b, c = a.copy(), a.copy()
+    b[1, 2], c[2, 3] = np.nan, -np.inf
+
+    def run(B):
+        return tuple(np.array(bool(B.all_finite(B.asarray(v)))) for v in (a, b, c))
+    return run, (np.array(True), np.array(False), np.array(False))
+
+
+def _case_accumulate(rng, dtype):
+    a, b = _rounded(rng, (3, 5), dtype), _rounded(rng, (3, 5), dtype)
+    expected = np.zeros(a.shape)
+    for idx in np.ndindex(a.shape):
+        expected[idx] = float(a[idx]) + float(b[idx])
+
+    def run(B):
+        dst = B.asarray(a.copy())
+        B.accumulate(dst, B.asarray(b))
+        return _host(B, dst)
+    return run, (expected,)
+
+
+def _case_conv2d_forward(rng, dtype):
+    x, w = _rounded(rng, _CONV["x"], dtype), _rounded(rng, _CONV["w"], dtype)
+    s, p = _CONV["stride"], _CONV["padding"]
+    return (lambda B: _host(B, B.conv2d_forward(B.asarray(x), B.asarray(w), s, p))), \
+        (conv2d(x, w, None, s, p),)
+
+
+def _case_conv2d_backward_data(rng, dtype):
+    x, w = _rounded(rng, _CONV["x"], dtype), _rounded(rng, _CONV["w"], dtype)
+    dy = _rounded(rng, _conv_dy_shape(), dtype)
+    s, p = _CONV["stride"], _CONV["padding"]
+    return (lambda B: _host(B, B.conv2d_backward_data(B.asarray(dy), B.asarray(w), x.shape, s, p))), \
+        (conv2d_backward(dy, x, w, s, p)[0],)
+
+
+def _case_conv2d_backward_weight(rng, dtype):
+    x, w = _rounded(rng, _CONV["x"], dtype), _rounded(rng, _CONV["w"], dtype)
+    dy = _rounded(rng, _conv_dy_shape(), dtype)
+    s, p = _CONV["stride"], _CONV["padding"]
+    return (lambda B: _host(B, B.conv2d_backward_weight(B.asarray(dy), B.asarray(x), w.shape, s, p))), \
+        (conv2d_backward(dy, x, w, s, p)[1],)
+
+
+def _case_linear_forward(rng, dtype):
+    x, w = _rounded(rng, (3, 7), dtype), _rounded(rng, (5, 7), dtype)
+    return (lambda B: _host(B, B.linear_forward(B.asarray(x), B.asarray(w)))), (linear(x, w),)
+
+
+def _case_linear_backward_data(rng, dtype):
+    x, w, dy = _rounded(rng, (3, 7), dtype), _rounded(rng, (5, 7), dtype), _rounded(rng, (3, 5), dtype)
+    return (lambda B: _host(B, B.linear_backward_data(B.asarray(dy), B.asarray(w)))), \
+        (linear_backward(dy, x, w)[0],)
+
+
+def _case_linear_backward_weight(rng, dtype):
+    x, w, dy = _rounded(rng, (3, 7), dtype), _rounded(rng, (5, 7), dtype), _rounded(rng, (3, 5), dtype)
+    return (lambda B: _host(B, B.linear_backward_weight(B.asarray(dy), B.asarray(x)))), \
+        (linear_backward(dy, x, w)[1],)
+
+
+def _case_bias_forward(rng, dtype):
+    y4, b4 = _rounded(rng, (2, 3, 4, 5), dtype), _rounded(rng, (3,), dtype)
+    y2, b2 = _rounded(rng, (4, 6), dtype), _rounded(rng, (6,), dtype)
+    e4 = np.zeros(y4.shape)
+    for n, c, i, j in np.ndindex(y4.shape):
+        e4[n, c, i, j] = float(y4[n, c, i, j]) + float(b4[c])
+    e2 = linear(y2, np.eye(6), b2)                      # y + b along axis 1
+
+    def run(B):
+        return _host(B, B.bias_forward(B.asarray(y4.copy()), B.asarray(b4)),
+                     B.bias_forward(B.asarray(y2.copy()), B.asarray(b2)))
+    return run, (e4, e2)
+
+
+def _case_bias_backward(rng, dtype):
+    d4, d2 = _rounded(rng, (2, 3, 4, 5), dtype), _rounded(rng, (4, 6), dtype)
+    e4 = np.zeros(3)
+    for n, c, i, j in np.ndindex(d4.shape):
+        e4[c] += float(d4[n, c, i, j])
+    e2 = linear_backward(d2, np.zeros((4, 1)), np.zeros((6, 1)))[2]
+    return (lambda B: _host(B, B.bias_backward(B.asarray(d4)), B.bias_backward(B.asarray(d2)))), (e4, e2)
+
+
+def _pool_input_with_ties(rng, dtype):
+    return rng.integers(-2, 3, size=_POOL["x"]).astype(dtype)
+
+
+def _case_maxpool2d_forward(rng, dtype):
+    x = _pool_input_with_ties(rng, dtype)
+    k, s, p = _POOL["kernel"], _POOL["stride"], _POOL["padding"]
+    y, arg = maxpool2d(x, k, s, p)
+    return (lambda B: _host(B, *B.maxpool2d_forward(B.asarray(x), k, s, p))), (y, arg)
+
+
+def _case_maxpool2d_backward(rng, dtype):
+    x = _pool_input_with_ties(rng, dtype)
+    k, s, p = _POOL["kernel"], _POOL["stride"], _POOL["padding"]
+    dy = _rounded(rng, _pool_dy_shape(), dtype)
+    _, arg = maxpool2d(x, k, s, p)
+
+    def run(B):
+        a = B.asarray(arg.astype(np.int32), dtype=np.int32)
+        return _host(B, B.maxpool2d_backward(B.asarray(dy), a, x.shape, k, s, p))
+    return run, (maxpool2d_backward(dy, x, k, s, p),)
+
+
+def _case_avgpool2d_forward(rng, dtype):
+    x = _rounded(rng, _POOL["x"], dtype)
+    k, s, p = _POOL["kernel"], _POOL["stride"], _POOL["padding"]
+    return (lambda B: _host(B, B.avgpool2d_forward(B.asarray(x), k, s, p))), (avgpool2d(x, k, s, p),)
+
+
+def _case_avgpool2d_backward(rng, dtype):
+    k, s, p = _POOL["kernel"], _POOL["stride"], _POOL["padding"]
+    dy = _rounded(rng, _pool_dy_shape(), dtype)
+    return (lambda B: _host(B, B.avgpool2d_backward(B.asarray(dy), _POOL["x"], k, s, p))), \
+        (avgpool2d_backward(dy, _POOL["x"], k, s, p),)
+
+
+def _activation_cases(name, fwd, bwd):
+    def forward_case(rng, dtype):
+        x = _away_from_zero(rng, (2, 3, 4, 5), dtype)
+        x.flat[:4] = [0.0, 80.0, -80.0, 3.0]               # saturating values (finite in float32)
+        return (lambda B: _host(B, getattr(B, name + "_forward")(B.asarray(x)))), (fwd(x),)
+
+    def backward_case(rng, dtype):
+        x = _away_from_zero(rng, (3, 7), dtype)
+        dy = _rounded(rng, (3, 7), dtype)
+        y = fwd(x).astype(dtype)                           # the backward takes the saved output
+
+        def run(B):
+            return _host(B, getattr(B, name + "_backward")(B.asarray(dy), B.asarray(y)))
+        return run, (bwd(dy, x),)
+    return forward_case, backward_case
+
+
+_case_sigmoid_forward, _case_sigmoid_backward = _activation_cases("sigmoid", sigmoid, sigmoid_backward)
+_case_relu_forward, _case_relu_backward = _activation_cases("relu", relu, relu_backward)
+_case_tanh_forward, _case_tanh_backward = _activation_cases("tanh", tanh, tanh_backward)
+
+
+def _ce_inputs(rng, dtype):
+    logits = _rounded(rng, (5, 7), dtype, scale=3.0)
+    labels = np.array([0, 6, 3, 3, 1], dtype=np.int64)
+    return logits, labels
+
+
+def _case_softmax_cross_entropy_forward(rng, dtype):
+    logits, labels = _ce_inputs(rng, dtype)
+    loss, grad = softmax_cross_entropy(logits, labels)
+    probs = grad * logits.shape[0] + np.eye(logits.shape[1])[labels]
+
+    def run(B):
+        got_loss, got_probs = B.softmax_cross_entropy_forward(B.asarray(logits), B.asarray(labels))
+        return (np.array(float(got_loss)),) + _host(B, got_probs)
+    return run, (np.array(loss), probs)
+
+
+def _case_softmax_cross_entropy_backward(rng, dtype):
+    logits, labels = _ce_inputs(rng, dtype)
+    _, grad = softmax_cross_entropy(logits, labels)
+    probs = (grad * logits.shape[0] + np.eye(logits.shape[1])[labels]).astype(dtype)
+
+    def run(B):
+        return _host(B, B.softmax_cross_entropy_backward(B.asarray(probs), B.asarray(labels)))
+    return run, (grad,)
+
+
+def _case_mse_forward(rng, dtype):
+    y, t = _rounded(rng, (4, 3), dtype), _rounded(rng, (4, 3), dtype)
+    return (lambda B: (np.array(float(B.mse_forward(B.asarray(y), B.asarray(t)))),)), (np.array(mse(y, t)[0]),)
+
+
+def _case_mse_backward(rng, dtype):
+    y, t = _rounded(rng, (2, 3, 2, 2), dtype), _rounded(rng, (2, 3, 2, 2), dtype)
+    return (lambda B: _host(B, B.mse_backward(B.asarray(y), B.asarray(t)))), (mse(y, t)[1],)
+
+
+def _case_sgd_update(rng, dtype):
+    shape = (4, 3)
+    p, g, buf = (_rounded(rng, shape, dtype) for _ in range(3))
+    lr, mom, wd = 0.1, 0.9, 0.01
+    # (a) plain SGD, no buffer; (b) the first momentum step fills the buffer;
+    # (c) a later Nesterov step with weight decay
+    pa, _ = sgd_step(p, g, None, lr)
+    pb, bb = sgd_step(p, g, None, lr, mom, wd)
+    pc, bc = sgd_step(p, g, buf, lr, mom, wd, nesterov=True)
+
+    def run(B):
+        qa = B.asarray(p.copy())
+        B.sgd_update(qa, B.asarray(g), None, lr, 0.0, 0.0, False, True)
+        qb, vb = B.asarray(p.copy()), B.zeros(shape, dtype)
+        B.sgd_update(qb, B.asarray(g), vb, lr, mom, wd, False, True)
+        qc, vc = B.asarray(p.copy()), B.asarray(buf.copy())
+        B.sgd_update(qc, B.asarray(g), vc, lr, mom, wd, True, False)
+        return _host(B, qa, qb, vb, qc, vc)
+    return run, (pa, pb, bb, pc, bc)
+
+
+def _case_adam_update(rng, dtype):
+    shape = (3, 5)
+    p, g, m = (_rounded(rng, shape, dtype) for _ in range(3))
+    v = (rng.random(shape) * 0.5).astype(dtype)            # a second moment is never negative
+    step, lr, betas, eps, wd = 3, 0.01, (0.8, 0.95), 1e-6, 0.05
+    ep, em, ev = adam_step(p, g, m, v, step, lr, betas, eps, wd)
+
+    def run(B):
+        q, mm, vv = B.asarray(p.copy()), B.asarray(m.copy()), B.asarray(v.copy())
+        B.adam_update(q, B.asarray(g), mm, vv, step, lr, betas[0], betas[1], eps, wd)
+        return _host(B, q, mm, vv)
+    return run, (ep, em, ev)
+
+
+def check_cases():
+    """{primitive name: case builder} for every name in ``gpucnn.backends.PRIMITIVES``."""
+    from .backends import PRIMITIVES
+    cases = {}
+    for name in PRIMITIVES:
+        builder = globals().get("_case_" + name)
+        if builder is None:
+            raise KeyError(f"gpucnn.reference has no check case for the primitive {name!r}")
+        cases[name] = builder
+    return cases
+
+
+def check_backend(backend, dtypes=("float32", "float64"), seed=0, primitives=None):
+    """Run every primitive of ``backend`` on tiny inputs and compare with the loop
+    definitions, using the tolerances of ``gpucnn.tolerances``.
+
+    Returns one dict per (primitive, dtype): ``primitive``, ``dtype``, ``max_abs``
+    and ``rel`` (the worst over the primitive's outputs), ``tol``, ``ok`` and
+    ``error`` (the exception text when the primitive raised, else None).
+    """
+    from .tolerances import compare, rtol
+    cases = check_cases()
+    names = list(cases) if primitives is None else list(primitives)
+    report = []
+    for name in names:
+        for dt in dtypes:
+            dtype = np.dtype(dt)
+            tol = rtol(name, dtype)
+            row = dict(primitive=name, dtype=dtype.name, max_abs=0.0, rel=0.0, tol=tol, ok=True, error=None)
+            try:
+                run, expected = cases[name](np.random.default_rng(seed), dtype)
+                got = run(backend)
+                if len(got) != len(expected):
+                    raise ValueError(f"returned {len(got)} results, expected {len(expected)}")
+                for g, e in zip(got, expected):
+                    g = np.asarray(g)
+                    if g.shape != np.shape(e):
+                        raise ValueError(f"result shape {g.shape}, expected {np.shape(e)}")
+                    if g.dtype.kind == "f" and np.ndim(e) > 0 and g.dtype != dtype:
+                        raise ValueError(f"result dtype {g.dtype}, expected {dtype}")
+                    abs_err, rel, ok = compare(g, e, tol)
+                    row["max_abs"] = max(row["max_abs"], abs_err)
+                    row["rel"] = max(row["rel"], rel)
+                    row["ok"] = row["ok"] and ok
+            except Exception as exc:  # a crash is a failed check, reported with its reason
+                row.update(ok=False, error=f"{type(exc).__name__}: {exc}",
+                           max_abs=float("inf"), rel=float("inf"))
+            report.append(row)
+    return report

@@ -470,3 +470,58 @@ def test_sequential_slicing():
     assert head[1] is net[1]
     x = np.random.default_rng(21).standard_normal((2, 1, 2, 2)).astype(np.float32)
     np.testing.assert_array_equal(npy(head(x)), npy(net[1](net[0](x))))
+
+
+# ---------------------------------------------------------------------------
+# gpucnn.reference.check_backend: the per-primitive report `gpucnn check` prints
+# ---------------------------------------------------------------------------
+
+def test_check_cases_cover_every_primitive():
+    from gpucnn.backends import PRIMITIVES
+    assert list(R.check_cases()) == list(PRIMITIVES)
+
+
+def test_check_backend_passes_on_every_backend(backend):
+    report = R.check_backend(backend)
+    from gpucnn.backends import PRIMITIVES
+    assert {(r["primitive"], r["dtype"]) for r in report} == {(p, d) for p in PRIMITIVES for d in ("float32", "float64")}
+    bad = [r for r in report if not r["ok"]]
+    assert not bad, bad
+    for r in report:
+        assert r["error"] is None and 0 <= r["rel"] <= r["tol"], r
+
+
+class _Planted:
+    """The NumPy backend with some primitives replaced."""
+
+    def __init__(self, **overrides):
+        self._base = get_backend("cpu")
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+
+def test_check_backend_reports_planted_bugs():
+    base = get_backend("cpu")
+
+    def maxpool_last_tie(x, kernel, stride, padding):     # takes the last maximum on a tie
+        y, arg = base.maxpool2d_forward(x[:, :, ::-1, ::-1].copy(), kernel, stride, padding)
+        return base.maxpool2d_forward(x, kernel, stride, padding)[0], arg
+
+    def sigmoid_backward_from_input(dy, y):               # the seed's mistake: sigma' of the wrong thing
+        return dy * (1 - y)
+
+    def adam_without_bias_correction(param, grad, m, v, step, lr, b1, b2, eps, wd):
+        base.adam_update(param, grad, m, v, 10**6, lr, b1, b2, eps, wd)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel launch failed")
+
+    planted = _Planted(maxpool2d_forward=maxpool_last_tie, sigmoid_backward=sigmoid_backward_from_input,
+                       adam_update=adam_without_bias_correction, avgpool2d_backward=broken)
+    report = R.check_backend(planted)
+    failed = {r["primitive"] for r in report if not r["ok"]}
+    assert failed == {"maxpool2d_forward", "sigmoid_backward", "adam_update", "avgpool2d_backward"}
+    crash = [r for r in report if r["primitive"] == "avgpool2d_backward"]
+    assert all("kernel launch failed" in r["error"] for r in crash)
