@@ -387,3 +387,10 @@ def test_int64_argmax_for_an_int_pointer_is_caught():
     with pytest.raises(KernelArgumentError, match=r"argument 1 'argmax' \(const int\* argmax\) takes int32 elements; "
                                                   r"got a int64 array"):
         k((1,), (256,), (dy, np.zeros((1, 1, 2, 2), np.int64), np.zeros((1, 1, 4, 4), np.float32), *dims))
+
+
+def test_dynamic_shared_memory_is_refused_clearly(tmp_path):
+    src = tmp_path / "dyn.cu"
+    src.write_text("__global__ void k(float* y) { extern __shared__ float s[]; s[0] = 1; y[0] = s[0]; }\n")
+    with pytest.raises(EmulatorError, match=r"dyn.cu: dynamic shared memory \(extern __shared__\) is not emulated"):
+        EmulatedModule(src, ["k"])

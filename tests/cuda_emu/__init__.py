@@ -27,7 +27,9 @@ import ctypes
 import hashlib
 import os
 import pathlib
+import re
 import subprocess
+import time
 import tempfile
 import threading
 
@@ -47,7 +49,9 @@ RUNTIME = HERE / "runtime.cpp"
 CXX = os.environ.get("CXX", "g++")
 
 #: Flags for the kernels' translation unit: every memory access becomes a call to runtime.cpp.
-KERNEL_FLAGS = ("-O1", "-fPIC", "-fsanitize=thread", "--param", "tsan-instrument-func-entry-exit=0")
+#: -ffp-contract=off mirrors the NVRTC option --fmad=false (no fused multiply-add), whatever the host.
+KERNEL_FLAGS = ("-O1", "-fPIC", "-ffp-contract=off", "-fsanitize=thread",
+                "--param", "tsan-instrument-func-entry-exit=0")
 RUNTIME_FLAGS = ("-std=c++14", "-O2", "-fPIC", "-fvisibility=hidden")
 LINK_FLAGS = ("-shared", "-Wl,-z,defs", "-Wl,-Bsymbolic")
 
@@ -156,6 +160,17 @@ def _atomic_build(final: pathlib.Path, build):
     return final
 
 
+def _prune(directory: pathlib.Path, pattern: str, max_age_days: float = 7.0):
+    """Delete cached builds of earlier sources that nothing has used for a week."""
+    cutoff = time.time() - max_age_days * 86400
+    for old in directory.glob(pattern):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:
+            pass
+
+
 def _runtime_object() -> pathlib.Path:
     digest = hashlib.sha256(RUNTIME.read_bytes() + repr(RUNTIME_FLAGS).encode()
                             + _compiler_version().encode()).hexdigest()[:16]
@@ -188,7 +203,9 @@ def build_module(source, name_expressions, std="c++14", include_dirs=()) -> path
             h.update(hdr.name.encode() + b"\0" + hdr.read_bytes())
     final = cache_dir() / f"{source.stem}-{h.hexdigest()[:16]}.so"
     if final.exists():
+        os.utime(final)  # keeps it from being pruned while in use
         return final
+    _prune(final.parent, f"{source.stem}-*.so")
     runtime_o = _runtime_object()
 
     def build(out: pathlib.Path):
@@ -232,6 +249,8 @@ class EmulatedModule:
             for hdr in inc.glob("*.cuh"):
                 if hdr.name in code:
                     code += strip_comments(hdr.read_text(encoding="utf-8"))
+        if re.search(r"\bextern\s+__shared__\b", code):
+            raise EmulatorError(f"{self.label}: dynamic shared memory (extern __shared__) is not emulated")
         # Fibers only where a barrier can happen; otherwise a block's threads run in a plain loop.
         self.fiber_mode = "__syncthreads" in code
         self.signatures = {e: kernel_signature(self.source, e) for e in self.name_expressions}
