@@ -146,7 +146,7 @@ class Module:
                              f"{missing or 'none'}, unexpected {unexpected or 'none'}")
         arrays = {}
         for name, p in params.items():
-            a = np.asarray(backends.asnumpy(state[name]))
+            a = np.array(backends.asnumpy(state[name]), copy=True)  # never alias the caller's dict
             if a.shape != p.shape:
                 raise ValueError(f"{self._name}.load_state_dict: '{name}' has shape "
                                  f"{a.shape}, expected {p.shape}")

@@ -83,7 +83,9 @@ class Optimizer:
                 if tuple(v.shape) != p.shape:
                     raise ValueError(f"{name}.load_state_dict: {key!r} has shape {tuple(v.shape)}, "
                                      f"expected {p.shape}")
-                v = backends.backend_of(p.data).asarray(np.asarray(v), dtype=p.dtype)
+                # a copy: step() updates state in place and must not write into the caller's dict
+                v = backends.backend_of(p.data).asarray(np.array(backends.asnumpy(v), copy=True),
+                                                        dtype=p.dtype)
             elif hasattr(v, "shape"):
                 v = v.item()
             new_state[int(idx)][k] = v
