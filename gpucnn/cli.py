@@ -1,0 +1,343 @@
+"""The ``gpucnn`` command (also ``python -m gpucnn``).
+
+Subcommands: ``train`` (default data: the bundled digits), ``evaluate``,
+``predict``, ``info`` and ``check``.  Errors print one line on stderr and exit
+non-zero; ``--debug`` prints the traceback as well.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import traceback
+from pathlib import Path
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _version():
+    from . import __version__
+    return __version__
+
+
+# =========================================================================== train
+
+def cmd_train(args):
+    from .train import TrainingDiverged, TrainingInterrupted, run_training
+    overrides = {k: getattr(args, k) for k in (
+        "data_dir", "t10k_split", "limit_train", "limit_test", "model", "epochs", "batch_size",
+        "lr", "optimizer", "seed", "device", "dtype")}
+    if args.resume is None and args.data is not None:
+        overrides["data"] = args.data
+    elif args.resume is not None and args.data is not None:
+        overrides["data"] = args.data  # allowed only when it matches the checkpoint
+    try:
+        result = run_training(out=args.out, resume=args.resume, runs_root=args.runs_dir,
+                              progress=not args.no_progress and sys.stderr.isatty(), log=print, **overrides)
+    except TrainingInterrupted as exc:
+        print(f"gpucnn: {exc.message}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TrainingDiverged as exc:
+        print(f"gpucnn: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(result.summary())
+    return 0
+
+
+# =========================================================================== evaluate
+
+def cmd_evaluate(args):
+    from .train import CheckpointError, dataset_for, evaluate, load_model, plot_confusion
+    model, ckpt, cfg = load_model(args.checkpoint, device=args.device)
+    if args.data is not None and args.data != cfg.data:
+        cfg.data = args.data
+        cfg.t10k_split = None
+    if args.data_dir is not None:
+        cfg.data_dir = str(Path(args.data_dir).expanduser().resolve())
+    if args.t10k_split is not None:
+        cfg.t10k_split = args.t10k_split
+    dataset = dataset_for(cfg)
+    want = tuple(ckpt.state["dataset"]["input_shape"])
+    if dataset.input_shape != want:
+        raise CheckpointError(f"the model in {ckpt.path} takes {want} images but {cfg.data} has "
+                              f"{dataset.input_shape}")
+    res = evaluate(model, dataset.test, batch_size=args.batch_size, classes=dataset.classes)
+    print(f"{ckpt.path}: {cfg.model} on {dataset.source}, test split ({len(dataset.test)} images), "
+          f"device {model.device}")
+    print(res.format_table())
+    out = Path(args.out) if args.out else ckpt.path.parent / "confusion.png"
+    plot_confusion(res.confusion, list(dataset.classes), out,
+                   title=f"{cfg.data} test: {100 * res.accuracy:.2f}% correct")
+    print(f"test accuracy {100 * res.accuracy:.2f}% ({res.correct}/{res.total}), loss {res.loss:.4f}; "
+          f"confusion matrix in {out}")
+    return 0
+
+
+# =========================================================================== predict
+
+def cmd_predict(args):
+    import numpy as np
+    from .data import load_image, normalize
+    from .train import load_model, predict_proba
+    model, ckpt, cfg = load_model(args.checkpoint, device=args.device)
+    info = ckpt.state["dataset"]
+    shape, classes = tuple(info["input_shape"]), list(info["classes"])
+    images, notes = [], []
+    for path in args.images:
+        img, note = load_image(path, shape, invert=args.invert, resize=not args.no_resize)
+        images.append(img)
+        notes.append(note)
+    batch = normalize(np.stack(images), info["mean"], info["std"])
+    probs = predict_proba(model, batch)
+    top = max(1, min(args.top, len(classes)))
+    for path, p, note in zip(args.images, probs, notes):
+        order = np.argsort(-p, kind="stable")[:top]
+        best = order[0]
+        line = f"{path}: {classes[best]} (p={p[best]:.3f})"
+        if top > 1:
+            line += "  next: " + ", ".join(f"{classes[i]} {p[i]:.3f}" for i in order[1:])
+        if note:
+            line += f"  [{'; '.join(note)}]"
+        print(line)
+    return 0
+
+
+# =========================================================================== info
+
+def _device_lines():
+    from .backends import resolve_device
+    lines = []
+    try:
+        backend, note = resolve_device("auto")
+        lines.append(f"device: 'auto' chooses {backend.name}"
+                     + (f" -- {note}" if note else " -- a CUDA GPU is usable"))
+    except Exception as exc:
+        backend = None
+        lines.append(f"device: 'auto' cannot be resolved ({type(exc).__name__}: {exc})")
+    return backend, lines
+
+
+def _cupy_lines(cuda_usable):
+    lines = []
+    try:
+        import cupy
+    except ImportError:
+        return ["CuPy: not installed (pip install gpucnn[cuda12] or gpucnn[cuda13])"], None
+    except Exception as exc:
+        return [f"CuPy: fails to import ({type(exc).__name__}: {exc})"], None
+    lines.append(f"CuPy: {cupy.__version__}")
+    rt = cupy.cuda.runtime
+
+    def ver(v):
+        return f"{v // 1000}.{v % 1000 // 10}"
+
+    try:
+        lines.append(f"CUDA runtime (CuPy built for): {ver(rt.runtimeGetVersion())}")
+    except Exception as exc:
+        lines.append(f"CUDA runtime: unknown ({type(exc).__name__})")
+    try:
+        lines.append(f"CUDA driver: {ver(rt.driverGetVersion())}")
+    except Exception as exc:
+        lines.append(f"CUDA driver: unknown ({type(exc).__name__}: {' '.join(str(exc).split())})")
+    try:
+        count = rt.getDeviceCount()
+        for i in range(count):
+            props = rt.getDeviceProperties(i)
+            name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            mem = props.get("totalGlobalMem", 0) / 2**30
+            lines.append(f"GPU {i}: {name} ({mem:.0f} GiB, compute capability "
+                         f"{props.get('major', '?')}.{props.get('minor', '?')})")
+        if count == 0:
+            lines.append("GPU: none visible")
+    except Exception as exc:
+        lines.append(f"GPU: none usable ({type(exc).__name__}: {' '.join(str(exc).split())})")
+    return lines, cupy if cuda_usable else None
+
+
+def _kernel_lines(cupy):
+    try:
+        from .backends import kernels
+    except ImportError as exc:
+        return [f"kernels: the kernel loader is unavailable ({exc})"]
+    try:
+        where = kernels.kernel_dir()
+    except Exception as exc:
+        return [f"kernels: sources not found ({exc})"]
+    files = list(getattr(kernels, "KERNELS", {}))
+    if cupy is None:
+        return [f"kernels ({where}): {', '.join(files)} -- not compiled here (no usable GPU)"]
+    lines = [f"kernels ({where}):"]
+    loader = kernels.CupyKernelLoader(cupy)
+    for file in files:
+        results = []
+        for dt in ("float32", "float64"):
+            try:
+                loader.module(file, dt)
+                results.append(f"{dt} ok")
+            except Exception as exc:
+                results.append(f"{dt} FAILED: {' '.join(str(exc).split())[:300]}")
+        lines.append(f"  {file}: {', '.join(results)}")
+    return lines
+
+
+def cmd_info(args):
+    import numpy as np
+    print(f"gpucnn {_version()} (Python {platform.python_version()}, NumPy {np.__version__}) "
+          f"from {Path(__file__).resolve().parent}")
+    backend, lines = _device_lines()
+    for line in lines:
+        print(line)
+    cuda_usable = backend is not None and backend.name == "cuda"
+    cupy_lines, cupy = _cupy_lines(cuda_usable)
+    for line in cupy_lines:
+        print(line)
+    for line in _kernel_lines(cupy):
+        print(line)
+    return 0
+
+
+# =========================================================================== check
+
+def cmd_check(args):
+    try:
+        from . import check
+    except ImportError as exc:
+        raise RuntimeError(f"`gpucnn check` is not available in this build ({exc})") from None
+    report = check.run_check()
+    print(check.format_report(report))
+    ok = getattr(report, "ok", None)
+    if ok is None and isinstance(report, dict):
+        ok = report.get("ok")
+    return 0 if ok in (None, True) else EXIT_ERROR
+
+
+# =========================================================================== parser
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _nonneg_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return v
+
+
+def build_parser():
+    from .data import DATASETS
+    from .models import MODELS
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+    parser = argparse.ArgumentParser(
+        prog="gpucnn", parents=[common],
+        description="Train and use small CNNs with explicit backprop, on NumPy or our own CUDA kernels.")
+    parser.add_argument("--version", action="version", version=f"gpucnn {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", parents=[common], help="train a CNN (default: the bundled digits)",
+                       description="Train a CNN. With no options: a small conv net on the bundled "
+                       "8x8 handwritten digits. Unset options take per-dataset defaults.")
+    t.add_argument("--data", choices=DATASETS, default=None, help="dataset (default digits)")
+    t.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST IDX or CIFAR-10 binary files")
+    t.add_argument("--t10k-split", type=_positive_int, metavar="N",
+                   help="MNIST from the t10k files alone: first N images train, the rest test")
+    t.add_argument("--limit-train", type=_positive_int, metavar="N", help="use only the first N training images")
+    t.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
+    t.add_argument("--model", choices=sorted(MODELS), help="network (default: lenet for mnist, cifar otherwise)")
+    t.add_argument("--epochs", type=_positive_int, help="total number of epochs")
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--lr", type=_positive_float, help="learning rate")
+    t.add_argument("--optimizer", choices=("sgd", "adam"))
+    t.add_argument("--seed", type=_nonneg_int, help="seed for initialisation and shuffling (default 0)")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto (a GPU when usable)")
+    t.add_argument("--dtype", choices=("float32", "float64"))
+    t.add_argument("--out", metavar="DIR", help="run directory (default: a new folder under --runs-dir)")
+    t.add_argument("--runs-dir", default="runs", metavar="DIR", help="where new run folders go (default runs/)")
+    t.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in CHECKPOINT")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", parents=[common], help="accuracy, per-class table, confusion matrix",
+                       description="Evaluate a checkpoint on its dataset's test split.")
+    e.add_argument("--checkpoint", required=True, metavar="PATH")
+    e.add_argument("--data", choices=DATASETS)
+    e.add_argument("--data-dir", metavar="DIR")
+    e.add_argument("--t10k-split", type=_positive_int, metavar="N")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--batch-size", type=_positive_int, default=500)
+    e.add_argument("--out", metavar="PNG", help="confusion-matrix image (default: confusion.png beside the checkpoint)")
+    e.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", parents=[common], help="classify image files (PNG or .npy)",
+                       description="Print the predicted class and its probability for each image.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--top", type=_positive_int, default=1, help="also show the next most likely classes")
+    p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                   help="invert grey images (auto: when the background is light)")
+    p.add_argument("--no-resize", action="store_true", help="fail instead of resizing other sizes")
+    p.set_defaults(func=cmd_predict)
+
+    i = sub.add_parser("info", parents=[common], help="versions, device choice, GPU, kernel compilation")
+    i.set_defaults(func=cmd_info)
+
+    c = sub.add_parser("check", parents=[common], help="backend parity report on this machine")
+    c.set_defaults(func=cmd_check)
+    return parser
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (FileNotFoundError, FileExistsError, PermissionError)) and exc.filename and \
+            exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}"
+    return text or type(exc).__name__
+
+
+def main(argv=None):
+    """Entry point of the ``gpucnn`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("gpucnn: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # one line for users; --debug for the traceback
+        if debug:
+            traceback.print_exc()
+        print(f"gpucnn: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
