@@ -204,12 +204,14 @@ def cmd_check(args):
         from . import check
     except ImportError as exc:
         raise RuntimeError(f"`gpucnn check` is not available in this build ({exc})") from None
-    report = check.run_check()
-    print(check.format_report(report))
-    ok = getattr(report, "ok", None)
-    if ok is None and isinstance(report, dict):
-        ok = report.get("ok")
-    return 0 if ok in (None, True) else EXIT_ERROR
+    rows = check.run_check(args.device)
+    print(check.format_report(rows))
+    failed = [r for r in rows if not r.get("ok", True)]
+    if failed:
+        print(f"gpucnn: error: {len(failed)} backend checks failed (see the FAIL rows above)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    return 0
 
 
 # =========================================================================== parser
@@ -305,6 +307,8 @@ def build_parser():
     i.set_defaults(func=cmd_info)
 
     c = sub.add_parser("check", parents=[common], help="backend parity report on this machine")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: compare the GPU with the CPU when one is usable (default)")
     c.set_defaults(func=cmd_check)
     return parser
 
