@@ -275,7 +275,11 @@ def main(argv=None):  # pragma: no cover - the CLI helper wires `gpucnn check` t
     ap = argparse.ArgumentParser(prog="gpucnn check")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = ap.parse_args(argv)
-    rows = run_check(args.device)
+    try:
+        rows = run_check(args.device)
+    except backends.DeviceError as exc:
+        print(f"gpucnn check: {exc}")
+        return 2
     print(format_report(rows))
     return 0 if all(r.get("ok", True) for r in rows) else 1
 

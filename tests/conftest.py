@@ -2,9 +2,13 @@
 
 ``other_backend``: each backend of ``tests/backend_registry.py`` in turn (the CUDA backend,
 the CPU emulator of the CUDA kernels, ...), to be compared against the NumPy backend;
-skipped, with the probe's reason, where it cannot run.  ``numpy_backend``: the reference.
+skipped, with the probe's reason, where it cannot run -- or failed, when the environment
+variable GPUCNN_REQUIRE (a comma-separated list, e.g. "cuda") names it: a GPU run must not
+pass by skipping.  ``numpy_backend``: the reference.
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -21,8 +25,11 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture
 def other_backend(request):
-    backend, reason = backend_registry.entry(request.param).get()
+    entry = backend_registry.entry(request.param)
+    backend, reason = entry.get()
     if backend is None:
+        if entry.name in os.environ.get("GPUCNN_REQUIRE", "").split(","):
+            pytest.fail(f"GPUCNN_REQUIRE names {entry.name!r} but it cannot run: {reason}")
         pytest.skip(reason)
     return backend
 

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One command for a GPU machine: the CUDA backend's tests and the GPU benchmarks.
+#
+#   bash gpu_check.sh            (from the checkout; needs numpy, cupy, pytest; torch optional)
+#
+# Runs from the checkout with PYTHONPATH=. and no package registry.  Prints the device and
+# versions, `gpucnn check` (every primitive, CUDA vs NumPy, max abs / relative errors), the GPU
+# tests (parity of every primitive x dtype x shape, determinism, 50-step training, fallback),
+# the kernel bandwidth benchmark and, when present, the training benchmark against PyTorch.
+# Takes under 5 minutes; each stage has its own time limit.  The log (and the benchmarks' JSON)
+# go to $OUT when it is set, else to ./gpu_check_out/.
+set -u
+cd "$(dirname "$0")"
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+unset CUPY_TF32 GPUCNN_DEVICE
+export GPUCNN_REQUIRE=cuda     # the parity tests fail, not skip, when the CUDA backend cannot run
+DEST="${OUT:-gpu_check_out}"
+mkdir -p "$DEST"
+LOG="$DEST/gpu_check.log"
+PY="${PYTHON:-python}"
+status=0
+
+stage() {  # stage <title> <seconds> <command...>
+    local title=$1 limit=$2
+    shift 2
+    echo
+    echo "=== $title ($(date -u +%H:%M:%S), limit ${limit}s)"
+    local t0=$SECONDS
+    timeout "$limit" "$@"
+    local rc=$?
+    echo "=== $title: exit $rc after $((SECONDS - t0))s"
+    [ "$rc" -ne 0 ] && status=1
+    return 0
+}
+
+{
+    echo "=== gpu_check.sh $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname)"
+    git log -1 --format='commit %h %s' 2>/dev/null || true
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true
+    "$PY" - <<'PYEOF'
+import platform, sys
+print("python", platform.python_version(), sys.executable)
+for mod in ("numpy", "cupy", "torch", "pytest"):
+    try:
+        m = __import__(mod)
+        print(mod, m.__version__)
+    except Exception as exc:
+        print(mod, "not importable:", exc)
+try:
+    import cupy
+    rt = cupy.cuda.runtime
+    print("CUDA runtime", rt.runtimeGetVersion(), "driver", rt.driverGetVersion(),
+          "devices", rt.getDeviceCount())
+except Exception as exc:
+    print("CuPy/CUDA:", exc)
+from gpucnn import backends
+b, why = backends._try_cuda()
+print("gpucnn CUDA backend:", "OK" if b is not None else f"UNAVAILABLE: {why}")
+PYEOF
+
+    stage "gpucnn check --device cuda" 60 "$PY" -m gpucnn.check --device cuda
+    stage "GPU tests (parity, determinism, 50-step training, fallback, check)" 150 \
+        "$PY" -m pytest -q -rs -m "not emulated" -p no:cacheprovider --durations=8 \
+        tests/test_parity.py tests/test_check.py tests/test_device_fallback.py \
+        tests/test_kernels_compile.py
+    stage "kernel benchmark (bandwidth vs copy, conv vs cuDNN)" 90 \
+        "$PY" benchmarks/bench_kernels.py --json "$DEST/bench_kernels.json"
+    if [ -f benchmarks/bench_train.py ]; then
+        stage "training benchmark vs PyTorch" 120 \
+            "$PY" benchmarks/bench_train.py --device cuda --quick --json "$DEST/bench_train.json"
+    fi
+    echo
+    echo "=== gpu_check.sh done $(date -u +%H:%M:%S): $([ $status -eq 0 ] && echo 'all stages passed' || echo 'SOME STAGES FAILED')"
+    exit $status
+} 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"
