@@ -33,7 +33,8 @@ TOY = pathlib.Path(__file__).parent / "cuda_emu" / "toy" / "toy.cu"
 KERNEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "kernels"
 TOY_EXPRS = ["axpy<float>", "axpy<double>", "block_sum<float>", "block_sum<double>",
              "early_exit_barrier", "fill_2d", "shifted_copy", "shifted_read", "shift_add_inplace",
-             "last_writer_wins", "any_negative", "rotate_through_global", "count_positive"]
+             "last_writer_wins", "any_negative", "rotate_through_global", "count_positive",
+             "warp_sum<float>", "warp_sum<double>", "warp_exchange", "shuffle_from_exited_lane"]
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +237,37 @@ def test_barrier_orders_global_accesses_within_a_block_only(toy):
     np.testing.assert_array_equal(z, np.roll(x, -1))
     with pytest.raises(KernelRaceError, match=r"rotate_through_global.*argument 1 'y'"):
         k((2,), (128,), (x, y, z, np.int32(200)))
+
+
+# ------------------------------------------------------------------------------------------------
+# warp intrinsics
+@pytest.mark.parametrize("dtype,expr", [(np.float32, "warp_sum<float>"), (np.float64, "warp_sum<double>")])
+def test_shfl_down_warp_reduction(toy, dtype, expr):
+    n = 200  # 7 warps, the last one partial in data (not in threads: the block has 256)
+    x = np.random.default_rng(2).integers(-9, 9, size=n).astype(dtype)
+    out = np.full(8, np.nan, dtype=dtype)
+    toy.get_function(expr)((1,), (256,), (x, out, np.int32(n)))
+    np.testing.assert_array_equal(out[:7], np.add.reduceat(x, np.arange(0, n, 32)))
+
+
+def test_shfl_xor_idx_up_and_ballot(toy):
+    x = (np.arange(64) * np.where(np.arange(64) % 3 == 0, -1, 1)).astype(np.int32)
+    y, idx, up = (np.zeros(64, np.int32) for _ in range(3))
+    ballot = np.zeros(2, np.uint32)
+    toy.get_function("warp_exchange")((1,), (64,), (x, y, ballot, idx, up))
+    lane = np.arange(64)
+    np.testing.assert_array_equal(y, x[lane ^ 1])
+    np.testing.assert_array_equal(idx, x[lane // 8 * 8 + 3])
+    np.testing.assert_array_equal(up, np.where(lane % 32 >= 2, x[lane - 2], x))
+    bits = (x > 0).reshape(2, 32)
+    np.testing.assert_array_equal(ballot, (bits * (1 << np.arange(32, dtype=np.uint64))).sum(axis=1))
+
+
+def test_shuffle_from_an_exited_lane_is_reported(toy):
+    x = np.ones(40, np.float32)
+    with pytest.raises(KernelSyncError, match=r"shuffle_from_exited_lane.*thread \(39, 0, 0\) \(warp 1, lane 7\) "
+                                              r"__shfl_down_sync reads lane 8, which does not take part"):
+        toy.get_function("shuffle_from_exited_lane")((1,), (64,), (x, np.zeros(40, np.float32), np.int32(40)))
 
 
 # ------------------------------------------------------------------------------------------------

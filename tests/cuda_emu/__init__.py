@@ -104,7 +104,10 @@ class _Report(ctypes.Structure):
                 ("race", ctypes.c_int64), ("other_block", ctypes.c_int64), ("other_thread", ctypes.c_int64)]
 
 
-_OUT_OF_BOUNDS, _FAULT_NEAR_ARRAY, _NULL_POINTER, _BARRIER_EXIT, _BARRIER_MISMATCH, _TRAP, _BAD_LAUNCH, _RACE = range(1, 9)
+(_OUT_OF_BOUNDS, _FAULT_NEAR_ARRAY, _NULL_POINTER, _BARRIER_EXIT, _BARRIER_MISMATCH, _TRAP, _BAD_LAUNCH, _RACE,
+ _WARP_MISMATCH, _WARP_INACTIVE_SOURCE, _WARP_BAD_ARG) = range(1, 12)
+_WARP_OPS = {1: "__shfl_sync", 2: "__shfl_up_sync", 3: "__shfl_down_sync", 4: "__shfl_xor_sync",
+             5: "__ballot_sync", 6: "__any_sync", 7: "__all_sync", 8: "__syncwarp"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,7 +255,8 @@ class EmulatedModule:
         if re.search(r"\bextern\s+__shared__\b", code):
             raise EmulatorError(f"{self.label}: dynamic shared memory (extern __shared__) is not emulated")
         # Fibers only where a barrier can happen; otherwise a block's threads run in a plain loop.
-        self.fiber_mode = "__syncthreads" in code
+        self.fiber_mode = bool(re.search(
+            r"__syncthreads|__syncwarp|__shfl\w*_sync|__ballot_sync|__any_sync|__all_sync|__activemask", code))
         self.signatures = {e: kernel_signature(self.source, e) for e in self.name_expressions}
         self.lib_path = build_module(self.path, self.name_expressions, std=std, include_dirs=include_dirs)
         self.lib = ctypes.CDLL(str(self.lib_path))
@@ -488,6 +492,21 @@ class EmulatedRawKernel:
         if r.kind == _BARRIER_MISMATCH:
             raise KernelSyncError(f"{where}: the threads of block {tuple(r.block)} wait at different "
                                   "__syncthreads() calls (undefined behaviour on a GPU)")
+        if r.kind in (_WARP_MISMATCH, _WARP_INACTIVE_SOURCE, _WARP_BAD_ARG):
+            op = _WARP_OPS.get(r.is_write, "a warp intrinsic")
+            lane, other = r.offset, r.size
+
+            def tid(t):
+                return (t % block[0], t // block[0] % block[1], t // (block[0] * block[1]))
+            head = f"{where}: in block {tuple(r.block)}, thread {tid(lane)} (warp {lane // 32}, lane {lane % 32})"
+            if r.kind == _WARP_INACTIVE_SOURCE:
+                raise KernelSyncError(f"{head} {op} reads lane {other % 32}, which does not take part (exited or "
+                                      "not in the mask): the value is undefined on a GPU")
+            if r.kind == _WARP_BAD_ARG:
+                raise KernelSyncError(f"{head} calls {op} with width {other} or a mask without its own lane "
+                                      "(width must be a power of two <= 32; the mask must name the caller)")
+            raise KernelSyncError(f"{head} waits in {op} while lane {other % 32} named in its mask is elsewhere "
+                                  "(a different intrinsic or mask, or __syncthreads()): undefined behaviour on a GPU")
         if r.kind == _TRAP:
             raise KernelMemoryError(f"{where}: {who} executed __trap()")
         raise EmulatorError(f"{where}: the launcher could not run it (error kind {r.kind}, detail {r.offset}); "

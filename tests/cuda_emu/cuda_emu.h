@@ -4,7 +4,8 @@
 // the emulator generates includes this header, then the unchanged .cu file, then exports one
 // extern "C" entry point per kernel instantiation. The launcher (runtime.cpp) runs the grid:
 // blocks one after another; the threads of a block one after another, or, when the source
-// calls __syncthreads(), as fibers so that __syncthreads() is a real barrier.
+// calls __syncthreads() or a warp intrinsic, as fibers so that __syncthreads() is a real barrier
+// and __shfl_*_sync / __ballot_sync / __syncwarp exchange values between converged lanes.
 //
 // Every load and store the kernel makes is instrumented by g++ (-fsanitize=thread, without the
 // TSan runtime); runtime.cpp checks each address against the guard zones around the kernel's
@@ -137,7 +138,35 @@ template <typename T> static inline T atomicCAS(T* p, T cmp, T v) {
 // ---- read-only cache load ------------------------------------------------------------------------
 template <typename T> static inline T __ldg(const T* p) { return *p; }
 
-// ---- warp intrinsics are not emulated: a kernel that uses them fails to compile here, loudly ----
+// ---- warp intrinsics (the *_sync family): each call is a rendezvous of the lanes in its mask ----
+extern "C" unsigned long long cuda_emu_warp_op(int op, unsigned mask, unsigned long long value, int arg,
+                                               int width, int line);
+extern "C" unsigned cuda_emu_activemask(void);
+namespace cuda_emu {
+template <typename T>
+inline T warp_value(int line, int op, unsigned mask, T var, int arg, int width = 32) {
+    static_assert(sizeof(T) <= 8, "warp shuffles move at most 8 bytes");
+    unsigned long long bits = 0;
+    __builtin_memcpy(&bits, &var, sizeof(T));
+    bits = cuda_emu_warp_op(op, mask, bits, arg, width, line);
+    T out;
+    __builtin_memcpy(&out, &bits, sizeof(T));
+    return out;
+}
+inline unsigned long long warp_vote(int line, int op, unsigned mask, int pred) {
+    return cuda_emu_warp_op(op, mask, pred != 0, 0, 32, line);
+}
+inline void syncwarp(int line, unsigned mask = 0xffffffffu) { cuda_emu_warp_op(8, mask, 0, 0, 32, line); }
+}  // namespace cuda_emu
+#define __shfl_sync(...) ::cuda_emu::warp_value(__LINE__, 1, __VA_ARGS__)
+#define __shfl_up_sync(...) ::cuda_emu::warp_value(__LINE__, 2, __VA_ARGS__)
+#define __shfl_down_sync(...) ::cuda_emu::warp_value(__LINE__, 3, __VA_ARGS__)
+#define __shfl_xor_sync(...) ::cuda_emu::warp_value(__LINE__, 4, __VA_ARGS__)
+#define __ballot_sync(mask, pred) ((unsigned)::cuda_emu::warp_vote(__LINE__, 5, mask, pred))
+#define __any_sync(mask, pred) ((int)::cuda_emu::warp_vote(__LINE__, 6, mask, pred))
+#define __all_sync(mask, pred) ((int)::cuda_emu::warp_vote(__LINE__, 7, mask, pred))
+#define __syncwarp(...) ::cuda_emu::syncwarp(__LINE__, ##__VA_ARGS__)
+#define __activemask() cuda_emu_activemask()
 
 // ---- used by the generated wrapper translation unit, not by kernels ----------------------------
 namespace cuda_emu {

@@ -55,6 +55,9 @@ enum ErrorKind {
     TRAP = 6,               // __trap()
     BAD_LAUNCH = 7,         // launch configuration the runtime cannot run
     RACE = 8,               // two threads of one launch touch a word without a barrier between
+    WARP_MISMATCH = 9,      // lanes named in a *_sync mask disagree (op, mask) or never arrive
+    WARP_INACTIVE_SOURCE = 10,  // a shuffle reads a lane that does not take part (undefined value)
+    WARP_BAD_ARG = 11,      // invalid width, or the caller's own bit missing from the mask
 };
 
 enum RaceKind { WRITE_WRITE = 1, READ_AFTER_WRITE = 2, WRITE_AFTER_READ = 3 };
@@ -336,8 +339,9 @@ static void remove_fault_handler() {
 
 // ---- fibers ------------------------------------------------------------------------------------
 typedef void (*Entry)(void**);
+static inline void set_thread(unsigned t, const unsigned* block);
 
-enum FiberState { RUNNING = 0, AT_BARRIER = 1, DONE = 2 };
+enum FiberState { RUNNING = 0, AT_BARRIER = 1, DONE = 2, AT_WARP = 3 };
 struct Fiber {
     ucontext_t ctx;
     int state;
@@ -380,6 +384,126 @@ extern "C" void cuda_emu_syncthreads(int line) {
 
 extern "C" void cuda_emu_trap(void) { note_error(TRAP, -1, 0, 0, -1); }
 
+// ---- warp intrinsics ------------------------------------------------------------------------------
+// A lane calling a *_sync intrinsic posts its operands and yields; the scheduler computes the
+// results once every lane named in the mask has arrived (or exited), as the hardware does for a
+// converged warp. Warps are 32 consecutive linear thread indices of the block.
+enum WarpOp { SHFL_IDX = 1, SHFL_UP = 2, SHFL_DOWN = 3, SHFL_XOR = 4, BALLOT = 5, ANY = 6, ALL = 7, SYNCWARP = 8 };
+struct WarpPost {
+    int op;
+    unsigned mask;
+    uint64_t value;
+    int arg;
+    int width;
+    uint64_t result;
+};
+static WarpPost g_warp[kMaxThreads];
+
+static void warp_error(int kind, unsigned lane, unsigned other, int op) {
+    set_thread(lane, (const unsigned*)&cuda_emu_blockDim);
+    note_error(kind, -1, (int64_t)lane, (int64_t)other, op);
+}
+
+extern "C" uint64_t cuda_emu_warp_op(int op, unsigned mask, uint64_t value, int arg, int width, int line) {
+    (void)line;
+    if (!g_fiber_mode) {  // the source scan missed the intrinsic (a macro?): cannot synchronise
+        note_error(BAD_LAUNCH, -1, 0, 0, -1);
+        return value;
+    }
+    resolve_pending();
+    WarpPost* w = &g_warp[g_cur];
+    w->op = op;
+    w->mask = mask;
+    w->value = value;
+    w->arg = arg;
+    w->width = width;
+    w->result = value;
+    g_fibers[g_cur].state = AT_WARP;
+    swapcontext(&g_fibers[g_cur].ctx, &g_sched);
+    return w->result;
+}
+
+extern "C" unsigned cuda_emu_activemask(void) {
+    unsigned nthreads = cuda_emu_blockDim.x * cuda_emu_blockDim.y * cuda_emu_blockDim.z;
+    if (!g_fiber_mode) return 1u << (g_thread_lin % 32);
+    unsigned base = (unsigned)g_cur / 32 * 32, m = 0;
+    for (unsigned j = 0; j < 32 && base + j < nthreads; ++j)
+        if (g_fibers[base + j].state != DONE) m |= 1u << j;
+    return m;
+}
+
+// Release every group of lanes whose mask is complete; false when none could be released.
+// Sets g_stop on a usage error.
+static bool release_warps(unsigned nthreads) {
+    bool released = false;
+    for (unsigned base = 0; base < nthreads; base += 32) {
+        unsigned lanes = nthreads - base < 32 ? nthreads - base : 32;
+        for (unsigned l = 0; l < lanes; ++l) {
+            if (g_fibers[base + l].state != AT_WARP) continue;
+            const WarpPost& p = g_warp[base + l];
+            if (!((p.mask >> l) & 1u) || p.width <= 0 || p.width > 32 || (p.width & (p.width - 1))) {
+                warp_error(WARP_BAD_ARG, base + l, p.width, p.op);
+                return false;
+            }
+            unsigned group = 0;  // lanes taking part: named in the mask and arrived
+            bool ready = true;
+            for (unsigned j = 0; j < 32; ++j) {
+                if (!((p.mask >> j) & 1u) || j >= lanes) continue;  // lanes past the block's end have exited
+                const Fiber& f = g_fibers[base + j];
+                if (f.state == DONE) continue;
+                if (f.state != AT_WARP) { ready = false; break; }
+                const WarpPost& q = g_warp[base + j];
+                if (q.op != p.op || q.mask != p.mask) {
+                    warp_error(WARP_MISMATCH, base + l, base + j, p.op);
+                    return false;
+                }
+                group |= 1u << j;
+            }
+            if (!ready) continue;
+            uint64_t vote = 0;
+            bool any = false, all = true;
+            for (unsigned j = 0; j < 32; ++j) {
+                if (!((group >> j) & 1u)) continue;
+                bool pred = g_warp[base + j].value != 0;
+                vote |= (uint64_t)pred << j;
+                any = any || pred;
+                all = all && pred;
+            }
+            for (unsigned j = 0; j < 32; ++j) {
+                if (!((group >> j) & 1u)) continue;
+                WarpPost& q = g_warp[base + j];
+                unsigned w = (unsigned)q.width, seg = j & ~(w - 1), src = j;
+                switch (q.op) {
+                    case SHFL_IDX: src = seg + ((unsigned)q.arg & (w - 1)); break;
+                    case SHFL_UP: src = (j >= seg + (unsigned)q.arg) ? j - (unsigned)q.arg : j; break;
+                    case SHFL_DOWN: src = (j + (unsigned)q.arg < seg + w) ? j + (unsigned)q.arg : j; break;
+                    case SHFL_XOR: src = j ^ ((unsigned)q.arg & 31u); if (src >= seg + w) src = j; break;
+                    default: break;
+                }
+                if (q.op <= SHFL_XOR) {
+                    if (!((group >> src) & 1u)) {
+                        warp_error(WARP_INACTIVE_SOURCE, base + j, base + src, q.op);
+                        return false;
+                    }
+                    q.result = g_warp[base + src].value;
+                } else if (q.op == BALLOT) {
+                    q.result = vote;
+                } else if (q.op == ANY) {
+                    q.result = any;
+                } else if (q.op == ALL) {
+                    q.result = all;
+                } else {
+                    q.result = 0;
+                }
+            }
+            for (unsigned j = 0; j < 32; ++j)
+                if ((group >> j) & 1u) g_fibers[base + j].state = RUNNING;
+            released = true;
+        }
+    }
+    return released;
+}
+
 static inline void set_thread(unsigned t, const unsigned* block) {
     g_thread_lin = t;
     cuda_emu_threadIdx.x = t % block[0];
@@ -404,14 +528,17 @@ static void run_block_fibers(unsigned nthreads, const unsigned* block) {
         f->site = 0;
     }
     for (;;) {
+        // Run every runnable thread until it finishes or waits (at a barrier or a warp intrinsic).
         for (unsigned t = 0; t < nthreads; ++t) {
-            if (g_fibers[t].state == DONE) continue;
+            if (g_fibers[t].state != RUNNING) continue;
             g_cur = (int)t;
-            g_fibers[t].state = RUNNING;
             set_thread(t, block);
             swapcontext(&g_sched, &g_fibers[t].ctx);
+            if (g_stop) return;
         }
-        unsigned waiting = 0;
+        if (release_warps(nthreads)) continue;
+        if (g_stop) return;
+        unsigned waiting = 0, at_warp = 0, first_warp = 0;
         long site = 0;
         int mismatch = 0;
         for (unsigned t = 0; t < nthreads; ++t) {
@@ -419,7 +546,19 @@ static void run_block_fibers(unsigned nthreads, const unsigned* block) {
                 if (waiting == 0) site = g_fibers[t].site;
                 else if (g_fibers[t].site != site) mismatch = 1;
                 ++waiting;
+            } else if (g_fibers[t].state == AT_WARP) {
+                if (at_warp++ == 0) first_warp = t;
             }
+        }
+        if (at_warp) {  // lanes wait in a warp intrinsic for lanes that wait at __syncthreads()
+            const WarpPost& p = g_warp[first_warp];
+            unsigned other = first_warp;
+            for (unsigned j = 0; j < 32; ++j) {
+                unsigned t = first_warp / 32 * 32 + j;
+                if (t < nthreads && ((p.mask >> j) & 1u) && g_fibers[t].state == AT_BARRIER) { other = t; break; }
+            }
+            warp_error(WARP_MISMATCH, first_warp, other, p.op);
+            return;
         }
         if (waiting == 0) return;
         if (waiting != nthreads) {
@@ -431,8 +570,8 @@ static void run_block_fibers(unsigned nthreads, const unsigned* block) {
             note_error(BARRIER_MISMATCH, -1, 0, 0, -1);
             return;
         }
-        if (g_stop) return;
         ++g_epoch;  // everything before this barrier is ordered before everything after it
+        for (unsigned t = 0; t < nthreads; ++t) g_fibers[t].state = RUNNING;
     }
 }
 

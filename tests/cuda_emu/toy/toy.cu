@@ -89,3 +89,36 @@ __global__ void count_positive(const float* __restrict__ x, int* __restrict__ co
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n && x[i] > 0.0f) atomicAdd(count, 1);
 }
+
+// Warp-intrinsic demos ----------------------------------------------------------------------------
+
+// One warp per 32 consecutive elements: out[warp] = sum of x over the warp, by __shfl_down_sync;
+// lanes past n contribute 0 (they still take part, so the full mask is right).
+template <typename T>
+__global__ void warp_sum(const T* __restrict__ x, T* __restrict__ out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    T v = i < n ? x[i] : T(0);
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    if ((threadIdx.x & 31) == 0) out[i / 32] = v;
+}
+
+// y[i] = x of lane (lane ^ 1), via __shfl_xor_sync; ballot[warp] = lanes whose x > 0;
+// idx[i] = x of lane 3 of the same 8-lane segment (width 8); up[i] = x of lane - 2 (own if < 2).
+__global__ void warp_exchange(const int* __restrict__ x, int* __restrict__ y, unsigned* __restrict__ ballot,
+                              int* __restrict__ idx, int* __restrict__ up) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int v = x[i];
+    y[i] = __shfl_xor_sync(0xffffffffu, v, 1);
+    unsigned b = __ballot_sync(0xffffffffu, v > 0);
+    if ((threadIdx.x & 31) == 0) ballot[i / 32] = b;
+    idx[i] = __shfl_sync(0xffffffffu, v, 3, 8);
+    up[i] = __shfl_up_sync(0xffffffffu, v, 2);
+}
+
+// Returns early for i >= n, then shuffles from lane + 1: the last active lane reads an exited lane.
+__global__ void shuffle_from_exited_lane(const float* __restrict__ x, float* __restrict__ y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = __shfl_down_sync(0xffffffffu, x[i], 1);
+    y[i] = v;
+}
