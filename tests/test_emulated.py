@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.cuda_emu import (EmulatedLoader, EmulatedModule, EmulatorCompileError, EmulatorError,
-                            KernelArgumentError, KernelMemoryError, KernelRaceError, KernelSyncError,
+                            KernelArgumentError, KernelMemoryError, KernelRaceError, KernelSyncError, KernelTimeoutError,
                             emulator_unavailable_reason, make_emulated_backend, poisoned_numpy)
 from tests.cuda_emu.signature import (SignatureError, find_kernels, kernel_signature,
                                       parse_name_expression, strip_comments)
@@ -34,7 +34,8 @@ KERNEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "kernels"
 TOY_EXPRS = ["axpy<float>", "axpy<double>", "block_sum<float>", "block_sum<double>",
              "early_exit_barrier", "fill_2d", "shifted_copy", "shifted_read", "shift_add_inplace",
              "last_writer_wins", "any_negative", "rotate_through_global", "count_positive",
-             "warp_sum<float>", "warp_sum<double>", "warp_exchange", "shuffle_from_exited_lane"]
+             "warp_sum<float>", "warp_sum<double>", "warp_exchange", "shuffle_from_exited_lane",
+             "stuck_loop", "deep_recursion"]
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +184,19 @@ def test_far_out_of_bounds_access_faults_into_a_report(toy):
 def test_null_pointer_is_reported(toy):
     with pytest.raises(KernelMemoryError, match=r"null pointer.*passed as None: x"):
         toy.get_function("shifted_read")((1,), (32,), (None, np.zeros(10), np.int32(10), np.int32(0)))
+
+
+def test_endless_loop_times_out_with_a_clear_error(toy, monkeypatch):
+    monkeypatch.setenv("GPUCNN_EMU_TIMEOUT", "0.5")
+    with pytest.raises(KernelTimeoutError, match=r"stuck_loop.*still running after 0.5 s.*endless loop"):
+        toy.get_function("stuck_loop")((1,), (32,), (np.zeros(64, np.float32), np.int64(64), np.int64(0)))
+
+
+def test_stack_overflow_is_reported(toy):
+    y = np.zeros(4, np.float32)
+    toy.get_function("deep_recursion")((1,), (4,), (y, np.int32(10)))  # shallow: fine
+    with pytest.raises(KernelMemoryError, match=r"deep_recursion.*overflowed its \d+ KiB emulator stack"):
+        toy.get_function("deep_recursion")((1,), (4,), (y, np.int32(100000)))
 
 
 def test_clean_launch_after_a_failed_one(toy):

@@ -39,7 +39,7 @@ from .signature import SignatureError, find_kernels, kernel_signature, parse_nam
 
 __all__ = [
     "EmulatorError", "EmulatorCompileError", "KernelArgumentError", "KernelMemoryError",
-    "KernelSyncError", "KernelRaceError", "EmulatedModule", "EmulatedRawKernel", "EmulatedLoader", "build_module",
+    "KernelSyncError", "KernelRaceError", "KernelTimeoutError", "time_limit", "EmulatedModule", "EmulatedRawKernel", "EmulatedLoader", "build_module",
     "poisoned_numpy", "SignatureError", "make_emulated_backend", "emulator_unavailable_reason",
 ]
 
@@ -59,6 +59,13 @@ LINK_FLAGS = ("-shared", "-Wl,-z,defs", "-Wl,-Bsymbolic")
 #: and of PROT_NONE pages beyond that (accesses there fault and are reported by address).
 GUARD_ZONE = 64 * 1024
 GUARD_FAULT = 1024 * 1024
+
+
+
+def time_limit() -> float:
+    """Seconds one emulated launch may run ($GPUCNN_EMU_TIMEOUT, default 120; 0 = no limit)."""
+    return float(os.environ.get("GPUCNN_EMU_TIMEOUT", "120"))
+
 
 # CUDA's launch limits (compute capability >= 3.0).
 MAX_THREADS_PER_BLOCK = 1024
@@ -86,6 +93,10 @@ class KernelRaceError(RuntimeError):
     """Two threads of one launch accessed an element (one of them writing) without ordering."""
 
 
+class KernelTimeoutError(RuntimeError):
+    """A launch ran past ``time_limit()`` seconds (probably an endless loop)."""
+
+
 class KernelSyncError(RuntimeError):
     """A block's threads did not meet at the same __syncthreads() (undefined behaviour on a GPU)."""
 
@@ -105,7 +116,7 @@ class _Report(ctypes.Structure):
 
 
 (_OUT_OF_BOUNDS, _FAULT_NEAR_ARRAY, _NULL_POINTER, _BARRIER_EXIT, _BARRIER_MISMATCH, _TRAP, _BAD_LAUNCH, _RACE,
- _WARP_MISMATCH, _WARP_INACTIVE_SOURCE, _WARP_BAD_ARG) = range(1, 12)
+ _WARP_MISMATCH, _WARP_INACTIVE_SOURCE, _WARP_BAD_ARG, _STACK_OVERFLOW, _TIMEOUT) = range(1, 14)
 _WARP_OPS = {1: "__shfl_sync", 2: "__shfl_up_sync", 3: "__shfl_down_sync", 4: "__shfl_xor_sync",
              5: "__ballot_sync", 6: "__any_sync", 7: "__all_sync", 8: "__syncwarp"}
 
@@ -263,7 +274,7 @@ class EmulatedModule:
         self.lib.cuda_emu_launch.restype = ctypes.c_int
         self.lib.cuda_emu_launch.argtypes = [
             ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint * 3), ctypes.POINTER(ctypes.c_uint * 3),
-            ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Report)]
+            ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Report), ctypes.c_double]
         self.lib.cuda_emu_alloc_guarded.restype = ctypes.c_int
         self.lib.cuda_emu_alloc_guarded.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
                                                     ctypes.POINTER(_Guard)]
@@ -430,7 +441,7 @@ class EmulatedRawKernel:
                 kind = lib.cuda_emu_launch(self.entry, ctypes.byref((ctypes.c_uint * 3)(*grid3)),
                                            ctypes.byref((ctypes.c_uint * 3)(*block3)), ctypes.cast(argv, ctypes.c_void_p),
                                            int(self.module.fiber_mode), ctypes.cast(guards, ctypes.c_void_p), n,
-                                           ctypes.byref(report))
+                                           ctypes.byref(report), float(time_limit()))
             if kind:
                 self._raise(report, args, grid3, block3)
             for i in allocated:
@@ -507,6 +518,12 @@ class EmulatedRawKernel:
                                       "(width must be a power of two <= 32; the mask must name the caller)")
             raise KernelSyncError(f"{head} waits in {op} while lane {other % 32} named in its mask is elsewhere "
                                   "(a different intrinsic or mask, or __syncthreads()): undefined behaviour on a GPU")
+        if r.kind == _STACK_OVERFLOW:
+            raise KernelMemoryError(f"{where}: a thread overflowed its {r.offset // 1024} KiB emulator stack "
+                                    "(deep recursion or a large local array?)")
+        if r.kind == _TIMEOUT:
+            raise KernelTimeoutError(f"{where}: still running after {time_limit():g} s (GPUCNN_EMU_TIMEOUT); "
+                                     "an endless loop, e.g. a grid-stride step of 0?")
         if r.kind == _TRAP:
             raise KernelMemoryError(f"{where}: {who} executed __trap()")
         raise EmulatorError(f"{where}: the launcher could not run it (error kind {r.kind}, detail {r.offset}); "

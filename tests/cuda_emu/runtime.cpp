@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 #include <sys/mman.h>
+#include <time.h>
 #include <ucontext.h>
 
 // Built with -fvisibility=hidden: only these are visible to Python.
@@ -58,6 +59,8 @@ enum ErrorKind {
     WARP_MISMATCH = 9,      // lanes named in a *_sync mask disagree (op, mask) or never arrive
     WARP_INACTIVE_SOURCE = 10,  // a shuffle reads a lane that does not take part (undefined value)
     WARP_BAD_ARG = 11,      // invalid width, or the caller's own bit missing from the mask
+    STACK_OVERFLOW = 12,    // a thread overflowed its fiber stack
+    TIMEOUT = 13,           // the launch ran past its time limit (an endless loop?)
 };
 
 enum RaceKind { WRITE_WRITE = 1, READ_AFTER_WRITE = 2, WRITE_AFTER_READ = 3 };
@@ -75,6 +78,13 @@ struct Report {
     int64_t other_block;  // the other thread of a race: linear block index
     int64_t other_thread; //   and linear thread index within its block
 };
+
+static const size_t kFiberStack = 256 * 1024;  // per thread, the lowest page a PROT_NONE guard
+static const int kMaxThreads = 1024;
+static char* g_stacks = nullptr;
+static double g_time_limit = 0;    // seconds; 0 = none
+static double g_start_time = 0;
+static uint64_t g_access_count = 0;
 
 static const Guard* g_guards = nullptr;
 static int g_nguards = 0;
@@ -206,8 +216,16 @@ static void track(const Guard& g, int arg, uintptr_t a, size_t n, int is_write) 
     }
 }
 
+static double now_seconds() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+static void check_time();
+
 static inline void check_access(uintptr_t a, size_t n, int is_write) {
     if (g_pending.active) resolve_pending();
+    if ((++g_access_count & ((1u << 22) - 1)) == 0) check_time();
     const Guard* g = g_guards;
     for (int i = 0; i < g_nguards; ++i) {
         if (a + n > g[i].zone_lo && a < g[i].zone_hi) {
@@ -294,9 +312,24 @@ static struct sigaction g_old_segv, g_old_bus;
 static stack_t g_old_altstack;
 static char g_altstack[1 << 16];
 
+// An endless loop that touches memory ends here instead of hanging the test run.
+static void check_time() {
+    if (g_time_limit > 0 && g_jump_armed && now_seconds() - g_start_time > g_time_limit) {
+        note_error(TIMEOUT, -1, (int64_t)g_time_limit, 0, -1);
+        g_jump_armed = 0;
+        siglongjmp(g_jump, 1);
+    }
+}
+
 static void on_fault(int sig, siginfo_t* info, void* ctx) {
     uintptr_t a = (uintptr_t)info->si_addr;
     if (g_jump_armed) {
+        if (g_stacks && a >= (uintptr_t)g_stacks && a < (uintptr_t)g_stacks + kFiberStack * kMaxThreads &&
+            (a - (uintptr_t)g_stacks) % kFiberStack < 4096) {
+            note_error(STACK_OVERFLOW, -1, (int64_t)kFiberStack, 0, -1);
+            g_jump_armed = 0;
+            siglongjmp(g_jump, 1);
+        }
         for (int i = 0; i < g_nguards; ++i) {
             if (a >= g_guards[i].fault_lo && a < g_guards[i].fault_hi) {
                 note_error(FAULT_NEAR_ARRAY, i, (int64_t)(a - g_guards[i].start), 0, -1);
@@ -348,10 +381,7 @@ struct Fiber {
     long site;
 };
 
-static const size_t kFiberStack = 64 * 1024;
-static const int kMaxThreads = 1024;
 static Fiber g_fibers[kMaxThreads];
-static char* g_stacks = nullptr;
 static ucontext_t g_sched;
 static int g_cur = -1;
 static int g_fiber_mode = 0;
@@ -515,13 +545,18 @@ static void run_block_fibers(unsigned nthreads, const unsigned* block) {
     if (!g_stacks) {
         void* p = mmap(nullptr, kFiberStack * kMaxThreads, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) {
+            note_error(BAD_LAUNCH, -1, -1, 0, -1);
+            return;
+        }
         g_stacks = (char*)p;
+        for (int t = 0; t < kMaxThreads; ++t) mprotect(g_stacks + (size_t)t * kFiberStack, 4096, PROT_NONE);
     }
     for (unsigned t = 0; t < nthreads; ++t) {
         Fiber* f = &g_fibers[t];
         getcontext(&f->ctx);
-        f->ctx.uc_stack.ss_sp = g_stacks + (size_t)t * kFiberStack;
-        f->ctx.uc_stack.ss_size = kFiberStack;
+        f->ctx.uc_stack.ss_sp = g_stacks + (size_t)t * kFiberStack + 4096;
+        f->ctx.uc_stack.ss_size = kFiberStack - 4096;
         f->ctx.uc_link = &g_sched;
         makecontext(&f->ctx, fiber_main, 0);
         f->state = RUNNING;
@@ -577,8 +612,13 @@ static void run_block_fibers(unsigned nthreads, const unsigned* block) {
 
 // grid, block: 3 unsigned each. guards: one per kernel parameter (zeros for scalars).
 // Returns 0 when the launch ran clean, else the error kind (details in *report).
+// time_limit: seconds before the launch is abandoned as an endless loop (0: no limit).
 extern "C" EXPORT int cuda_emu_launch(void* entry, const unsigned* grid, const unsigned* block, void** args,
-                               int fiber_mode, const Guard* guards, int nguards, Report* report) {
+                                      int fiber_mode, const Guard* guards, int nguards, Report* report,
+                                      double time_limit) {
+    g_time_limit = time_limit;
+    g_start_time = now_seconds();
+    g_access_count = 0;
     memset(report, 0, sizeof *report);
     memset(&g_pending, 0, sizeof g_pending);
     cuda_emu_in_atomic = 0;

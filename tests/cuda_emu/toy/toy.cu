@@ -122,3 +122,18 @@ __global__ void shuffle_from_exited_lane(const float* __restrict__ x, float* __r
     float v = __shfl_down_sync(0xffffffffu, x[i], 1);
     y[i] = v;
 }
+
+// A grid-stride loop whose step is zero when `step_blocks` is 0: never ends.
+__global__ void stuck_loop(float* __restrict__ y, long long n, long long step_blocks) {
+    for (long long i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step_blocks * blockDim.x) y[i] += 1.0f;
+}
+
+// Recursion deep enough to overflow any small stack when `depth` is large.
+__device__ float deep(int depth, volatile float* scratch) {
+    volatile float local[64];
+    local[depth % 64] = (float)depth;
+    return depth <= 0 ? scratch[0] : deep(depth - 1, scratch) + local[depth % 64];
+}
+__global__ void deep_recursion(float* __restrict__ y, int depth) {
+    y[threadIdx.x] = deep(depth, y + threadIdx.x);
+}
