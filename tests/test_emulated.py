@@ -35,7 +35,7 @@ TOY_EXPRS = ["axpy<float>", "axpy<double>", "block_sum<float>", "block_sum<doubl
              "early_exit_barrier", "fill_2d", "shifted_copy", "shifted_read", "shift_add_inplace",
              "last_writer_wins", "any_negative", "rotate_through_global", "count_positive",
              "warp_sum<float>", "warp_sum<double>", "warp_exchange", "shuffle_from_exited_lane",
-             "stuck_loop", "deep_recursion"]
+             "stuck_loop", "deep_recursion", "write_through_const"]
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +206,13 @@ def test_clean_launch_after_a_failed_one(toy):
     y = np.zeros(10, np.float32)
     toy.get_function("shifted_copy")((1,), (32,), (np.arange(10, dtype=np.float32), y, np.int32(10), np.int32(0)))
     np.testing.assert_array_equal(y, np.arange(10))
+
+
+def test_write_through_a_const_pointer_is_reported(toy):
+    x = np.ones(8, np.float32)
+    with pytest.raises(KernelMemoryError, match=r"write_through_const.*argument 0 'x' \(const float\*\) through a pointer to const"):
+        toy.get_function("write_through_const")((1,), (32,), (x, np.int32(8)))
+    np.testing.assert_array_equal(x, 1)
 
 
 def test_views_and_aliased_arguments_are_written_through():

@@ -445,15 +445,19 @@ class EmulatedRawKernel:
             if kind:
                 self._raise(report, args, grid3, block3)
             for i in allocated:
-                if all(self.params[j].const_pointee for j in owners[i]):
-                    continue  # only read through const pointers
                 value = args[i]
-                if not value.flags.writeable:
-                    if value.tobytes() != ctypes.string_at(guards[i].start, value.nbytes):
-                        raise KernelMemoryError(f"{self.where}: wrote to argument {i} '{self.params[i].name}', "
-                                                "a read-only NumPy array")
+                after = np.frombuffer((ctypes.c_char * value.nbytes).from_address(guards[i].start), np.uint8)
+                changed = not np.array_equal(after, value.reshape(-1).view(np.uint8))
+                if all(self.params[j].const_pointee for j in owners[i]):
+                    if changed:  # only possible by casting the const away
+                        raise KernelMemoryError(f"{self.where}: wrote to argument {i} '{self.params[i].name}' "
+                                                f"({self.params[i].ctype}) through a pointer to const")
                     continue
-                ctypes.memmove(value.ctypes.data, guards[i].start, value.nbytes)
+                if changed and not value.flags.writeable:
+                    raise KernelMemoryError(f"{self.where}: wrote to argument {i} '{self.params[i].name}', "
+                                            "a read-only NumPy array")
+                if changed:
+                    ctypes.memmove(value.ctypes.data, guards[i].start, value.nbytes)
         finally:
             for i in allocated:
                 lib.cuda_emu_free_guarded(ctypes.byref(guards[i]))

@@ -137,3 +137,9 @@ __device__ float deep(int depth, volatile float* scratch) {
 __global__ void deep_recursion(float* __restrict__ y, int depth) {
     y[threadIdx.x] = deep(depth, y + threadIdx.x);
 }
+
+// Writes through a pointer to const (casting the const away): x[i] = 0.
+__global__ void write_through_const(const float* __restrict__ x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) const_cast<float*>(x)[i] = 0.0f;
+}
