@@ -399,6 +399,30 @@ def test_off_by_one_window_offset_fails_parity(tmp_path, cpu):
     assert not np.array_equal(argmax, argmax0)
 
 
+PLANTED_PARITY_BUGS = {
+    "relu-loop-bound": ("activation.cu", "relu_forward", "i < n;", "i < n - 1;", "relu_forward"),
+    "maxpool-window-row": ("pool2d.cu", "maxpool2d_forward", "oh * SH - PH;", "oh * SH - PH + 1;",
+                           "maxpool2d_forward"),
+}
+
+
+@pytest.mark.parametrize("bug", sorted(PLANTED_PARITY_BUGS))
+def test_planted_bug_fails_the_backend_parity_suite(tmp_path, cpu, bug):
+    # The same cases and the same check (tolerances included) as tests/test_parity.py, on a
+    # backend whose kernel file carries the planted bug: every case of the primitive must fail.
+    from tests.test_parity import CASES, _check, _host
+    file, kernel, old, new, primitive = PLANTED_PARITY_BUGS[bug]
+    emu = _plant(tmp_path, file, kernel, old, new)
+    cases = [c for c in CASES if c.primitive == primitive and not c.large]
+    assert len(cases) >= 3
+    for c in cases:
+        for dt in (np.float32, np.float64):
+            ref = _host(cpu, c.run(cpu, dt))
+            got = _host(emu, c.run(emu, dt))
+            with pytest.raises(AssertionError):
+                _check(got, ref, primitive, dt, f"{c!r} with the planted bug")
+
+
 def test_off_by_one_bounds_check_is_an_out_of_bounds_read(tmp_path):
     # `h <= H` lets the bottom padding row read the row after the plane; for the last plane
     # that is past the end of x, and the emulator says which kernel, argument and thread.
