@@ -369,18 +369,21 @@ def _net_default_rng():
     return gpucnn.Sequential(gpucnn.Conv2d(3, 4, 3), gpucnn.ReLU(), gpucnn.Flatten(), gpucnn.Linear(16, 5))
 
 
-def test_manual_seed_reproduces_initialization():
-    gpucnn.manual_seed(123)
+@pytest.mark.parametrize("seed", [0, 123])
+def test_manual_seed_reproduces_initialization(seed):
+    _net_default_rng()                   # whatever happened before, the seed decides
+    gpucnn.manual_seed(seed)
     a = _net_default_rng().state_dict()
-    gpucnn.manual_seed(123)
+    _net_default_rng()
+    gpucnn.manual_seed(seed)
     b = _net_default_rng().state_dict()
-    gpucnn.manual_seed(124)
+    gpucnn.manual_seed(seed + 1)
     c = _net_default_rng().state_dict()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert not np.array_equal(a["0.weight"], c["0.weight"])
     # two nets built one after the other from one seed differ (the generator advances)
-    gpucnn.manual_seed(123)
+    gpucnn.manual_seed(seed)
     _net_default_rng()
     d = _net_default_rng().state_dict()
     assert not np.array_equal(a["0.weight"], d["0.weight"])
