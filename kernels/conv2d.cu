@@ -10,8 +10,10 @@
 // Backward weight:  dW = dy(O, N*OH*OW) @ cols^T
 // Every kernel runs a grid-stride loop, so any grid and block size covers the whole output.
 
-// One thread per element cols[r, j]: copies the input pixel that output position j
-// sees through kernel tap r, or 0 when that pixel lies in the zero padding.
+// One thread per (channel c, column j = (n*OH + oh)*OW + ow): for every kernel tap (p, q),
+// copies the input pixel x[n, c, oh*SH - PH + p, ow*SW - PW + q] (0 in the zero padding)
+// into cols[(c*KH + p)*KW + q, j].  Neighbouring threads write neighbouring columns, and the
+// index arithmetic (the divisions) is done once per KH*KW elements.
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols,
                        long long N, long long C, long long H, long long W,
@@ -20,32 +22,40 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols,
 {
     const long long L = OH * OW;
     const long long NL = N * L;
-    const long long total = C * KH * KW * NL;
+    const long long total = C * NL;
     const long long step = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
-        const long long r = i / NL;          // row: (c, p, q)
-        const long long j = i - r * NL;      // column: (n, oh, ow)
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += step) {
+        const long long c = t / NL;
+        const long long j = t - c * NL;      // column: (n, oh, ow)
         const long long n = j / L;
         const long long l = j - n * L;
         const long long oh = l / OW;
         const long long ow = l - oh * OW;
-        const long long c = r / (KH * KW);
-        const long long pq = r - c * (KH * KW);
-        const long long p = pq / KW;
-        const long long q = pq - p * KW;
-        const long long h = oh * SH - PH + p;
-        const long long w = ow * SW - PW + q;
-        T v = T(0);
-        if (h >= 0 && h < H && w >= 0 && w < W) {
-            v = x[((n * C + c) * H + h) * W + w];
+        const T* xc = x + (n * C + c) * H * W;                 // input plane (n, c)
+        T* out = cols + c * KH * KW * NL + j;                  // cols[(c*KH + 0)*KW + 0, j]
+        const long long h0 = oh * SH - PH;
+        const long long w0 = ow * SW - PW;
+        for (long long p = 0; p < KH; ++p) {
+            const long long h = h0 + p;
+            const bool row_in = h >= 0 && h < H;
+            for (long long q = 0; q < KW; ++q) {
+                const long long w = w0 + q;
+                T v = T(0);
+                if (row_in && w >= 0 && w < W) {
+                    v = xc[h * W + w];
+                }
+                out[(p * KW + q) * NL] = v;
+            }
         }
-        cols[i] = v;
     }
 }
 
 // One thread per input-gradient element dx[n, c, h, w]: gathers the dcols entries of every
 // (output position, kernel tap) pair that read x[n, c, h, w] and sums them in a fixed order
 // (kernel tap p, q ascending, i.e. output position oh, ow descending, the NumPy backend's order).
+// The output rows whose window covers padded row hp = h + PH are the oh with
+// oh*SH <= hp < oh*SH + KH: walking down from min(hp / SH, OH - 1) while oh*SH + KH > hp
+// visits exactly them (likewise for columns).
 template <typename T>
 __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx,
                        long long N, long long C, long long H, long long W,
@@ -56,25 +66,23 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx,
     const long long total = N * C * H * W;
     const long long step = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
-        const long long w = i % W;
-        long long t = i / W;
-        const long long h = t % H;
-        t /= H;
-        const long long c = t % C;
-        const long long n = t / C;
+        const long long row = i / W;         // (n, c, h)
+        const long long w = i - row * W;
+        const long long plane = row / H;     // n*C + c
+        const long long h = row - plane * H;
+        const long long n = plane / C;
+        const long long c = plane - n * C;
         const long long hp = h + PH;         // row in the padded input
         const long long wp = w + PW;
-        // output rows oh whose window covers padded row hp: oh*SH <= hp <= oh*SH + KH - 1
-        const long long oh_lo = hp < KH ? 0 : (hp - KH) / SH + 1;
-        const long long oh_hi = (hp / SH + 1 < OH) ? hp / SH + 1 : OH;   // exclusive
-        const long long ow_lo = wp < KW ? 0 : (wp - KW) / SW + 1;
-        const long long ow_hi = (wp / SW + 1 < OW) ? wp / SW + 1 : OW;
+        const long long oh_top = hp / SH < OH - 1 ? hp / SH : OH - 1;
+        const long long ow_top = wp / SW < OW - 1 ? wp / SW : OW - 1;
+        const T* col = dcols + c * KH * KW * NL + n * OH * OW;
         T sum = T(0);
-        for (long long oh = oh_hi - 1; oh >= oh_lo; --oh) {
+        for (long long oh = oh_top; oh >= 0 && oh * SH + KH > hp; --oh) {
             const long long p = hp - oh * SH;                 // 0 <= p < KH
-            for (long long ow = ow_hi - 1; ow >= ow_lo; --ow) {
+            for (long long ow = ow_top; ow >= 0 && ow * SW + KW > wp; --ow) {
                 const long long q = wp - ow * SW;             // 0 <= q < KW
-                sum += dcols[((c * KH + p) * KW + q) * NL + (n * OH + oh) * OW + ow];
+                sum += col[(p * KW + q) * NL + oh * OW + ow];
             }
         }
         dx[i] = sum;

@@ -243,6 +243,14 @@ class CudaBackend:
                              f"the {h}x{w} input")
         return n, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw
 
+    @staticmethod
+    def _disjoint_cells(dims):
+        """Stride cells of the *_backward_disjoint kernels, or 0 when windows overlap."""
+        n, c, h, w, _, _, kh, kw, sh, sw, ph, pw = dims
+        if sh < kh or sw < kw:
+            return 0
+        return n * c * ((h + ph + sh - 1) // sh) * ((w + pw + sw - 1) // sw)
+
     def maxpool2d_forward(self, x, kernel, stride, padding):
         dt = self._float_dtype(x, "maxpool2d_forward")
         x = self._c(x)
@@ -262,8 +270,13 @@ class CudaBackend:
         dims = self._pool_geometry(x_shape, kernel, stride, padding, "maxpool2d_backward")
         n, c, h, w = dims[:4]
         dx = self.xp.empty((n, c, h, w), dtype=dt)
-        self._launch("pool2d.cu", "maxpool2d_backward", dt, dx.size, dy, argmax, dx,
-                     *(I64(v) for v in dims))
+        cells = self._disjoint_cells(dims)
+        if cells:   # windows do not overlap: one thread per stride cell
+            self._launch("pool2d.cu", "maxpool2d_backward_disjoint", dt, cells, dy, argmax, dx,
+                         *(I64(v) for v in dims))
+        else:       # one thread per input element, gathering from its windows
+            self._launch("pool2d.cu", "maxpool2d_backward", dt, dx.size, dy, argmax, dx,
+                         *(I64(v) for v in dims))
         return dx
 
     def avgpool2d_forward(self, x, kernel, stride, padding):
@@ -282,8 +295,14 @@ class CudaBackend:
         dims = self._pool_geometry(x_shape, kernel, stride, padding, "avgpool2d_backward")
         n, c, h, w, _, _, kh, kw = dims[:8]
         dx = self.xp.empty((n, c, h, w), dtype=dt)
-        self._launch("pool2d.cu", "avgpool2d_backward", dt, dx.size, dy, dx,
-                     *(I64(v) for v in dims), dt.type(1.0 / (kh * kw)))
+        inv_area = dt.type(1.0 / (kh * kw))
+        cells = self._disjoint_cells(dims)
+        if cells:
+            self._launch("pool2d.cu", "avgpool2d_backward_disjoint", dt, cells, dy, dx,
+                         *(I64(v) for v in dims), inv_area)
+        else:
+            self._launch("pool2d.cu", "avgpool2d_backward", dt, dx.size, dy, dx,
+                         *(I64(v) for v in dims), inv_area)
         return dx
 
     # --------------------------------------------------------- activations

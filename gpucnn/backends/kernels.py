@@ -31,8 +31,8 @@ NVRTC_OPTIONS = ("-std=c++14", "--fmad=false")
 KERNELS = {
     "conv2d.cu": ("im2col", "col2im", "swap_axes01"),
     "bias.cu": ("bias_forward", "channel_sum_partial", "row_sum"),
-    "pool2d.cu": ("maxpool2d_forward", "maxpool2d_backward",
-                  "avgpool2d_forward", "avgpool2d_backward"),
+    "pool2d.cu": ("maxpool2d_forward", "maxpool2d_backward", "maxpool2d_backward_disjoint",
+                  "avgpool2d_forward", "avgpool2d_backward", "avgpool2d_backward_disjoint"),
     "activation.cu": ("sigmoid_forward", "sigmoid_backward", "relu_forward",
                       "relu_backward", "tanh_forward", "tanh_backward",
                       "accumulate", "nonfinite_flag"),
