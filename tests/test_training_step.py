@@ -468,3 +468,14 @@ def test_to_accepts_dtype_names_and_device_cpu():
     assert net.dtype == np.float64
     net.to(device="cpu", dtype=np.dtype("float32"))
     assert net.dtype == np.float32
+
+
+def test_train_eval_modes_reach_every_layer_and_change_nothing_else():
+    net = build(NET_CE, np.random.default_rng(16)).to(dtype=np.float64)
+    x, _, _ = batch(NET_CE, 1)
+    y_train = npy(net(x)).copy()
+    assert net.eval() is net
+    assert all(m.training is False for m in net)
+    np.testing.assert_array_equal(npy(net(x)), y_train)   # no dropout/batch-norm: same output
+    assert net.train() is net
+    assert net.training and all(m.training for m in net)
