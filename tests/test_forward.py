@@ -471,3 +471,13 @@ def test_sequential_slicing():
     x = np.random.default_rng(21).standard_normal((2, 1, 2, 2)).astype(np.float32)
     np.testing.assert_array_equal(npy(head(x)), npy(net[1](net[0](x))))
 
+
+
+def test_kernel_stride_padding_accept_lists_and_numpy_ints():
+    x = np.random.default_rng(22).standard_normal((1, 2, 6, 5))
+    a = cpu64(gpucnn.Conv2d(2, 3, [3, 2], stride=[2, 1], padding=[1, 0], rng=np.random.default_rng(1)))
+    b = cpu64(gpucnn.Conv2d(2, 3, (np.int64(3), 2), stride=(2, np.int32(1)), padding=(1, 0),
+                            rng=np.random.default_rng(1)))
+    np.testing.assert_array_equal(npy(a(x)), npy(b(x)))
+    np.testing.assert_allclose(npy(a(x)), R.conv2d(x, npy(a.weight.data), npy(a.bias.data), (2, 1), (1, 0)), **F64)
+    np.testing.assert_array_equal(npy(gpucnn.MaxPool2d([3, 2], stride=[1, 2])(x)), R.maxpool2d(x, (3, 2), (1, 2))[0])
