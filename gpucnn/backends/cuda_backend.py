@@ -128,7 +128,8 @@ class CudaBackend:
     def _im2col(self, x_chunk, dims):
         n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = dims
         cols = self.xp.empty((c * kh * kw, n * oh * ow), dtype=x_chunk.dtype)
-        self._launch("conv2d.cu", "im2col", x_chunk.dtype, cols.size, x_chunk, cols,
+        # one thread per (channel, column), each writing the kh*kw rows of its channel
+        self._launch("conv2d.cu", "im2col", x_chunk.dtype, c * n * oh * ow, x_chunk, cols,
                      *(I64(v) for v in dims))
         return cols
 
