@@ -35,7 +35,8 @@ TOY_EXPRS = ["axpy<float>", "axpy<double>", "block_sum<float>", "block_sum<doubl
              "early_exit_barrier", "fill_2d", "shifted_copy", "shifted_read", "shift_add_inplace",
              "last_writer_wins", "any_negative", "rotate_through_global", "count_positive",
              "warp_sum<float>", "warp_sum<double>", "warp_exchange", "shuffle_from_exited_lane",
-             "stuck_loop", "deep_recursion", "write_through_const"]
+             "stuck_loop", "deep_recursion", "write_through_const", "tiled_matmul",
+             "read_uninitialised_shared", "warp_shared_exchange"]
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +259,51 @@ def test_barrier_orders_global_accesses_within_a_block_only(toy):
     np.testing.assert_array_equal(z, np.roll(x, -1))
     with pytest.raises(KernelRaceError, match=r"rotate_through_global.*argument 1 'y'"):
         k((2,), (128,), (x, y, z, np.int32(200)))
+
+
+# ------------------------------------------------------------------------------------------------
+# shared memory
+def _matmul_inputs():
+    rng = np.random.default_rng(3)
+    a = rng.integers(-4, 4, size=(13, 19)).astype(np.float32)  # integers: exact sums in any order
+    b = rng.integers(-4, 4, size=(19, 10)).astype(np.float32)
+    return a, b
+
+
+def test_tiled_matmul_with_shared_memory_tiles(toy):
+    a, b = _matmul_inputs()
+    c = np.zeros((13, 10), np.float32)
+    toy.get_function("tiled_matmul")((2, 2), (8, 8), (a, b, c, np.int32(13), np.int32(19), np.int32(10), np.int32(0)))
+    np.testing.assert_array_equal(c, a @ b)
+    assert {name for _, _, name in toy.shared_vars} >= {"tiled_matmul::As", "tiled_matmul::Bs"}
+
+
+def test_missing_barrier_is_a_race_on_a_named_shared_variable(toy):
+    a, b = _matmul_inputs()
+    c = np.zeros((13, 10), np.float32)
+    with pytest.raises(KernelRaceError, match=r"tiled_matmul.*data race on __shared__ tiled_matmul::(As|Bs) at byte \d+: "
+                                              r"thread \(\d+, \d+, 0\) of block \(0, 0, 0\) (read|wrote) the word that "
+                                              r"thread \(\d+, \d+, 0\) (wrote|read)"):
+        toy.get_function("tiled_matmul")((2, 2), (8, 8), (a, b, c, np.int32(13), np.int32(19), np.int32(10),
+                                                         np.int32(1)))
+
+
+def test_shared_memory_starts_each_block_poisoned(toy):
+    k = toy.get_function("read_uninitialised_shared")
+    out = np.zeros(128, np.float32)
+    k((2,), (64,), (out, np.int32(1)))
+    np.testing.assert_array_equal(out, 1)
+    k((2,), (64,), (out, np.int32(0)))  # block 0 of this launch must not see the last launch's values
+    assert np.isnan(out).all()
+
+
+def test_syncwarp_orders_shared_memory_within_a_warp(toy):
+    x = np.arange(64, dtype=np.int32)
+    y = np.zeros(64, np.int32)
+    toy.get_function("warp_shared_exchange")((1,), (64,), (x, y, np.int32(1)))
+    np.testing.assert_array_equal(y, x ^ 1)
+    with pytest.raises(KernelRaceError, match=r"__shared__ warp_shared_exchange::s"):
+        toy.get_function("warp_shared_exchange")((1,), (64,), (x, y, np.int32(0)))
 
 
 # ------------------------------------------------------------------------------------------------

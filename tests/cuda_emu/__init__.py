@@ -242,6 +242,40 @@ def build_module(source, name_expressions, std="c++14", include_dirs=()) -> path
 _LIB_LOCK = threading.Lock()  # the runtime keeps its launch state in globals: one launch at a time
 
 
+def _shared_variables(lib_path, lib):
+    """[(address, size, name)] of the kernel file's __shared__ variables in the loaded library.
+
+    ``__shared__`` is a function-local static in the emulator, so these are the writable
+    local-static symbols (mangled ``_ZZ...``) of the library, read from its symbol table with
+    ``nm``; the load address comes from an exported function's run-time and file addresses.
+    Without ``nm`` the list is empty (shared memory is then neither poisoned nor race-checked).
+    """
+    try:
+        out = subprocess.run(["nm", "-S", "--defined-only", str(lib_path)], capture_output=True,
+                             text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    symbols, launch_at = [], None
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[-1] == "cuda_emu_launch":
+            launch_at = int(parts[0], 16)
+        if (len(parts) == 4 and parts[2] in "bBdDuV" and parts[3].startswith("_ZZ")
+                and not parts[3].startswith("_ZZN8cuda_emu")):  # not the emulator's own statics
+            symbols.append((int(parts[0], 16), int(parts[1], 16), parts[3]))
+    if not symbols or launch_at is None:
+        return []
+    base = ctypes.cast(lib.cuda_emu_launch, ctypes.c_void_p).value - launch_at
+    try:
+        names = subprocess.run(["c++filt"], input="\n".join(m for _, _, m in symbols), capture_output=True,
+                               text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        names = [m for _, _, m in symbols]
+    # "block_sum<float>(float const*, float*, int)::buf" -> "block_sum<float>::buf"
+    names = [re.sub(r"\((?:[^()]|\([^()]*\))*\)(?=::)", "", n) for n in names]
+    return [(base + addr, size, name) for (addr, size, _), name in zip(symbols, names) if size > 0]
+
+
 def _decode_type(code: int):
     """Decode cuda_emu::type_code: -> (pointer depth, numpy dtype or None)."""
     pointer, rest = divmod(code, 1000)
@@ -279,6 +313,12 @@ class EmulatedModule:
         self.lib.cuda_emu_alloc_guarded.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
                                                     ctypes.POINTER(_Guard)]
         self.lib.cuda_emu_free_guarded.argtypes = [ctypes.POINTER(_Guard)]
+        self.shared_vars = _shared_variables(self.lib_path, self.lib)
+        if self.shared_vars:
+            ranges = np.array([(addr, size) for addr, size, _ in self.shared_vars], dtype=np.uint64)
+            self.lib.cuda_emu_set_shared.restype = ctypes.c_int
+            if self.lib.cuda_emu_set_shared(ctypes.c_void_p(ranges.ctypes.data), len(self.shared_vars)) < 0:
+                raise EmulatorError(f"{self.label}: cannot map the shadow of its __shared__ variables")
         self._kernels = {}
         for i, expr in enumerate(self.name_expressions):
             entry = ctypes.cast(getattr(self.lib, f"cuda_emu_entry_{i}"), ctypes.c_void_p).value
@@ -483,6 +523,16 @@ class EmulatedRawKernel:
                 f"{where}: out-of-bounds {access}{size} by {who}: argument {i} '{p.name}' ({p.ctype}) "
                 f"holds {nelem} elements (shape {arr.shape}), the access is at element {elem}, "
                 f"{rel}{extra}")
+        if r.kind == _RACE and r.arg <= -2:
+            name = self.module.shared_vars[-2 - r.arg][2]
+            ob, ot = r.other_block, r.other_thread
+            other = f"thread {(ot % block[0], ot // block[0] % block[1], ot // (block[0] * block[1]))}"
+            what = {1: f"wrote a different value to the word that {other} wrote",
+                    2: f"read the word that {other} wrote",
+                    3: f"wrote the word that {other} read"}[r.race]
+            raise KernelRaceError(
+                f"{where}: data race on __shared__ {name} at byte {r.offset}: {who} {what}, with no "
+                "__syncthreads() between them (on a GPU the result depends on scheduling)")
         if r.kind == _RACE:
             i = r.arg
             p = self.params[i]

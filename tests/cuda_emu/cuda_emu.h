@@ -156,7 +156,11 @@ inline T warp_value(int line, int op, unsigned mask, T var, int arg, int width =
 inline unsigned long long warp_vote(int line, int op, unsigned mask, int pred) {
     return cuda_emu_warp_op(op, mask, pred != 0, 0, 32, line);
 }
-inline void syncwarp(int line, unsigned mask = 0xffffffffu) { cuda_emu_warp_op(8, mask, 0, 0, 32, line); }
+struct SyncWarp {  // __syncwarp() and __syncwarp(mask) without variadic-macro tricks
+    int line;
+    explicit SyncWarp(int l) : line(l) {}
+    void operator()(unsigned mask = 0xffffffffu) const { cuda_emu_warp_op(8, mask, 0, 0, 32, line); }
+};
 }  // namespace cuda_emu
 #define __shfl_sync(...) ::cuda_emu::warp_value(__LINE__, 1, __VA_ARGS__)
 #define __shfl_up_sync(...) ::cuda_emu::warp_value(__LINE__, 2, __VA_ARGS__)
@@ -165,7 +169,7 @@ inline void syncwarp(int line, unsigned mask = 0xffffffffu) { cuda_emu_warp_op(8
 #define __ballot_sync(mask, pred) ((unsigned)::cuda_emu::warp_vote(__LINE__, 5, mask, pred))
 #define __any_sync(mask, pred) ((int)::cuda_emu::warp_vote(__LINE__, 6, mask, pred))
 #define __all_sync(mask, pred) ((int)::cuda_emu::warp_vote(__LINE__, 7, mask, pred))
-#define __syncwarp(...) ::cuda_emu::syncwarp(__LINE__, ##__VA_ARGS__)
+#define __syncwarp ::cuda_emu::SyncWarp(__LINE__)
 #define __activemask() cuda_emu_activemask()
 
 // ---- used by the generated wrapper translation unit, not by kernels ----------------------------

@@ -109,42 +109,52 @@ static void note_error(int kind, int arg, int64_t offset, int64_t size, int is_w
 }
 
 // ---- race detector ------------------------------------------------------------------------------
-// Each 4-byte word of an array argument remembers its last writer and last reader as an id
-// (block, barrier epoch within the block, thread). Two accesses by different threads are
-// ordered only when both are in the same block with a __syncthreads() between them (a later
-// epoch); anything else in one launch is concurrent on a GPU, whatever order the emulator ran
-// them in. Reported: a read of a word a concurrent thread wrote, a write to a word a concurrent
-// thread read, and a write over a concurrent thread's write *with a different value* (the same
-// value stored by many threads, e.g. an "any element non-finite" flag, is benign).
-// Atomics are exempt. Accesses narrower than 4 bytes are only bounds-checked.
+// Each 4-byte word of an array argument and of every __shared__ variable remembers its last
+// writer and last reader: (block, thread, the block's barrier epoch, the warp's __syncwarp epoch).
+// Two accesses by different threads are ordered only when both are in the same block with a
+// __syncthreads() between them, or in the same warp with a __syncwarp() between them; anything
+// else in one launch is concurrent on a GPU, whatever order the emulator ran them in. Reported:
+// a read of a word a concurrent thread wrote, a write to a word a concurrent thread read, and a
+// write over a concurrent thread's write *with a different value* (the same value stored by many
+// threads, e.g. an "any element non-finite" flag, is benign). Atomics are exempt. Accesses
+// narrower than 4 bytes are only bounds-checked.
 static int cuda_emu_in_atomic = 0;
 extern "C" void cuda_emu_atomic_begin(void) { ++cuda_emu_in_atomic; }
 extern "C" void cuda_emu_atomic_end(void) { --cuda_emu_in_atomic; }
 static uint64_t g_block_lin = 0;
 static uint64_t g_thread_lin = 0;
 static uint64_t g_epoch = 0;
-static uint64_t g_nthreads = 1;
+static uint64_t g_warp_epoch[32];
 
 static const uint64_t kValid = 1ull << 63;
 static const uint64_t kShared = 1ull << 62;   // reader slot: another concurrent thread read it too
-static const uint64_t kEpochMask = 0x3FFFFFull << 10;
 
-static inline uint64_t my_id() {
-    return kValid | (g_block_lin << 32) | ((g_epoch & 0x3FFFFF) << 10) | g_thread_lin;
+struct Access { uint64_t id, warp_epoch; };   // id: valid | shared | block << 32 | epoch << 10 | thread
+struct ShadowWord { Access writer, reader; };
+static const uint64_t kShadowPerWord = sizeof(ShadowWord);
+
+static inline Access my_access() {
+    return Access{kValid | (g_block_lin << 32) | ((g_epoch & 0x3FFFFF) << 10) | g_thread_lin,
+                  g_warp_epoch[g_thread_lin / 32]};
 }
 static inline uint64_t id_block(uint64_t id) { return (id >> 32) & 0x3FFFFFFF; }
 static inline uint64_t id_thread(uint64_t id) { return id & 0x3FF; }
 static inline uint64_t id_epoch(uint64_t id) { return (id >> 10) & 0x3FFFFF; }
-static inline bool same_thread(uint64_t a, uint64_t b) {
-    return id_block(a) == id_block(b) && id_thread(a) == id_thread(b);
+static inline bool same_thread(const Access& a, const Access& b) {
+    return id_block(a.id) == id_block(b.id) && id_thread(a.id) == id_thread(b.id);
 }
-static inline bool concurrent(uint64_t prev, uint64_t me) {
-    if (!(prev & kValid)) return false;
-    if (id_block(prev) != id_block(me)) return true;
-    if (id_thread(prev) == id_thread(me)) return false;
-    return id_epoch(prev) == id_epoch(me);
+static inline bool same_phase(const Access& a, const Access& b) {  // no barrier between them
+    return id_epoch(a.id) == id_epoch(b.id) &&
+           (id_thread(a.id) / 32 != id_thread(b.id) / 32 || a.warp_epoch == b.warp_epoch);
+}
+static inline bool concurrent(const Access& prev, const Access& me) {
+    if (!(prev.id & kValid)) return false;
+    if (id_block(prev.id) != id_block(me.id)) return true;
+    if (id_thread(prev.id) == id_thread(me.id)) return false;
+    return same_phase(prev, me);
 }
 
+// arg >= 0: kernel parameter; arg <= -2: __shared__ variable number -2 - arg.
 static void note_race(int race, int arg, int64_t offset, int64_t size, int is_write, uint64_t me, uint64_t other) {
     Report* r = g_report;
     bool first = r->kind == OK;
@@ -177,43 +187,77 @@ static inline void resolve_pending() {
         note_race(WRITE_WRITE, g_pending.arg, g_pending.offset, (int64_t)g_pending.n, 1, g_pending.me, g_pending.other);
 }
 
-static void track(const Guard& g, int arg, uintptr_t a, size_t n, int is_write) {
-    uint64_t* shadow = (uint64_t*)g.shadow;
-    uint64_t me = my_id();
-    uint64_t w0 = (a - g.start) / 4, w1 = (a + n - 1 - g.start) / 4;
+static void track(ShadowWord* shadow, uintptr_t start, int arg, uintptr_t a, size_t n, int is_write) {
+    Access me = my_access();
+    uint64_t w0 = (a - start) / 4, w1 = (a + n - 1 - start) / 4;
     for (uint64_t k = w0; k <= w1; ++k) {
-        uint64_t* writer = &shadow[2 * k];
-        uint64_t* reader = &shadow[2 * k + 1];
+        Access& writer = shadow[k].writer;
+        Access& reader = shadow[k].reader;
         if (is_write) {
-            uint64_t r = *reader;
-            if ((concurrent(r, me)) ||
-                ((r & kShared) && same_thread(r, me) && id_epoch(r) == id_epoch(me))) {
-                note_race(WRITE_AFTER_READ, arg, (int64_t)(a - g.start), (int64_t)n, 1, me, r);
+            const Access& r = reader;
+            if (concurrent(r, me) || ((r.id & kShared) && same_thread(r, me) && same_phase(r, me))) {
+                note_race(WRITE_AFTER_READ, arg, (int64_t)(a - start), (int64_t)n, 1, me.id, r.id);
                 return;
             }
-            if (concurrent(*writer, me) && !g_pending.active && n <= 16) {
+            if (concurrent(writer, me) && !g_pending.active && n <= 16) {
                 g_pending.active = 1;
                 g_pending.addr = a;
                 g_pending.n = n;
                 memcpy(g_pending.before, (const void*)a, n);
                 g_pending.arg = arg;
-                g_pending.offset = (int64_t)(a - g.start);
-                g_pending.me = me;
-                g_pending.other = *writer;
+                g_pending.offset = (int64_t)(a - start);
+                g_pending.me = me.id;
+                g_pending.other = writer.id;
             }
-            *writer = me;
+            writer = me;
         } else {
-            if (concurrent(*writer, me)) {
-                note_race(READ_AFTER_WRITE, arg, (int64_t)(a - g.start), (int64_t)n, 0, me, *writer);
+            if (concurrent(writer, me)) {
+                note_race(READ_AFTER_WRITE, arg, (int64_t)(a - start), (int64_t)n, 0, me.id, writer.id);
                 return;
             }
-            uint64_t r = *reader;
-            if (!(r & kValid)) *reader = me;
-            else if (same_thread(r, me)) *reader = me | (r & kShared & (id_epoch(r) == id_epoch(me) ? ~0ull : 0));
-            else if (concurrent(r, me)) *reader = (r & ~kShared) | kShared;  // keep the other reader's id
-            else *reader = me;  // ordered before us by a barrier
+            if (!(reader.id & kValid)) {
+                reader = me;
+            } else if (same_thread(reader, me)) {
+                uint64_t keep = (reader.id & kShared) && same_phase(reader, me) ? kShared : 0;
+                reader = me;
+                reader.id |= keep;
+            } else if (concurrent(reader, me)) {
+                reader.id |= kShared;  // keep the other reader's id
+            } else {
+                reader = me;  // ordered before us by a barrier
+            }
         }
     }
+}
+
+// ---- __shared__ variables ------------------------------------------------------------------------
+// Function-local statics of the kernel file (found by Python in the symbol table). Each block
+// starts with them filled with 0xFF bytes (NaN for floats, -1 for integers), as uninitialised
+// shared memory, and with a fresh race shadow.
+struct SharedVar { uintptr_t start, end; ShadowWord* shadow; };
+static SharedVar g_shared[256];
+static int g_nshared = 0;
+
+extern "C" EXPORT int cuda_emu_set_shared(const uint64_t* ranges, int n) {
+    for (int i = 0; i < g_nshared; ++i) munmap(g_shared[i].shadow, (g_shared[i].end - g_shared[i].start + 3) / 4 * kShadowPerWord);
+    g_nshared = 0;
+    for (int i = 0; i < n && i < 256; ++i) {
+        uint64_t size = ranges[2 * i + 1];
+        void* sh = mmap(nullptr, (size + 3) / 4 * kShadowPerWord + 1, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (sh == MAP_FAILED) return -1;
+        g_shared[g_nshared++] = SharedVar{(uintptr_t)ranges[2 * i], (uintptr_t)(ranges[2 * i] + size), (ShadowWord*)sh};
+    }
+    return g_nshared;
+}
+
+static void reset_shared() {
+    for (int i = 0; i < g_nshared; ++i) {
+        size_t size = g_shared[i].end - g_shared[i].start;
+        memset((void*)g_shared[i].start, 0xFF, size);
+        memset(g_shared[i].shadow, 0, (size + 3) / 4 * kShadowPerWord);
+    }
+    memset(g_warp_epoch, 0, sizeof g_warp_epoch);
 }
 
 static double now_seconds() {
@@ -230,10 +274,17 @@ static inline void check_access(uintptr_t a, size_t n, int is_write) {
     for (int i = 0; i < g_nguards; ++i) {
         if (a + n > g[i].zone_lo && a < g[i].zone_hi) {
             if (a >= g[i].start && a + n <= g[i].end) {  // inside the array
-                if (n >= 4 && !cuda_emu_in_atomic && g[i].shadow) track(g[i], i, a, n, is_write);
+                if (n >= 4 && !cuda_emu_in_atomic && g[i].shadow)
+                    track((ShadowWord*)g[i].shadow, g[i].start, i, a, n, is_write);
                 return;
             }
             note_error(OUT_OF_BOUNDS, i, (int64_t)(a - g[i].start), (int64_t)n, is_write);
+            return;
+        }
+    }
+    for (int i = 0; i < g_nshared; ++i) {
+        if (a >= g_shared[i].start && a + n <= g_shared[i].end) {
+            if (n >= 4 && !cuda_emu_in_atomic) track(g_shared[i].shadow, g_shared[i].start, -2 - i, a, n, is_write);
             return;
         }
     }
@@ -289,7 +340,7 @@ extern "C" EXPORT int cuda_emu_alloc_guarded(uint64_t nbytes, uint64_t zone, uin
     g->start = g->zone_lo + zone;
     g->end = g->start + nbytes;
     g->zone_hi = g->start + body + zone;
-    g->shadow_bytes = (nbytes + 3) / 4 * 16;
+    g->shadow_bytes = (nbytes + 3) / 4 * kShadowPerWord;
     g->shadow = 0;
     if (g->shadow_bytes) {
         void* sh = mmap(nullptr, g->shadow_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -528,6 +579,7 @@ static bool release_warps(unsigned nthreads) {
             }
             for (unsigned j = 0; j < 32; ++j)
                 if ((group >> j) & 1u) g_fibers[base + j].state = RUNNING;
+            if (p.op == SYNCWARP) ++g_warp_epoch[base / 32];  // orders the lanes' memory accesses
             released = true;
         }
     }
@@ -646,6 +698,7 @@ extern "C" EXPORT int cuda_emu_launch(void* entry, const unsigned* grid, const u
                     cuda_emu_blockIdx = {bx, by, bz};
                     g_block_lin = bx + (uint64_t)grid[0] * (by + (uint64_t)grid[1] * bz);
                     g_epoch = 0;
+                    reset_shared();
                     if (fiber_mode) {
                         run_block_fibers(nthreads, block);
                     } else {

@@ -143,3 +143,40 @@ __global__ void write_through_const(const float* __restrict__ x, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) const_cast<float*>(x)[i] = 0.0f;
 }
+
+// Shared-memory demos -----------------------------------------------------------------------------
+
+// C = A @ B for (M, K) x (K, N) float matrices, 8x8 tiles in shared memory; one thread per C
+// element. `skip_second_barrier` != 0 drops the barrier that keeps the next tile's loads from
+// overwriting the tile other threads are still reading (the classic tiling bug).
+__global__ void tiled_matmul(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+                             int M, int K, int N, int skip_second_barrier) {
+    __shared__ float As[8][8];
+    __shared__ float Bs[8][8];
+    int row = blockIdx.y * 8 + threadIdx.y, col = blockIdx.x * 8 + threadIdx.x;
+    float acc = 0.0f;
+    for (int t = 0; t < (K + 7) / 8; ++t) {
+        int ka = t * 8 + threadIdx.x, kb = t * 8 + threadIdx.y;
+        As[threadIdx.y][threadIdx.x] = (row < M && ka < K) ? A[row * K + ka] : 0.0f;
+        Bs[threadIdx.y][threadIdx.x] = (kb < K && col < N) ? B[kb * N + col] : 0.0f;
+        __syncthreads();
+        for (int k = 0; k < 8; ++k) acc += As[threadIdx.y][k] * Bs[k][threadIdx.x];
+        if (!skip_second_barrier) __syncthreads();
+    }
+    if (row < M && col < N) C[row * N + col] = acc;
+}
+
+// out[i] = the block's shared slot i, which is uninitialised unless `write_first`.
+__global__ void read_uninitialised_shared(float* __restrict__ out, int write_first) {
+    __shared__ float s[64];
+    if (write_first) s[threadIdx.x] = 1.0f;
+    out[blockIdx.x * blockDim.x + threadIdx.x] = s[threadIdx.x];
+}
+
+// Lane i writes slot i, then reads slot i ^ 1 of the same warp; `use_syncwarp` orders the two.
+__global__ void warp_shared_exchange(const int* __restrict__ x, int* __restrict__ y, int use_syncwarp) {
+    __shared__ int s[64];
+    s[threadIdx.x] = x[threadIdx.x];
+    if (use_syncwarp) __syncwarp();
+    y[threadIdx.x] = s[threadIdx.x ^ 1];
+}
