@@ -479,3 +479,73 @@ def test_train_eval_modes_reach_every_layer_and_change_nothing_else():
     np.testing.assert_array_equal(npy(net(x)), y_train)   # no dropout/batch-norm: same output
     assert net.train() is net
     assert net.training and all(m.training for m in net)
+
+
+# ---------------------------------------------------------------------------
+# Forward/backward interleavings a fast backend might get wrong (saved inputs,
+# cached im2col columns keyed on the input array)
+# ---------------------------------------------------------------------------
+
+def _grads_of(net):
+    return {k: npy(p.grad).copy() for k, p in net.named_parameters()}
+
+
+def _assert_grads_match_reference(net, spec, x, target, loss_kind):
+    params = {k: v.astype(np.float64) for k, v in net.state_dict().items()}
+    _, ref = reference_loss_and_grads(spec, params, x, target, loss_kind)
+    for k, g in _grads_of(net).items():
+        np.testing.assert_allclose(g, ref[k], rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+def test_backward_uses_the_last_forward():
+    net = build(NET_MIXED, np.random.default_rng(17)).to(dtype=np.float64)
+    x1, l1, _ = batch(NET_MIXED, 1)
+    x2, l2, _ = batch(NET_MIXED, 2)
+    fn = gpucnn.CrossEntropyLoss()
+    net(x1)
+    fn(net(x2), l2)
+    net.backward(fn.backward())
+    _assert_grads_match_reference(net, NET_MIXED, x2, l2, "ce")
+
+
+def test_two_models_on_the_same_input_array_backward_in_any_order():
+    spec = [("conv", 2, 3, 3, 1, 1), ("relu",), ("flatten",), ("linear", 60, 2)]
+    x = np.random.default_rng(18).standard_normal((2, 2, 5, 4))
+    labels = np.array([1, 0])
+    a = build(spec, np.random.default_rng(19)).to(dtype=np.float64)
+    b = build(spec, np.random.default_rng(20)).to(dtype=np.float64)
+    fa, fb = gpucnn.CrossEntropyLoss(), gpucnn.CrossEntropyLoss()
+    fa(a(x), labels)
+    fb(b(x), labels)
+    b.backward(fb.backward())            # reverse order
+    a.backward(fa.backward())
+    _assert_grads_match_reference(a, spec, x, labels, "ce")
+    _assert_grads_match_reference(b, spec, x, labels, "ce")
+
+
+def test_a_new_array_with_the_same_shape_is_not_mistaken_for_the_old_one():
+    spec = [("conv", 2, 2, 3, 2, 1), ("flatten",), ("linear", 2 * 3 * 2, 2)]
+    net = build(spec, np.random.default_rng(21)).to(dtype=np.float64)
+    labels = np.array([0, 1])
+    fn = gpucnn.CrossEntropyLoss()
+    for step in range(4):                # fresh arrays, often at a recycled address
+        x = np.random.default_rng(30 + step).standard_normal((2, 2, 5, 4))
+        net.zero_grad()
+        fn(net(x), labels)
+        net.backward(fn.backward())
+        _assert_grads_match_reference(net, spec, x, labels, "ce")
+        del x
+    buf = np.empty((2, 2, 5, 4))         # one buffer refilled in place between steps
+    for step in range(3):
+        buf[...] = np.random.default_rng(40 + step).standard_normal(buf.shape)
+        net.zero_grad()
+        fn(net(buf), labels)
+        net.backward(fn.backward())
+        _assert_grads_match_reference(net, spec, buf, labels, "ce")
+    # a forward with no backward (evaluation), the buffer refilled, then a training step
+    net(buf)
+    buf[...] = np.random.default_rng(50).standard_normal(buf.shape)
+    net.zero_grad()
+    fn(net(buf), labels)
+    net.backward(fn.backward())
+    _assert_grads_match_reference(net, spec, buf, labels, "ce")
