@@ -517,3 +517,24 @@ def test_dynamic_shared_memory_is_refused_clearly(tmp_path):
     src.write_text("__global__ void k(float* y) { extern __shared__ float s[]; s[0] = 1; y[0] = s[0]; }\n")
     with pytest.raises(EmulatorError, match=r"dyn.cu: dynamic shared memory \(extern __shared__\) is not emulated"):
         EmulatedModule(src, ["k"])
+
+
+def test_every_kernel_instantiation_runs_on_the_emulator(cpu):
+    # The parity cases, both dtypes, through the CUDA backend's own code, until every
+    # (file, kernel, dtype) the backend can ask for has been launched at least once: a kernel no
+    # primitive reaches on the parity shapes (or a new one without a parity case) fails here.
+    from gpucnn.backends import kernels as K
+    from tests.test_parity import CASES, _check, _host
+    emu = make_emulated_backend()
+    expected = {(f, name, dt) for f, name, dt, _ in K.instantiations()}
+
+    def launched():
+        return {key for key, kern in emu.loader._kernels.items() if kern.launches}
+
+    for c in CASES:
+        if expected <= launched():
+            break
+        if not c.large:
+            for dt in (np.float32, np.float64):
+                _check(_host(emu, c.run(emu, dt)), _host(cpu, c.run(cpu, dt)), c.primitive, dt, repr(c))
+    assert expected - launched() == set(), f"never launched: {sorted(expected - launched())}"

@@ -368,6 +368,7 @@ class EmulatedRawKernel:
     max_threads_per_block = MAX_THREADS_PER_BLOCK
 
     def __init__(self, module, name_expression, entry, params, codes):
+        self.launches = 0  # clean launches so far
         self.module = module
         self.name = name_expression
         self.entry = entry
@@ -484,6 +485,7 @@ class EmulatedRawKernel:
                                            ctypes.byref(report), float(time_limit()))
             if kind:
                 self._raise(report, args, grid3, block3)
+            self.launches += 1
             for i in allocated:
                 value = args[i]
                 after = np.frombuffer((ctypes.c_char * value.nbytes).from_address(guards[i].start), np.uint8)
