@@ -52,9 +52,25 @@ def check_float_input(layer, x, ndim=None, what="input"):
                          f"({x.ndim}-D)")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{layer}: expected a float32 or float64 {what}, got dtype {x.dtype}")
-    if not backend.all_finite(x):
+    if _inner_depth == 0 and not backend.all_finite(x):
         raise ValueError(f"{layer}: the {what} contains NaN or infinity")
     return backend
+
+
+# Inside Sequential, only the network's input is checked for NaN/inf: the layers in
+# between skip the check (on a GPU each check is a device->host sync), and a value
+# that overflows inside the network reaches the loss, which checks the output.
+_inner_depth = 0
+
+
+class _inside:
+    def __enter__(self):
+        global _inner_depth
+        _inner_depth += 1
+
+    def __exit__(self, *exc):
+        global _inner_depth
+        _inner_depth -= 1
 
 
 class Parameter:
@@ -491,13 +507,17 @@ class Sequential(Module):
         return self.layers[index]
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
+        check_float_input("Sequential", x)
+        with _inside():
+            for layer in self.layers:
+                x = layer(x)
         return x
 
     def backward(self, grad):
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+        check_float_input("Sequential.backward", grad, what="gradient")
+        with _inside():
+            for layer in reversed(self.layers):
+                grad = layer.backward(grad)
         return grad
 
     def __repr__(self):
