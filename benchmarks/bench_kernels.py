@@ -61,7 +61,7 @@ def bandwidth(B, cp, n, reps):
                                                          cp.cuda.runtime.memcpyDeviceToDevice,
                                                          cp.cuda.get_current_stream().ptr), reps)
     copy_gbs = max(2 * n * f4 / t_copy, 2 * n * f4 / t_memcpy) / 1e9
-    rows.append(("device-to-device copy (best of copyto, memcpy)", min(t_copy, t_memcpy), copy_gbs))
+    rows.append(("device-to-device copy", min(t_copy, t_memcpy), copy_gbs))
 
     y_relu = B.relu_forward(x)
     y_sig = B.sigmoid_forward(x)
@@ -95,21 +95,25 @@ def bandwidth(B, cp, n, reps):
     return shape, copy_gbs, rows
 
 
-def conv_vs_torch(B, cp, reps):
+def conv_vs_torch(B, cp, reps, torch_device="cuda", shapes=None):
     import numpy as np
     try:
         import torch
         import torch.nn.functional as F
     except ImportError as exc:
         return None, f"PyTorch not importable ({exc})"
-    if not torch.cuda.is_available():
-        return None, "PyTorch sees no CUDA device"
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    if torch_device == "cuda":
+        if not torch.cuda.is_available():
+            return None, "PyTorch sees no CUDA device"
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        tsync = torch.cuda.synchronize
+    else:                                   # only for trying the script out on a CPU
+        def tsync():
+            pass
     timed = _timer(cp)
-    tsync = torch.cuda.synchronize
-    shapes = [  # (N, C, H, W, O, k, pad): the CIFAR-style net's convolutions at batch 256
+    shapes = shapes or [  # (N, C, H, W, O, k, pad): the CIFAR-style net's convolutions at batch 256
         (256, 3, 32, 32, 32, 3, 1), (256, 32, 16, 16, 64, 3, 1), (256, 64, 8, 8, 128, 3, 1),
         (256, 32, 32, 32, 32, 3, 1), (256, 1, 28, 28, 6, 5, 2)]
     out = []
@@ -121,7 +125,7 @@ def conv_vs_torch(B, cp, reps):
         y = B.conv2d_forward(x, wt, (1, 1), (p, p))
         dyh = rng.standard_normal(y.shape).astype(np.float32)
         dy = cp.asarray(dyh)
-        tx, tw, tdy = (torch.from_numpy(a).cuda() for a in (xh, wh, dyh))
+        tx, tw, tdy = (torch.from_numpy(a).to(torch_device) for a in (xh, wh, dyh))
         ours = {
             "forward": lambda: B.conv2d_forward(x, wt, (1, 1), (p, p)),
             "backward_data": lambda: B.conv2d_backward_data(dy, wt, x.shape, (1, 1), (p, p)),
