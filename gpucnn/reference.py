@@ -142,7 +142,8 @@ def _pool_params(kernel_size, stride, padding):
 def maxpool2d(x, kernel_size, stride=None, padding=0):
     """Return (y, argmax): y is the max over each window of the -inf padded input;
     argmax (int64) the flat index h*W+w of the first maximum in row-major
-    window order."""
+    window order.  Padded positions never win.  (NaN inputs are not defined
+    here; the layers reject them before pooling.)"""
     x = _f64(x)
     N, C, H, W = x.shape
     kh, kw, sh, sw, ph, pw = _pool_params(kernel_size, stride, padding)
@@ -154,14 +155,18 @@ def maxpool2d(x, kernel_size, stride=None, padding=0):
         for c in range(C):
             for i in range(Ho):
                 for j in range(Wo):
-                    best = -math.inf
+                    best = -math.inf     # what the padding holds: it never wins
                     best_idx = -1
                     for p in range(kh):          # row-major window order
                         for q in range(kw):
                             h = i * sh + p - ph
                             v = j * sw + q - pw
-                            val = float(x[n, c, h, v]) if (0 <= h < H and 0 <= v < W) else -math.inf
-                            if val > best:       # strict: a later equal value does not win
+                            if not (0 <= h < H and 0 <= v < W):
+                                continue         # a padded position
+                            val = float(x[n, c, h, v])
+                            # strict: a later equal value does not win; the first real
+                            # element is taken even if it is -inf itself
+                            if best_idx < 0 or val > best:
                                 best = val
                                 best_idx = h * W + v
                     y[n, c, i, j] = best

@@ -220,6 +220,21 @@ def test_maxpool2d_primitive_with_argmax(backend, case, dtype):
     np.testing.assert_array_equal(arg, arg_ref)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_maxpool2d_primitive_with_infinities(backend, dtype):
+    # the primitive (not the layer, which rejects them) on +-inf: padding never wins,
+    # a window of real -inf takes its first element, +inf wins like any maximum
+    x = np.random.default_rng(23).standard_normal((1, 2, 5, 5)).astype(dtype)
+    x[0, 0, :2, :2] = -np.inf
+    x[0, 1, 3, 3] = np.inf
+    x[0, 1, 0, :] = -np.inf
+    for k, s, p in [((2, 2), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)), ((2, 3), (2, 1), (0, 1))]:
+        y, arg = backend.maxpool2d_forward(backend.asarray(x), k, s, p)
+        y_ref, arg_ref = R.maxpool2d(x, k, s, p)
+        np.testing.assert_array_equal(backend.to_numpy(y), y_ref.astype(dtype), err_msg=str((k, s, p)))
+        np.testing.assert_array_equal(backend.to_numpy(arg), arg_ref, err_msg=str((k, s, p)))
+
+
 @pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
 def test_avgpool2d_layer(case):
     N, C, H, W, k, s, p = case
