@@ -5,7 +5,8 @@
 #
 # Runs from the checkout with PYTHONPATH=. and no package registry.  Prints the device and
 # versions, `gpucnn check` (every primitive, CUDA vs NumPy, max abs / relative errors), the GPU
-# tests (parity of every primitive x dtype x shape, determinism, 50-step training, fallback),
+# tests (parity of every primitive x dtype x shape, determinism, 50-step training, forward and
+# finite-difference checks through the CUDA backend, fallback),
 # the kernel bandwidth benchmark and, when present, the training benchmark against PyTorch.
 # Takes under 5 minutes; each stage has its own time limit.  The log (and the benchmarks' JSON)
 # go to $OUT when it is set, else to ./gpu_check_out/.
@@ -59,10 +60,10 @@ print("gpucnn CUDA backend:", "OK" if b is not None else f"UNAVAILABLE: {why}")
 PYEOF
 
     stage "gpucnn check --device cuda" 60 "$PY" -m gpucnn.check --device cuda
-    stage "GPU tests (parity, determinism, 50-step training, fallback, check)" 150 \
+    stage "GPU tests (parity, determinism, 50-step training, gradcheck, fallback, check)" 150 \
         "$PY" -m pytest -q -rs -m "not emulated" -p no:cacheprovider --durations=8 \
         tests/test_parity.py tests/test_check.py tests/test_device_fallback.py \
-        tests/test_kernels_compile.py
+        tests/test_forward.py tests/test_gradcheck.py tests/test_kernels_compile.py
     stage "kernel benchmark (bandwidth vs copy, conv vs cuDNN)" 90 \
         "$PY" benchmarks/bench_kernels.py --json "$DEST/bench_kernels.json"
     if [ -f benchmarks/bench_train.py ]; then
