@@ -9,13 +9,13 @@
 # finite-difference checks through the CUDA backend, fallback),
 # the kernel bandwidth benchmark and, when present, the training benchmark against PyTorch.
 # Takes under 5 minutes; each stage has its own time limit.  The log (and the benchmarks' JSON)
-# go to $OUT when it is set, else to ./gpu_check_out/.
+# go to $OUT when it is set, else to ${TMPDIR:-/tmp}/gpucnn_gpu_check/.
 set -u
 cd "$(dirname "$0")"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 unset CUPY_TF32 GPUCNN_DEVICE
 export GPUCNN_REQUIRE=cuda     # the parity tests fail, not skip, when the CUDA backend cannot run
-DEST="${OUT:-gpu_check_out}"
+DEST="${OUT:-${TMPDIR:-/tmp}/gpucnn_gpu_check}"
 mkdir -p "$DEST"
 LOG="$DEST/gpu_check.log"
 PY="${PYTHON:-python}"
