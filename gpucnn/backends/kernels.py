@@ -24,7 +24,8 @@ import numpy as np
 #: ``--fmad=false`` keeps ``a*b + c`` two IEEE roundings, as NumPy computes it, so the
 #: elementwise kernels (optimizer updates, pooling sums, ...) agree with the NumPy backend
 #: bit for bit where the formula is the same; those kernels are memory-bound, so it costs
-#: nothing measurable.  cuBLAS (the GEMMs) is not affected.
+#: nothing measurable.  cuBLAS (the GEMMs) is not affected.  CuPy itself appends
+#: ``-ftz=true`` (denormals flush to zero) and ``-arch=sm_XX`` for the current device.
 NVRTC_OPTIONS = ("-std=c++14", "--fmad=false")
 
 #: file -> the kernel templates it defines (each ``template <typename T>``).
