@@ -116,7 +116,7 @@ class _Report(ctypes.Structure):
 
 
 (_OUT_OF_BOUNDS, _FAULT_NEAR_ARRAY, _NULL_POINTER, _BARRIER_EXIT, _BARRIER_MISMATCH, _TRAP, _BAD_LAUNCH, _RACE,
- _WARP_MISMATCH, _WARP_INACTIVE_SOURCE, _WARP_BAD_ARG, _STACK_OVERFLOW, _TIMEOUT) = range(1, 14)
+ _WARP_MISMATCH, _WARP_INACTIVE_SOURCE, _WARP_BAD_ARG, _STACK_OVERFLOW, _TIMEOUT, _WILD_ACCESS) = range(1, 15)
 _WARP_OPS = {1: "__shfl_sync", 2: "__shfl_up_sync", 3: "__shfl_down_sync", 4: "__shfl_xor_sync",
              5: "__ballot_sync", 6: "__any_sync", 7: "__all_sync", 8: "__syncwarp"}
 
@@ -242,6 +242,16 @@ def build_module(source, name_expressions, std="c++14", include_dirs=()) -> path
 _LIB_LOCK = threading.Lock()  # the runtime keeps its launch state in globals: one launch at a time
 
 
+def _nm(path):
+    """``nm -S --defined-only`` rows of ``path`` as lists of fields (empty without nm)."""
+    try:
+        out = subprocess.run(["nm", "-S", "--defined-only", str(path)], capture_output=True,
+                             text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [line.split() for line in out.splitlines()]
+
+
 def _shared_variables(lib_path, lib):
     """[(address, size, name)] of the kernel file's __shared__ variables in the loaded library.
 
@@ -250,18 +260,14 @@ def _shared_variables(lib_path, lib):
     ``nm``; the load address comes from an exported function's run-time and file addresses.
     Without ``nm`` the list is empty (shared memory is then neither poisoned nor race-checked).
     """
-    try:
-        out = subprocess.run(["nm", "-S", "--defined-only", str(lib_path)], capture_output=True,
-                             text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return []
+    runtime_names = {parts[-1] for parts in _nm(_runtime_object()) if parts}
     symbols, launch_at = [], None
-    for line in out.splitlines():
-        parts = line.split()
+    for parts in _nm(lib_path):
         if parts and parts[-1] == "cuda_emu_launch":
             launch_at = int(parts[0], 16)
         if (len(parts) == 4 and parts[2] in "bBdDuV" and parts[3].startswith("_ZZ")
-                and not parts[3].startswith("_ZZN8cuda_emu")):  # not the emulator's own statics
+                and not parts[3].startswith("_ZZN8cuda_emu")  # not the emulator's own statics
+                and parts[3] not in runtime_names):
             symbols.append((int(parts[0], 16), int(parts[1], 16), parts[3]))
     if not symbols or launch_at is None:
         return []
@@ -308,7 +314,8 @@ class EmulatedModule:
         self.lib.cuda_emu_launch.restype = ctypes.c_int
         self.lib.cuda_emu_launch.argtypes = [
             ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint * 3), ctypes.POINTER(ctypes.c_uint * 3),
-            ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Report), ctypes.c_double]
+            ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Report), ctypes.c_double,
+            ctypes.c_void_p, ctypes.c_uint64]
         self.lib.cuda_emu_alloc_guarded.restype = ctypes.c_int
         self.lib.cuda_emu_alloc_guarded.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
                                                     ctypes.POINTER(_Guard)]
@@ -482,7 +489,8 @@ class EmulatedRawKernel:
                 kind = lib.cuda_emu_launch(self.entry, ctypes.byref((ctypes.c_uint * 3)(*grid3)),
                                            ctypes.byref((ctypes.c_uint * 3)(*block3)), ctypes.cast(argv, ctypes.c_void_p),
                                            int(self.module.fiber_mode), ctypes.cast(guards, ctypes.c_void_p), n,
-                                           ctypes.byref(report), float(time_limit()))
+                                           ctypes.byref(report), float(time_limit()),
+                                           ctypes.c_void_p(slots.ctypes.data), slots.nbytes)
             if kind:
                 self._raise(report, args, grid3, block3)
             self.launches += 1
@@ -574,6 +582,15 @@ class EmulatedRawKernel:
                                       "(width must be a power of two <= 32; the mask must name the caller)")
             raise KernelSyncError(f"{head} waits in {op} while lane {other % 32} named in its mask is elsewhere "
                                   "(a different intrinsic or mask, or __syncthreads()): undefined behaviour on a GPU")
+        if r.kind == _WILD_ACCESS:
+            access = {0: "read", 1: "write"}.get(r.is_write, "access")
+            near = ""
+            if r.arg >= 0:
+                p, arr = self.params[r.arg], args[r.arg]
+                near = (f"; the nearest array argument is {r.arg} '{p.name}' ({p.ctype}, {arr.size} elements), "
+                        f"the address is at its element {r.offset // arr.dtype.itemsize}")
+            raise KernelMemoryError(f"{where}: wild {access} by {who}: the address belongs to no argument, "
+                                    f"__shared__ variable or stack{near}")
         if r.kind == _STACK_OVERFLOW:
             raise KernelMemoryError(f"{where}: a thread overflowed its {r.offset // 1024} KiB emulator stack "
                                     "(deep recursion or a large local array?)")

@@ -28,21 +28,25 @@ struct dim3 {
     constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
+// One struct, so the memory checker can skip these reads with a single comparison.
+struct cuda_emu_builtins_t {
+    uint3 threadIdx;
+    uint3 blockIdx;
+    dim3 blockDim;
+    dim3 gridDim;
+    int warpSize;
+};
 extern "C" {
-extern uint3 cuda_emu_threadIdx;
-extern uint3 cuda_emu_blockIdx;
-extern dim3 cuda_emu_blockDim;
-extern dim3 cuda_emu_gridDim;
-extern const int cuda_emu_warpSize;
+extern cuda_emu_builtins_t cuda_emu_builtins;
 void cuda_emu_syncthreads(int line);
 void cuda_emu_trap(void);
 }
 
-#define threadIdx cuda_emu_threadIdx
-#define blockIdx cuda_emu_blockIdx
-#define blockDim cuda_emu_blockDim
-#define gridDim cuda_emu_gridDim
-#define warpSize cuda_emu_warpSize
+#define threadIdx (cuda_emu_builtins.threadIdx)
+#define blockIdx (cuda_emu_builtins.blockIdx)
+#define blockDim (cuda_emu_builtins.blockDim)
+#define gridDim (cuda_emu_builtins.gridDim)
+#define warpSize (cuda_emu_builtins.warpSize)
 
 // ---- qualifiers --------------------------------------------------------------------------------
 #define __global__

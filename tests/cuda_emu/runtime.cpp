@@ -21,6 +21,8 @@
 #include <cstring>
 #include <sys/mman.h>
 #include <time.h>
+#include <link.h>
+#include <pthread.h>
 #include <ucontext.h>
 
 // Built with -fvisibility=hidden: only these are visible to Python.
@@ -29,13 +31,13 @@
 struct uint3 { unsigned int x, y, z; };
 struct dim3 { unsigned int x, y, z; };
 
-extern "C" {
-uint3 cuda_emu_threadIdx;
-uint3 cuda_emu_blockIdx;
-dim3 cuda_emu_blockDim;
-dim3 cuda_emu_gridDim;
-const int cuda_emu_warpSize = 32;
-}
+// The built-in variables (same layout as cuda_emu_builtins_t in cuda_emu.h).
+struct Builtins { uint3 threadIdx; uint3 blockIdx; dim3 blockDim; dim3 gridDim; int warpSize; };
+extern "C" { Builtins cuda_emu_builtins = {{0, 0, 0}, {0, 0, 0}, {1, 1, 1}, {1, 1, 1}, 32}; }
+#define cuda_emu_threadIdx cuda_emu_builtins.threadIdx
+#define cuda_emu_blockIdx cuda_emu_builtins.blockIdx
+#define cuda_emu_blockDim cuda_emu_builtins.blockDim
+#define cuda_emu_gridDim cuda_emu_builtins.gridDim
 
 // Kept in sync with _Guard / _Report in tests/cuda_emu/__init__.py.
 struct Guard {
@@ -61,6 +63,7 @@ enum ErrorKind {
     WARP_BAD_ARG = 11,      // invalid width, or the caller's own bit missing from the mask
     STACK_OVERFLOW = 12,    // a thread overflowed its fiber stack
     TIMEOUT = 13,           // the launch ran past its time limit (an endless loop?)
+    WILD_ACCESS = 14,       // an access to memory that is no argument, stack, shared or static data
 };
 
 enum RaceKind { WRITE_WRITE = 1, READ_AFTER_WRITE = 2, WRITE_AFTER_READ = 3 };
@@ -129,28 +132,30 @@ static uint64_t g_warp_epoch[32];
 static const uint64_t kValid = 1ull << 63;
 static const uint64_t kShared = 1ull << 62;   // reader slot: another concurrent thread read it too
 
-struct Access { uint64_t id, warp_epoch; };   // id: valid | shared | block << 32 | epoch << 10 | thread
+// An access, packed: valid | shared | block (24 bits) | barrier epoch (18) | warp epoch (10) | thread (10).
+typedef uint64_t Access;
 struct ShadowWord { Access writer, reader; };
 static const uint64_t kShadowPerWord = sizeof(ShadowWord);
 
 static inline Access my_access() {
-    return Access{kValid | (g_block_lin << 32) | ((g_epoch & 0x3FFFFF) << 10) | g_thread_lin,
-                  g_warp_epoch[g_thread_lin / 32]};
+    return kValid | ((g_block_lin & 0xFFFFFF) << 38) | ((g_epoch & 0x3FFFF) << 20) |
+           ((g_warp_epoch[g_thread_lin / 32] & 0x3FF) << 10) | g_thread_lin;
 }
-static inline uint64_t id_block(uint64_t id) { return (id >> 32) & 0x3FFFFFFF; }
-static inline uint64_t id_thread(uint64_t id) { return id & 0x3FF; }
-static inline uint64_t id_epoch(uint64_t id) { return (id >> 10) & 0x3FFFFF; }
-static inline bool same_thread(const Access& a, const Access& b) {
-    return id_block(a.id) == id_block(b.id) && id_thread(a.id) == id_thread(b.id);
+static inline uint64_t id_block(Access id) { return (id >> 38) & 0xFFFFFF; }
+static inline uint64_t id_epoch(Access id) { return (id >> 20) & 0x3FFFF; }
+static inline uint64_t id_warp_epoch(Access id) { return (id >> 10) & 0x3FF; }
+static inline uint64_t id_thread(Access id) { return id & 0x3FF; }
+static inline bool same_thread(Access a, Access b) {
+    return id_block(a) == id_block(b) && id_thread(a) == id_thread(b);
 }
-static inline bool same_phase(const Access& a, const Access& b) {  // no barrier between them
-    return id_epoch(a.id) == id_epoch(b.id) &&
-           (id_thread(a.id) / 32 != id_thread(b.id) / 32 || a.warp_epoch == b.warp_epoch);
+static inline bool same_phase(Access a, Access b) {  // no barrier between them
+    return id_epoch(a) == id_epoch(b) &&
+           (id_thread(a) / 32 != id_thread(b) / 32 || id_warp_epoch(a) == id_warp_epoch(b));
 }
-static inline bool concurrent(const Access& prev, const Access& me) {
-    if (!(prev.id & kValid)) return false;
-    if (id_block(prev.id) != id_block(me.id)) return true;
-    if (id_thread(prev.id) == id_thread(me.id)) return false;
+static inline bool concurrent(Access prev, Access me) {
+    if (!(prev & kValid)) return false;
+    if (id_block(prev) != id_block(me)) return true;
+    if (id_thread(prev) == id_thread(me)) return false;
     return same_phase(prev, me);
 }
 
@@ -194,9 +199,9 @@ static void track(ShadowWord* shadow, uintptr_t start, int arg, uintptr_t a, siz
         Access& writer = shadow[k].writer;
         Access& reader = shadow[k].reader;
         if (is_write) {
-            const Access& r = reader;
-            if (concurrent(r, me) || ((r.id & kShared) && same_thread(r, me) && same_phase(r, me))) {
-                note_race(WRITE_AFTER_READ, arg, (int64_t)(a - start), (int64_t)n, 1, me.id, r.id);
+            Access r = reader;
+            if (concurrent(r, me) || ((r & kShared) && same_thread(r, me) && same_phase(r, me))) {
+                note_race(WRITE_AFTER_READ, arg, (int64_t)(a - start), (int64_t)n, 1, me, r);
                 return;
             }
             if (concurrent(writer, me) && !g_pending.active && n <= 16) {
@@ -206,23 +211,21 @@ static void track(ShadowWord* shadow, uintptr_t start, int arg, uintptr_t a, siz
                 memcpy(g_pending.before, (const void*)a, n);
                 g_pending.arg = arg;
                 g_pending.offset = (int64_t)(a - start);
-                g_pending.me = me.id;
-                g_pending.other = writer.id;
+                g_pending.me = me;
+                g_pending.other = writer;
             }
             writer = me;
         } else {
             if (concurrent(writer, me)) {
-                note_race(READ_AFTER_WRITE, arg, (int64_t)(a - start), (int64_t)n, 0, me.id, writer.id);
+                note_race(READ_AFTER_WRITE, arg, (int64_t)(a - start), (int64_t)n, 0, me, writer);
                 return;
             }
-            if (!(reader.id & kValid)) {
+            if (!(reader & kValid)) {
                 reader = me;
             } else if (same_thread(reader, me)) {
-                uint64_t keep = (reader.id & kShared) && same_phase(reader, me) ? kShared : 0;
-                reader = me;
-                reader.id |= keep;
+                reader = me | ((reader & kShared) && same_phase(reader, me) ? kShared : 0);
             } else if (concurrent(reader, me)) {
-                reader.id |= kShared;  // keep the other reader's id
+                reader |= kShared;  // keep the other reader's id
             } else {
                 reader = me;  // ordered before us by a barrier
             }
@@ -267,9 +270,34 @@ static double now_seconds() {
 }
 static void check_time();
 
+// Address ranges a kernel may touch besides its arguments and __shared__ variables.
+static uintptr_t g_legit[24][2];
+static int g_nlegit = 0;
+static int g_nlegit_fixed = 0;  // the module's segments and the stacks; launch slots follow
+static pthread_t g_legit_thread;
+// (No function-local statics in this file: Python takes the module's local statics for the
+// kernels' __shared__ variables.)
+
+static void note_wild(uintptr_t a, size_t n, int is_write) {
+    if (a < 65536) {
+        note_error(NULL_POINTER, -1, (int64_t)a, (int64_t)n, is_write);
+        return;
+    }
+    // Name the nearest array argument and the distance, as for an out-of-bounds access.
+    int best = -1;
+    uint64_t best_d = ~0ull;
+    for (int i = 0; i < g_nguards; ++i) {
+        if (g_guards[i].end <= g_guards[i].start && g_guards[i].zone_hi == 0) continue;
+        uint64_t d = a < g_guards[i].start ? g_guards[i].start - a : a - g_guards[i].start;
+        if (d < best_d) { best_d = d; best = i; }
+    }
+    note_error(WILD_ACCESS, best, best >= 0 ? (int64_t)(a - g_guards[best].start) : (int64_t)a, (int64_t)n, is_write);
+}
+
 static inline void check_access(uintptr_t a, size_t n, int is_write) {
     if (g_pending.active) resolve_pending();
     if ((++g_access_count & ((1u << 22) - 1)) == 0) check_time();
+    if (a - (uintptr_t)&cuda_emu_builtins < sizeof cuda_emu_builtins) return;  // threadIdx & co.
     const Guard* g = g_guards;
     for (int i = 0; i < g_nguards; ++i) {
         if (a + n > g[i].zone_lo && a < g[i].zone_hi) {
@@ -288,6 +316,18 @@ static inline void check_access(uintptr_t a, size_t n, int is_write) {
             return;
         }
     }
+    // Anything else must be the thread's stack, the module's own static data (the built-in
+    // variables, __device__/__constant__ data) or the launch's argument slots; otherwise the
+    // kernel followed a wild pointer, reported before the access can corrupt the process.
+    for (int i = 0; i < g_nlegit; ++i)
+        if (a >= g_legit[i][0] && a + n <= g_legit[i][1]) return;
+    for (int i = 0; i < g_nguards; ++i) {  // in the PROT_NONE pages around an array
+        if (a + n > g[i].fault_lo && a < g[i].fault_hi) {
+            note_error(OUT_OF_BOUNDS, i, (int64_t)(a - g[i].start), (int64_t)n, is_write);
+            return;
+        }
+    }
+    note_wild(a, n, is_write);
 }
 
 // g++ -fsanitize=thread (compile only, no TSan runtime linked) calls these before every load
@@ -393,6 +433,11 @@ static void on_fault(int sig, siginfo_t* info, void* ctx) {
             g_jump_armed = 0;
             siglongjmp(g_jump, 1);
         }
+    }
+    if (g_jump_armed) {  // anywhere else during a launch: a wild pointer of the kernel's
+        note_wild(a, 0, -1);
+        g_jump_armed = 0;
+        siglongjmp(g_jump, 1);
     }
     // Not ours: put the previous handler back and let the access fault again into it.
     sigaction(SIGSEGV, &g_old_segv, nullptr);
@@ -593,17 +638,15 @@ static inline void set_thread(unsigned t, const unsigned* block) {
     cuda_emu_threadIdx.z = t / (block[0] * block[1]);
 }
 
+static void allocate_stacks() {
+    void* p = mmap(nullptr, kFiberStack * kMaxThreads, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return;
+    g_stacks = (char*)p;
+    for (int t = 0; t < kMaxThreads; ++t) mprotect(g_stacks + (size_t)t * kFiberStack, 4096, PROT_NONE);
+}
+
 static void run_block_fibers(unsigned nthreads, const unsigned* block) {
-    if (!g_stacks) {
-        void* p = mmap(nullptr, kFiberStack * kMaxThreads, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p == MAP_FAILED) {
-            note_error(BAD_LAUNCH, -1, -1, 0, -1);
-            return;
-        }
-        g_stacks = (char*)p;
-        for (int t = 0; t < kMaxThreads; ++t) mprotect(g_stacks + (size_t)t * kFiberStack, 4096, PROT_NONE);
-    }
     for (unsigned t = 0; t < nthreads; ++t) {
         Fiber* f = &g_fibers[t];
         getcontext(&f->ctx);
@@ -664,10 +707,62 @@ static void run_block_fibers(unsigned nthreads, const unsigned* block) {
 
 // grid, block: 3 unsigned each. guards: one per kernel parameter (zeros for scalars).
 // Returns 0 when the launch ran clean, else the error kind (details in *report).
+static int find_module_segments(struct dl_phdr_info* info, size_t, void* probe) {
+    uintptr_t p = (uintptr_t)probe;
+    bool mine = false;
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+        const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+        uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+        if (ph.p_type == PT_LOAD && p >= lo && p < lo + ph.p_memsz) mine = true;
+    }
+    if (!mine) return 0;
+    for (int i = 0; i < info->dlpi_phnum && g_nlegit < 16; ++i) {
+        const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+        if (ph.p_type != PT_LOAD) continue;
+        uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+        g_legit[g_nlegit][0] = lo;
+        g_legit[g_nlegit][1] = lo + ph.p_memsz;
+        ++g_nlegit;
+    }
+    return 1;
+}
+
+static void set_legit_ranges(const void* slots, size_t slots_bytes, void** args, int nargs) {
+    // The module's segments, the fiber stacks and the calling thread's stack do not move:
+    // found once per calling thread (pthread_getattr_np reads /proc for the main thread).
+    if (g_nlegit_fixed == 0 || !pthread_equal(g_legit_thread, pthread_self())) {
+        g_nlegit = 0;
+        dl_iterate_phdr(find_module_segments, (void*)&find_module_segments);
+        g_legit[g_nlegit][0] = (uintptr_t)g_stacks;
+        g_legit[g_nlegit][1] = (uintptr_t)g_stacks + kFiberStack * kMaxThreads;
+        ++g_nlegit;
+        pthread_attr_t attr;
+        void* stack_lo;
+        size_t stack_size;
+        if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+            if (pthread_attr_getstack(&attr, &stack_lo, &stack_size) == 0) {
+                g_legit[g_nlegit][0] = (uintptr_t)stack_lo;
+                g_legit[g_nlegit][1] = (uintptr_t)stack_lo + stack_size;
+                ++g_nlegit;
+            }
+            pthread_attr_destroy(&attr);
+        }
+        g_nlegit_fixed = g_nlegit;
+        g_legit_thread = pthread_self();
+    }
+    g_nlegit = g_nlegit_fixed;
+    g_legit[g_nlegit][0] = (uintptr_t)slots;
+    g_legit[g_nlegit][1] = (uintptr_t)slots + slots_bytes;
+    ++g_nlegit;
+    g_legit[g_nlegit][0] = (uintptr_t)args;
+    g_legit[g_nlegit][1] = (uintptr_t)(args + nargs);
+    ++g_nlegit;
+}
+
 // time_limit: seconds before the launch is abandoned as an endless loop (0: no limit).
 extern "C" EXPORT int cuda_emu_launch(void* entry, const unsigned* grid, const unsigned* block, void** args,
                                       int fiber_mode, const Guard* guards, int nguards, Report* report,
-                                      double time_limit) {
+                                      double time_limit, const void* slots, uint64_t slots_bytes) {
     g_time_limit = time_limit;
     g_start_time = now_seconds();
     g_access_count = 0;
@@ -689,6 +784,12 @@ extern "C" EXPORT int cuda_emu_launch(void* entry, const unsigned* grid, const u
     }
     cuda_emu_gridDim = {grid[0], grid[1], grid[2]};
     cuda_emu_blockDim = {block[0], block[1], block[2]};
+    if (!g_stacks) allocate_stacks();
+    if (!g_stacks) {
+        note_error(BAD_LAUNCH, -1, -1, 0, -1);
+        return (int)report->kind;
+    }
+    set_legit_ranges(slots, slots_bytes, args, nguards);
     install_fault_handler();
     if (sigsetjmp(g_jump, 1) == 0) {
         g_jump_armed = 1;
