@@ -372,3 +372,34 @@ def test_cuda_requested_without_cuda_says_why():
 def test_manual_seed_bad_value(seed):
     with pytest.raises((ValueError, TypeError), match=words("manual_seed", str(seed).replace(".", r"\."))):
         gpucnn.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------
+# Non-finite values in a network: checked at its input and at the loss
+# ---------------------------------------------------------------------------
+
+def test_sequential_rejects_non_finite_input_and_gradient():
+    net = gpucnn.Sequential(gpucnn.Flatten(), gpucnn.Linear(4, 2))
+    x = zeros(1, 1, 2, 2)
+    x[0, 0, 1, 1] = np.nan
+    with pytest.raises(ValueError, match=words("Sequential", r"nan|inf|finite")):
+        net(x)
+    net(zeros(1, 1, 2, 2))
+    g = zeros(1, 2)
+    g[0, 1] = np.inf
+    with pytest.raises(ValueError, match=words("Sequential", "backward|gradient", r"nan|inf|finite")):
+        net.backward(g)
+
+
+@pytest.mark.parametrize("loss, target", [(gpucnn.MSELoss, np.zeros((1, 2))),
+                                          (gpucnn.CrossEntropyLoss, np.array([1]))],
+                         ids=["MSELoss", "CrossEntropyLoss"])
+def test_overflow_inside_a_network_is_reported_at_the_loss(loss, target):
+    # finite input and weights, but the activations overflow to inf inside the network
+    net = gpucnn.Sequential(gpucnn.Linear(2, 2), gpucnn.ReLU(), gpucnn.Linear(2, 2)).to(dtype=np.float64)
+    for p in net.parameters():
+        p.data[...] = 1e300
+    with np.errstate(over="ignore"):    # the overflow is the point here
+        out = net(np.full((1, 2), 1e10))
+    with pytest.raises(ValueError, match=words(loss.__name__, "output", r"nan|inf|finite")):
+        loss()(out, target)
