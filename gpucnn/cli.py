@@ -27,7 +27,7 @@ def cmd_train(args):
     from .train import TrainingDiverged, TrainingInterrupted, run_training
     overrides = {k: getattr(args, k) for k in (
         "data_dir", "t10k_split", "limit_train", "limit_test", "model", "epochs", "batch_size",
-        "lr", "optimizer", "seed", "device", "dtype")}
+        "lr", "lr_decay", "optimizer", "seed", "device", "dtype")}
     if args.resume is None and args.data is not None:
         overrides["data"] = args.data
     elif args.resume is not None and args.data is not None:
@@ -236,6 +236,16 @@ def _positive_float(text):
     return v
 
 
+def _decay(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return v
+
+
 def _nonneg_int(text):
     try:
         v = int(text)
@@ -271,6 +281,8 @@ def build_parser():
     t.add_argument("--epochs", type=_positive_int, help="total number of epochs")
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--lr", type=_positive_float, help="learning rate")
+    t.add_argument("--lr-decay", type=_decay, metavar="G",
+                   help="multiply the learning rate by G after every epoch (0 < G <= 1)")
     t.add_argument("--optimizer", choices=("sgd", "adam"))
     t.add_argument("--seed", type=_nonneg_int, help="seed for initialisation and shuffling (default 0)")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto (a GPU when usable)")

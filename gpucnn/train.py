@@ -541,6 +541,10 @@ class Trainer:
         records the dataset's shape, classes and normalisation there).
     title
         Title of the ``curves.png`` plot.
+    lr_decay
+        Epoch ``e`` (0-based) trains with ``lr * lr_decay**e`` (``lr``: the
+        optimizer's at construction).  It depends only on the epoch, never on
+        the planned total, so stopping and resuming changes nothing.
     on_step, on_epoch
         Optional callbacks ``on_step(trainer, info)`` after every completed step
         (``info``: epoch, step, global_step, loss) and ``on_epoch(trainer, record)``
@@ -554,7 +558,8 @@ class Trainer:
 
     def __init__(self, model, optimizer, train, test=None, *, loss_fn=None, batch_size=64, seed=0,
                  run_dir=None, config=None, classes=None, progress=True, log=print,
-                 on_step=None, on_epoch=None, eval_batch_size=500, extra_state=None, title=None):
+                 on_step=None, on_epoch=None, eval_batch_size=500, extra_state=None, title=None,
+                 lr_decay=1.0):
         from .losses import CrossEntropyLoss
         self.model = model
         self.optimizer = optimizer
@@ -573,6 +578,10 @@ class Trainer:
         self.on_step, self.on_epoch = on_step, on_epoch
         self.eval_batch_size = int(eval_batch_size)
         self.extra_state = dict(extra_state or {})
+        self.lr_decay = float(lr_decay)
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"Trainer: lr_decay must be in (0, 1], got {lr_decay!r}")
+        self.base_lr = getattr(optimizer, "lr", None)
         self.title = title
         self.history = []
         self.epoch = 0            # completed epochs
@@ -597,6 +606,7 @@ class Trainer:
         """Progress to store in a checkpoint (JSON-able)."""
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "global_step": self.global_step, "batch_size": self.batch_size, "seed": self.seed,
+                "base_lr": self.base_lr, "lr_decay": self.lr_decay,
                 "epoch_start_rng": self._epoch_start_rng if self.step_in_epoch else None,
                 "iterator_rng": self.iterator.get_state(),
                 "epoch_stats": dict(self._stats) if self.step_in_epoch else None,
@@ -650,6 +660,9 @@ class Trainer:
         self.iterator.set_state(iterator_rng)
         self.epoch, self.step_in_epoch, self.global_step = epoch, step, gstep
         self.history = history
+        if st.get("base_lr") is not None:
+            self.base_lr = float(st["base_lr"])
+            self.lr_decay = float(st.get("lr_decay", 1.0))
         self._epoch_start_rng = st.get("epoch_start_rng") if step else None
         self._stats = dict(st["epoch_stats"]) if step else self._fresh_stats()
         self._saved_step = gstep if self.checkpoint_path is not None and \
@@ -736,7 +749,7 @@ class Trainer:
         extra = f" --epochs {total}" if total else ""
         return f"Resume with: gpucnn train --resume {self.checkpoint_path}{extra}"
 
-    def _diverged(self, value):
+    def _diverged(self, value, at_epoch_end=False):
         lr = getattr(self.optimizer, "lr", None)
         hint = (f"try a lower learning rate (--lr {lr / 10:g}; it is {lr:g} now)" if lr
                 else "try a lower learning rate")
@@ -746,11 +759,13 @@ class Trainer:
             kept = "no checkpoint was written (no epoch had finished)"
         else:
             kept = "no checkpoint was written (no run directory)"
-        step = self.step_in_epoch + 1
+        step = self.step_in_epoch + (0 if at_epoch_end else 1)
+        gstep = self.global_step + (0 if at_epoch_end else 1)
+        what = (f"the network's test outputs became {value} after epoch {self.epoch + 1}, step {step}"
+                if at_epoch_end else f"the loss became {value} at epoch {self.epoch + 1}, step {step}")
         return TrainingDiverged(
-            f"the loss became {value} at epoch {self.epoch + 1}, step {step} (global step "
-            f"{self.global_step + 1}); training stopped: {hint}; {kept}",
-            epoch=self.epoch + 1, step=step, global_step=self.global_step + 1,
+            f"{what} (global step {gstep}); training stopped: {hint}; {kept}",
+            epoch=self.epoch + 1, step=step, global_step=gstep,
             checkpoint=self.checkpoint_path if self._saved_step is not None else None)
 
     def _params_finite(self):
@@ -764,6 +779,8 @@ class Trainer:
             self._stats = self._fresh_stats()
         else:
             self.iterator.set_state(self._epoch_start_rng)
+        if self.base_lr is not None:
+            opt.lr = self.base_lr * self.lr_decay ** self.epoch
         n_steps = len(self.iterator)
         desc = f"epoch {self.epoch + 1}/{epochs}"
         bar = _progress_bar(n_steps, self.step_in_epoch, desc, self.progress)
@@ -816,7 +833,12 @@ class Trainer:
                   "train_acc": stats["correct"] / stats["seen"],
                   "test_loss": None, "test_acc": None}
         if self.test_set is not None:
-            res = evaluate(model, self.test_set, batch_size=self.eval_batch_size, classes=self.classes)
+            try:
+                res = evaluate(model, self.test_set, batch_size=self.eval_batch_size, classes=self.classes)
+            except ValueError as exc:
+                if "NaN or infinity" in str(exc) and np.isfinite(self.test_set.images).all():
+                    raise self._diverged("NaN/infinite", at_epoch_end=True) from exc
+                raise
             record["test_loss"], record["test_acc"] = res.loss, res.accuracy
         record["time_s"] = stats["time"] + (time.perf_counter() - t_eval)
         record["images_per_s"] = stats["seen"] / max(stats["time"], 1e-9)
@@ -853,7 +875,7 @@ def make_optimizer(name, params, lr, *, momentum=0.9, weight_decay=0.0):
 
 
 def fit(model, train, test=None, *, epochs=10, lr=1e-3, optimizer="adam", batch_size=64, seed=0,
-        run_dir=None, config=None, progress=True, log=print, on_step=None, on_epoch=None,
+        lr_decay=1.0, run_dir=None, config=None, progress=True, log=print, on_step=None, on_epoch=None,
         classes=None) -> Trainer:
     """Train ``model`` for ``epochs`` epochs and return the :class:`Trainer` (``.history`` holds the records).
 
@@ -866,7 +888,7 @@ def fit(model, train, test=None, *, epochs=10, lr=1e-3, optimizer="adam", batch_
         optimizer = make_optimizer(optimizer, model.parameters(), lr)
     trainer = Trainer(model, optimizer, train, test, batch_size=batch_size, seed=seed, run_dir=run_dir,
                       config=config, classes=classes, progress=progress, log=log,
-                      on_step=on_step, on_epoch=on_epoch)
+                      on_step=on_step, on_epoch=on_epoch, lr_decay=lr_decay)
     trainer.fit(epochs)
     return trainer
 
@@ -875,9 +897,9 @@ def fit(model, train, test=None, *, epochs=10, lr=1e-3, optimizer="adam", batch_
 
 #: Per-dataset defaults for what ``gpucnn train`` leaves unset.
 DEFAULTS = {
-    "digits": {"model": "cifar", "epochs": 15, "batch_size": 32, "lr": 1e-3, "optimizer": "adam"},
-    "mnist": {"model": "lenet", "epochs": 3, "batch_size": 32, "lr": 1e-3, "optimizer": "adam"},
-    "cifar10": {"model": "cifar", "epochs": 10, "batch_size": 64, "lr": 1e-3, "optimizer": "adam"},
+    "digits": {"model": "cifar", "epochs": 15, "batch_size": 32, "lr": 1e-3, "lr_decay": 1.0, "optimizer": "adam"},
+    "mnist": {"model": "lenet", "epochs": 3, "batch_size": 32, "lr": 2e-3, "lr_decay": 0.3, "optimizer": "adam"},
+    "cifar10": {"model": "cifar", "epochs": 10, "batch_size": 64, "lr": 1e-3, "lr_decay": 1.0, "optimizer": "adam"},
 }
 
 
@@ -898,6 +920,7 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    lr_decay: float | None = None
     optimizer: str | None = None
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -921,6 +944,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
             raise ValueError(f"lr must be a positive number, got {cfg.lr!r}")
+        if not (isinstance(cfg.lr_decay, (int, float)) and 0 < cfg.lr_decay <= 1):
+            raise ValueError(f"lr_decay must be in (0, 1], got {cfg.lr_decay!r}")
         if cfg.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {cfg.dtype!r}")
         return cfg
@@ -933,7 +958,8 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise CheckpointError(f"checkpoint configuration has unknown fields: {', '.join(unknown)}")
+            raise CheckpointError(f"the checkpoint's configuration has fields a `gpucnn train` run does "
+                                  f"not have ({', '.join(unknown)}); it was written by another script")
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -946,7 +972,7 @@ def dataset_for(cfg: TrainConfig, dtype=np.float32) -> Dataset:
 def load_model(checkpoint, device=None):
     """Rebuild the model of a ``gpucnn train`` checkpoint: returns ``(model, Checkpoint, TrainConfig)``.
 
-    ``device`` ("auto", "cpu", "cuda"; default: the one in the checkpoint's config).
+    ``device``: "auto" (default: the GPU when usable), "cpu" or "cuda".
     """
     import gpucnn
     from .models import build_model
@@ -963,7 +989,7 @@ def load_model(checkpoint, device=None):
         model.load_state_dict(ckpt.model_state)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {ckpt.path}: weights do not fit model {cfg.model!r}: {exc}") from None
-    model.to(device=device or cfg.device, dtype=cfg.dtype)
+    model.to(device=device or "auto", dtype=cfg.dtype)
     return model, ckpt, cfg
 
 
@@ -1077,7 +1103,7 @@ def run_training(config=None, *, out=None, resume=None, runs_root="runs", progre
         run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
                       seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
-                      progress=progress, log=log, on_step=on_step,
+                      progress=progress, log=log, on_step=on_step, lr_decay=cfg.lr_decay,
                       title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
                       extra_state={"dataset": {
                           "name": dataset.name, "input_shape": list(dataset.input_shape),
@@ -1089,7 +1115,8 @@ def run_training(config=None, *, out=None, resume=None, runs_root="runs", progre
                  else f"epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}")
         log(f"resuming {ckpt.path} from {where} (of {cfg.epochs})")
     log(f"training {cfg.model} on {dataset.source}: {len(dataset.train)} train / {len(dataset.test)} test "
-        f"images {dataset.input_shape}, {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, "
+        f"images {dataset.input_shape}, {cfg.optimizer} lr {cfg.lr:g}"
+        f"{f' (x{cfg.lr_decay:g} per epoch)' if cfg.lr_decay != 1 else ''}, batch {cfg.batch_size}, "
         f"{cfg.epochs} epochs, device {model.device} ({dtype.name}), run dir {run_dir}")
     try:
         trainer.fit(cfg.epochs)

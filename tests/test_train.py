@@ -172,14 +172,16 @@ def test_save_checkpoint_refuses_objects(tmp_path, small_digits):
 
 # --------------------------------------------------------------------------- resume
 
-@pytest.mark.parametrize("optimizer, lr", [("adam", 1e-3), ("sgd", 0.05)])
-def test_two_plus_two_epochs_equal_four_bitwise(tmp_path, small_digits, optimizer, lr):
-    full = make_trainer(small_digits, optimizer=optimizer, lr=lr)
+@pytest.mark.parametrize("optimizer, lr, decay", [("adam", 1e-3, 1.0), ("sgd", 0.05, 0.5)])
+def test_two_plus_two_epochs_equal_four_bitwise(tmp_path, small_digits, optimizer, lr, decay):
+    full = make_trainer(small_digits, optimizer=optimizer, lr=lr, lr_decay=decay)
     full.fit(4)
 
-    first = make_trainer(small_digits, tmp_path / "run", optimizer=optimizer, lr=lr)
+    first = make_trainer(small_digits, tmp_path / "run", optimizer=optimizer, lr=lr, lr_decay=decay)
     first.fit(2)
-    resumed = make_trainer(small_digits, tmp_path / "run", optimizer=optimizer, lr=lr, seed=123)
+    # a different seed, lr and decay here: the checkpoint's state must win
+    resumed = make_trainer(small_digits, tmp_path / "run", optimizer=optimizer, lr=lr * 3, seed=123,
+                           lr_decay=0.9)
     resumed.restore(tmp_path / "run" / CHECKPOINT_NAME)  # the seed above is overwritten by the checkpoint state
     assert resumed.epoch == 2
     resumed.fit(4)
@@ -208,6 +210,19 @@ def test_ctrl_c_mid_epoch_saves_last_completed_step_and_resumes_exactly(tmp_path
     resumed.restore(ck)
     resumed.fit(3)
     assert_same_state(full, resumed)
+
+
+def test_lr_decay_per_epoch(small_digits):
+    seen = {}
+
+    def record(trainer, info):
+        seen.setdefault(info["epoch"], set()).add(trainer.optimizer.lr)
+
+    t = make_trainer(small_digits, optimizer="sgd", lr=0.04, lr_decay=0.5, on_step=record)
+    t.fit(3)
+    assert seen == {1: {0.04}, 2: {0.02}, 3: {0.01}}
+    with pytest.raises(ValueError, match="lr_decay must be in"):
+        make_trainer(small_digits, lr_decay=1.5)
 
 
 def test_keyboard_interrupt_without_run_dir_says_nothing_saved(small_digits):
@@ -242,7 +257,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, small_di
 
 def test_too_large_learning_rate_is_reported_as_divergence(small_digits):
     t = make_trainer(small_digits, optimizer="sgd", lr=50.0)
-    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged, match="epoch 1, step .*--lr 5;"):
+    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged, match=r"epoch 1, step \d+ \(global step \d+\); training stopped: .*--lr 5;"):
         t.fit(2)
 
 
