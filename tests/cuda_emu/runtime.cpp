@@ -1,19 +1,24 @@
-// runtime.cpp -- the launcher and the memory checker of the CUDA-on-CPU emulator.
+// runtime.cpp -- the launcher and the checkers of the CUDA-on-CPU emulator.
 //
 // Compiled WITHOUT instrumentation and linked into every emulated module next to the
 // instrumented wrapper translation unit (the kernels).
 //
 // Launch: blocks run one after another (x fastest, as the hardware numbers them). Inside a block,
-// threads run one after another; when the kernel's source calls __syncthreads(), each thread is a
-// ucontext fiber and __syncthreads() switches back to the scheduler, which resumes nobody until
-// every thread of the block has arrived -- a real barrier. A block whose threads reach different
-// barriers, or where some threads exit while others wait, is reported (undefined behaviour on a GPU).
+// threads run one after another; when the kernel's source calls __syncthreads() or a warp
+// intrinsic, each thread is a ucontext fiber: __syncthreads() switches back to the scheduler,
+// which resumes nobody until every thread of the block has arrived (a real barrier), and a
+// *_sync warp intrinsic resumes its lanes once every lane named in its mask has arrived. Threads
+// that miss a barrier, or lanes that disagree, are reported (undefined behaviour on a GPU).
 //
-// Memory check: g++ -fsanitize=thread (instrumentation only) makes every load and store in the
-// kernel call __tsan_{read,write}N(addr). Python copies each array argument
-// into a buffer with a readable "guard zone" on both sides and PROT_NONE pages beyond those; an
-// access that falls in a guard zone (or faults in the PROT_NONE pages, or near address 0) is
-// recorded with the argument, byte offset, thread and block, and the launch stops.
+// Memory checks: g++ -fsanitize=thread (instrumentation only, no TSan runtime) makes every load
+// and store in the kernel call __tsan_{read,write}N(addr), implemented here:
+//  * bounds -- Python copies each array argument into a buffer with a readable guard zone on
+//    both sides and PROT_NONE pages beyond; an access there is reported with the argument,
+//    element, thread and block. Any other address that is not a __shared__ variable, a stack,
+//    the module's static data or the launch's argument slots is a wild access, reported before
+//    it happens; a hardware fault during a launch is caught and reported too.
+//  * races -- a shadow per 4-byte word of every array and __shared__ variable (see below).
+// Every error stops the launch; Python turns the Report into an exception naming the kernel.
 #include <csetjmp>
 #include <csignal>
 #include <cstddef>
