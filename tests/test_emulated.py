@@ -182,6 +182,13 @@ def test_far_out_of_bounds_access_faults_into_a_report(toy):
         toy.get_function("shifted_read")((1,), (32,), (np.zeros(10), np.zeros(10), np.int32(10), np.int32(100000)))
 
 
+def test_wild_access_is_reported_before_it_happens(toy):
+    # Far beyond any guard page: the address belongs to nothing the kernel may touch.
+    with pytest.raises(KernelMemoryError, match=r"shifted_read.*wild read by thread \(0, 0, 0\) of block \(0, 0, 0\).*"
+                                                 r"belongs to no argument, __shared__ variable or stack; the nearest array argument is"):
+        toy.get_function("shifted_read")((1,), (32,), (np.zeros(10), np.zeros(10), np.int32(10), np.int32(10 ** 9)))
+
+
 def test_null_pointer_is_reported(toy):
     with pytest.raises(KernelMemoryError, match=r"null pointer.*passed as None: x"):
         toy.get_function("shifted_read")((1,), (32,), (None, np.zeros(10), np.int32(10), np.int32(0)))
