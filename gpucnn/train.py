@@ -312,7 +312,9 @@ def _as_imageset(data, what):
 
 
 def _model_backend(model):
-    return backends.get_backend(model.device)
+    """The backend that owns the model's parameters (inputs must go there too)."""
+    params = model.parameters()
+    return backends.backend_of(params[0].data) if params else backends.get_backend("cpu")
 
 
 def _batches_to_device(backend, model, x):

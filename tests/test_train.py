@@ -357,4 +357,41 @@ def test_lenet_learns_real_mnist_digits():
     nn.manual_seed(0)
     model = lenet(d.input_shape, 10)
     trainer = fit(model, d.train, test, epochs=1, lr=2e-3, batch_size=32, progress=False, log=None)
-    assert trainer.history[0]["test_acc"] >= 0.85, trainer.history
+    assert trainer.history[0]["test_acc"] >= 0.88, trainer.history  # 0.918 when written; chance is 0.1
+
+
+# --------------------------------------------------------------------------- other backends
+
+def test_trainer_on_other_backend_matches_cpu(other_backend, backend_entry, tmp_path):
+    """The loop, evaluation and checkpoints work unchanged on the CUDA backend (or its CPU emulator)."""
+    from contextlib import nullcontext
+    from gpucnn import backends, tolerances
+    d = load_dataset("digits", limit_train=64, limit_test=32)
+
+    def run(on_other, run_dir):
+        nn.manual_seed(0)
+        model = lenet(d.input_shape, 10)
+        ctx = nullcontext()
+        if on_other:
+            if backend_entry.device is not None:
+                model.to(backend_entry.device)
+            else:
+                ctx = backends.override_backend(other_backend)
+        with ctx:
+            opt = make_optimizer("adam", model.parameters(), 1e-3)
+            t = Trainer(model, opt, d.train, d.test, batch_size=16, run_dir=run_dir, progress=False, log=None)
+            t.fit(2)
+            res = evaluate(model, d.test)
+            return t, res, load_checkpoint(run_dir / CHECKPOINT_NAME)
+
+    ref, ref_res, ref_ck = run(False, tmp_path / "cpu")
+    got, got_res, got_ck = run(True, tmp_path / "other")
+    if backend_entry.device is not None:
+        assert got.model.device == other_backend.name
+    tol = tolerances.TRAINING["float32"]
+    losses = [h["train_loss"] for h in got.history], [h["train_loss"] for h in ref.history]
+    assert tolerances.compare(np.array(losses[0]), np.array(losses[1]), tol)[2], losses
+    for name, a in ref_ck.model_state.items():
+        assert got_ck.model_state[name].dtype == a.dtype
+        assert tolerances.compare(got_ck.model_state[name], a, tol)[2], name
+    assert abs(got_res.correct - ref_res.correct) <= 1
