@@ -159,3 +159,25 @@ def test_python_dash_m_runs_the_command(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "gpucnn: error: checkpoint missing.npz does not exist" in proc.stderr
+
+
+def test_train_on_tiny_mnist_and_cifar_files(tmp_path, capsys):
+    """The file-based datasets end to end through the command (files built by the data tests' helpers)."""
+    from tests.test_data import write_cifar, write_mnist
+    write_mnist(tmp_path / "mnist", n_train=40, n_test=10, gz=True)
+    write_cifar(tmp_path / "cifar", n=4)
+    rc = main(["train", "--data", "mnist", "--data-dir", str(tmp_path / "mnist"), "--epochs", "1",
+               "--batch-size", "8", "--out", str(tmp_path / "r1"), "--device", "cpu", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "training lenet on MNIST" in out and "(10 mnist test images)" in out
+    rc = main(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "cifar"), "--epochs", "1",
+               "--batch-size", "8", "--out", str(tmp_path / "r2"), "--device", "cpu", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "training cifar on CIFAR-10" in out and "(3, 32, 32)" in out
+    rc = main(["evaluate", "--checkpoint", str(tmp_path / "r2")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "airplane" in out and "truck" in out
+    # a checkpoint trained on 28x28 MNIST refuses the 8x8 digits
+    rc = main(["evaluate", "--checkpoint", str(tmp_path / "r1"), "--data", "digits"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "takes (1, 28, 28) images but digits has (1, 8, 8)" in err
