@@ -192,6 +192,11 @@ class Module:
     def to(self, device=None, dtype=None):
         """Move parameters (and gradients) to ``device`` and/or cast to ``dtype``; returns self."""
         target = None
+        if device is not None and not isinstance(device, str) and dtype is None:
+            try:  # .to(numpy.float64), as PyTorch's .to(torch.float64)
+                dtype, device = np.dtype(device), None
+            except TypeError:
+                pass
         if device is not None:
             target, note = backends.resolve_device(device)
             if note:

@@ -49,6 +49,9 @@ class CrossEntropyLoss(_Loss):
     def __call__(self, output, target):
         B = check_float_input("CrossEntropyLoss", output, 2, what="output (N, classes)")
         n, k = output.shape
+        if n == 0 or k == 0:
+            raise ValueError(f"CrossEntropyLoss: expected a non-empty (N, classes) output, got "
+                             f"shape {tuple(output.shape)}")
         labels = target
         if isinstance(labels, (list, tuple)):
             labels = np.asarray(labels)

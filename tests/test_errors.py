@@ -403,3 +403,18 @@ def test_overflow_inside_a_network_is_reported_at_the_loss(loss, target):
         out = net(np.full((1, 2), 1e10))
     with pytest.raises(ValueError, match=words(loss.__name__, "output", r"nan|inf|finite")):
         loss()(out, target)
+
+
+def test_cross_entropy_rejects_an_empty_batch():
+    import numpy as np
+    import pytest
+    import gpucnn
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss: expected a non-empty .*\(0, 10\)"):
+        gpucnn.CrossEntropyLoss()(np.zeros((0, 10), np.float32), np.zeros(0, np.int64))
+
+
+def test_to_accepts_a_dtype_positionally_like_pytorch():
+    import numpy as np
+    import gpucnn
+    lin = gpucnn.Linear(2, 2).to(np.float64)
+    assert lin.weight.data.dtype == np.float64 and lin.device == "cpu"
