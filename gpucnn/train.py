@@ -661,6 +661,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model/optimizer: {exc}") from None
         self.iterator.set_state(iterator_rng)
         self.epoch, self.step_in_epoch, self.global_step = epoch, step, gstep
+        self.seed = seed
         self.history = history
         if st.get("base_lr") is not None:
             self.base_lr = float(st["base_lr"])
@@ -747,9 +748,9 @@ class Trainer:
             f"in {self.checkpoint_path}. " + self._resume_hint(), checkpoint=self.checkpoint_path)
 
     def _resume_hint(self):
-        total = self.config.get("epochs")
-        extra = f" --epochs {total}" if total else ""
-        return f"Resume with: gpucnn train --resume {self.checkpoint_path}{extra}"
+        if {"data", "model", "epochs"} <= set(self.config):    # a `gpucnn train` run
+            return f"Resume with: gpucnn train --resume {self.checkpoint_path} --epochs {self.config['epochs']}"
+        return f"Resume with: trainer.restore('{self.checkpoint_path}') and then trainer.fit(epochs)"
 
     def _diverged(self, value, at_epoch_end=False):
         lr = getattr(self.optimizer, "lr", None)

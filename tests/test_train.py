@@ -202,7 +202,7 @@ def test_ctrl_c_mid_epoch_saves_last_completed_step_and_resumes_exactly(tmp_path
         t.fit(3)
     msg = str(info.value)
     assert "epoch 2, step 3 of 6" in msg and "global step 9" in msg
-    assert f"gpucnn train --resume {tmp_path / 'run' / CHECKPOINT_NAME}" in msg
+    assert f"Resume with: trainer.restore('{tmp_path / 'run' / CHECKPOINT_NAME}')" in msg
     ck = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
     assert ck.state["global_step"] == 9 and ck.state["step_in_epoch"] == 3 and ck.state["epoch"] == 1
 
@@ -339,6 +339,21 @@ def test_run_training_resume_and_allowed_changes(tmp_path):
     assert cfg.model == "mlp" and ck.state["dataset"]["input_shape"] == [1, 8, 8]
     for k, v in direct.trainer.model.state_dict().items():
         assert np.array_equal(model.state_dict()[k], v)
+
+
+def test_run_training_interrupted_says_how_to_resume_with_the_command(tmp_path):
+    def interrupt(trainer, info):
+        if info["global_step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as info:
+        run_training(out=tmp_path / "r", epochs=2, model="mlp", limit_train=64, limit_test=32,
+                     progress=False, log=lambda *_: None, on_step=interrupt)
+    ckpt = tmp_path / "r" / CHECKPOINT_NAME
+    assert f"Resume with: gpucnn train --resume {ckpt} --epochs 2" in str(info.value)
+    assert load_checkpoint(ckpt).state["global_step"] == 3
+    r = run_training(resume=ckpt, progress=False, log=lambda *_: None)
+    assert [h["epoch"] for h in r.history] == [1, 2]
 
 
 def test_failed_run_leaves_no_empty_directory(tmp_path):
