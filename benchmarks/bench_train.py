@@ -154,6 +154,22 @@ class TorchRunner:
         return loss
 
 
+def _busy_seconds():
+    """CPU seconds the whole machine has spent busy (Linux /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds():
+    t = os.times()
+    return t.user + t.system
+
+
 def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -196,7 +212,10 @@ def bench_one(net, batch, device, backend, steps, warmup, use_torch, torch_devic
     t = TorchRunner(net, g.model.state_dict(), x, y, torch_device, syncs["torch"]) if use_torch else None
     g_times, t_times = [], []
     first_losses = None
+    busy0 = own0 = wall0 = None
     for i in range(warmup + steps):
+        if i == warmup:
+            busy0, own0, wall0 = _busy_seconds(), _own_cpu_seconds(), time.perf_counter()
         dg, lg = _timed(g.step)
         dt, lt = _timed(t.step) if t else (None, None)
         if i == 0:
@@ -205,8 +224,13 @@ def bench_one(net, batch, device, backend, steps, warmup, use_torch, torch_devic
             g_times.append(dg)
             if t:
                 t_times.append(dt)
+    wall = time.perf_counter() - wall0
+    busy1, own1 = _busy_seconds(), _own_cpu_seconds()
+    # share of the machine's CPU time that other processes used while we timed
+    others = (None if busy0 is None or busy1 is None else
+              max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1)))
     flops = step_flops(net, batch)
-    res = {"net": net, "batch": batch, "device": device, "steps": steps, "warmup": warmup,
+    res = {"others_cpu_share": others,"net": net, "batch": batch, "device": device, "steps": steps, "warmup": warmup,
            "flops_per_step": flops,
            "gpucnn_ms": 1e3 * statistics.median(g_times),
            "gpucnn_gflops": flops / statistics.median(g_times) / 1e9,
@@ -284,6 +308,8 @@ def main(argv=None):
         print(f"bench_train: {torch_note}")
     print(f"bench_train: median of {steps} steps after {warmup} warm-up steps, float32, "
           f"interleaved step by step")
+    print("bench_train: 'others' = share of the machine's CPU time used by other processes "
+          "while a row was timed (a busy machine skews the figures)")
 
     floor = gemm_floor(args.device)
     lib = "CuPy (cuBLAS)" if args.device == "cuda" else "NumPy"
@@ -293,7 +319,8 @@ def main(argv=None):
     results = []
     head = f"{'net':6} {'batch':>5} {'gpucnn ms':>10} {'GFLOP/s':>8}"
     if use_torch:
-        head += f" {'torch ms':>10} {'GFLOP/s':>8} {'ratio':>6}  first loss gpucnn / torch"
+        head += f" {'torch ms':>10} {'GFLOP/s':>8} {'ratio':>6}"
+    head += "  others  first loss gpucnn / torch"
     print(head)
     for net in args.nets:
         for batch in args.batch:
@@ -302,8 +329,12 @@ def main(argv=None):
             results.append(r)
             line = f"{net:6} {batch:5d} {r['gpucnn_ms']:10.2f} {r['gpucnn_gflops']:8.1f}"
             if use_torch:
-                line += (f" {r['torch_ms']:10.2f} {r['torch_gflops']:8.1f} {r['ratio']:6.2f}"
-                         f"  {r['first_loss_gpucnn']:.6f} / {r['first_loss_torch']:.6f}")
+                line += f" {r['torch_ms']:10.2f} {r['torch_gflops']:8.1f} {r['ratio']:6.2f}"
+            others = r["others_cpu_share"]
+            line += f"  {'  n/a' if others is None else f'{100 * others:4.0f}%'}"
+            line += f"  {r['first_loss_gpucnn']:.6f}"
+            if use_torch:
+                line += f" / {r['first_loss_torch']:.6f}"
             print(line, flush=True)
     if hasattr(os, "getloadavg"):
         print(f"bench_train: load average (1 min) at the end: {os.getloadavg()[0]:.2f}")

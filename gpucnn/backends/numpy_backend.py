@@ -24,7 +24,123 @@ How the time is spent well (measured with ``benchmarks/bench_train.py``):
 """
 from __future__ import annotations
 
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+
+
+# ------------------------------------------------------------------ threads
+def _default_threads():
+    env = os.environ.get("GPUCNN_NUM_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"GPUCNN_NUM_THREADS must be a positive integer, got {env!r}") from None
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _find_openblas_threads():
+    """(get, set) for the thread count of the OpenBLAS NumPy links against, or None.
+
+    Found by name among the libraries mapped into this (Linux) process, as
+    threadpoolctl does; anywhere else the primitives that call BLAS run serially.
+    """
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
+                               ("openblas", "64_"), ("openblas", "")):
+            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                put.restype, put.argtypes = None, [ctypes.c_int]
+                return get, put
+    return None
+
+
+class _Workers:
+    """Runs a primitive's work split over the batch on ``threads`` threads.
+
+    NumPy releases the GIL inside its loops and BLAS calls, so threads over
+    disjoint slices of the batch run in parallel.  While they do, BLAS is held to
+    one thread (its own threads would only contend with ours) and restored after.
+    Each part is a contiguous range of samples; the calling thread takes the first.
+    """
+
+    def __init__(self, threads=None):
+        self.threads = _default_threads() if threads is None else max(1, int(threads))
+        self._pool = None
+        self._lock = threading.Lock()
+        self._blas = _find_openblas_threads()
+
+    def _executor(self):
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads - 1,
+                                                thread_name_prefix="gpucnn-cpu")
+            return self._pool
+
+    def _after_fork(self):
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def parts(self, n, work, min_work):
+        """Contiguous (start, end) ranges of range(n) for up to ``threads`` workers, so
+        that each gets at least ``min_work`` (in the caller's units, ``work`` per item)."""
+        k = min(self.threads, n, int(n * work // max(1, min_work)))
+        if k <= 1 or threading.current_thread().name.startswith("gpucnn-cpu"):
+            return [(0, n)]
+        bounds = [n * i // k for i in range(k + 1)]
+        return [(bounds[i], bounds[i + 1]) for i in range(k)]
+
+    def run(self, fn, ranges, blas=False):
+        """fn(start, end) for every range, in parallel; returns the results in order."""
+        if len(ranges) == 1:
+            return [fn(*ranges[0])]
+        if blas and self._blas is None:    # cannot keep BLAS to one thread: stay serial
+            return [fn(s, e) for s, e in ranges]
+        pool = self._executor()
+        saved = None
+        if blas:
+            saved = self._blas[0]()
+            self._blas[1](1)
+        try:
+            futures = [pool.submit(fn, s, e) for s, e in ranges[1:]]
+            first = fn(*ranges[0])
+            return [first] + [f.result() for f in futures]
+        finally:
+            if saved is not None:
+                self._blas[1](saved)
+
+
+_WORKERS = _Workers()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WORKERS._after_fork)
+
+# below this many elements (or multiply-adds, for the GEMM loops) a primitive is not split
+PARALLEL_MIN_ELEMENTS = 1 << 18
+PARALLEL_MIN_FLOPS = 1 << 22
+
+
+def _elementwise(n_items, item_size, fn):
+    """fn(start, end) over ranges of n_items, in parallel when the work is large enough."""
+    ranges = _WORKERS.parts(n_items, item_size, PARALLEL_MIN_ELEMENTS)
+    return _WORKERS.run(fn, ranges)
 
 
 def _out_size(size, k, s, p):
@@ -122,6 +238,18 @@ class NumpyBackend:
     name = "cpu"
     xp = np
 
+    @property
+    def threads(self):
+        """Threads the primitives split the batch over ($GPUCNN_NUM_THREADS, default: the CPUs)."""
+        return _WORKERS.threads
+
+    @threads.setter
+    def threads(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"NumpyBackend.threads must be a positive int, got {value!r}")
+        _WORKERS.threads = int(value)
+        _WORKERS._pool = None
+
     # ---------------------------------------------------------------- arrays
     def asarray(self, a, dtype=None):
         if hasattr(a, "get") and not isinstance(a, np.ndarray):  # a CuPy array
@@ -135,7 +263,11 @@ class NumpyBackend:
         return np.zeros(shape, dtype=dtype)
 
     def all_finite(self, a):
-        return _finite(np.asarray(a))
+        a = np.asarray(a)
+        if a.ndim == 0 or not a.flags.c_contiguous:
+            return _finite(a)
+        flat = a.reshape(-1)
+        return all(_elementwise(flat.size, 1, lambda s, e: _finite(flat[s:e])))
 
     def accumulate(self, dst, src):
         np.add(dst, src, out=dst)
@@ -148,16 +280,21 @@ class NumpyBackend:
         k, p = c * kh * kw, oh * ow
         w2 = w.reshape(o, k)
         y = np.empty((n, o, oh, ow), dtype=x.dtype)
-        if _is_pointwise((kh, kw), stride, padding):
-            np.matmul(w2, x.reshape(n, c, p), out=y.reshape(n, o, p))
-            return y
-        g = _chunk(n, k * p * x.itemsize)
-        buf = np.zeros((g, c, kh, kw, oh, ow), dtype=x.dtype)     # (samples, C*kh*kw, OH*OW)
-        for s in range(0, n, g):
-            e = min(n, s + g)
-            cols = buf[:e - s]
-            _fill_cols(cols, x[s:e], (kh, kw), stride, padding)
-            np.matmul(w2, cols.reshape(e - s, k, p), out=y[s:e].reshape(e - s, o, p))
+        pointwise = _is_pointwise((kh, kw), stride, padding)
+
+        def part(s0, e0):
+            if pointwise:
+                np.matmul(w2, x[s0:e0].reshape(e0 - s0, c, p), out=y[s0:e0].reshape(e0 - s0, o, p))
+                return
+            g = _chunk(e0 - s0, k * p * x.itemsize)
+            buf = np.zeros((g, c, kh, kw, oh, ow), dtype=x.dtype)   # (samples, C*kh*kw, OH*OW)
+            for s in range(s0, e0, g):
+                e = min(e0, s + g)
+                cols = buf[:e - s]
+                _fill_cols(cols, x[s:e], (kh, kw), stride, padding)
+                np.matmul(w2, cols.reshape(e - s, k, p), out=y[s:e].reshape(e - s, o, p))
+
+        _WORKERS.run(part, _WORKERS.parts(n, o * k * p, PARALLEL_MIN_FLOPS), blas=True)
         return y
 
     def conv2d_backward_data(self, dy, w, x_shape, stride, padding):
@@ -166,41 +303,57 @@ class NumpyBackend:
         oh, ow = dy.shape[2], dy.shape[3]
         k, p = c * kh * kw, oh * ow
         w2t = w.reshape(o, k).T
-        if _is_pointwise((kh, kw), stride, padding):
-            return np.matmul(w2t, dy.reshape(n, o, p)).reshape(x_shape)
-        dx = np.zeros(x_shape, dtype=dy.dtype)
-        g = _chunk(n, k * p * dy.itemsize)
-        buf = np.empty((g, k, p), dtype=dy.dtype)
-        for s in range(0, n, g):
-            e = min(n, s + g)
-            dcols = np.matmul(w2t, dy[s:e].reshape(e - s, o, p), out=buf[:e - s])
-            _col2im_add(dx[s:e], dcols.reshape(e - s, c, kh, kw, oh, ow), (kh, kw), stride, padding)
+        pointwise = _is_pointwise((kh, kw), stride, padding)
+        dx = np.empty(x_shape, dtype=dy.dtype)
+
+        def part(s0, e0):
+            if pointwise:
+                np.matmul(w2t, dy[s0:e0].reshape(e0 - s0, o, p), out=dx[s0:e0].reshape(e0 - s0, c, p))
+                return
+            dx[s0:e0] = 0
+            g = _chunk(e0 - s0, k * p * dy.itemsize)
+            buf = np.empty((g, k, p), dtype=dy.dtype)
+            for s in range(s0, e0, g):
+                e = min(e0, s + g)
+                dcols = np.matmul(w2t, dy[s:e].reshape(e - s, o, p), out=buf[:e - s])
+                _col2im_add(dx[s:e], dcols.reshape(e - s, c, kh, kw, oh, ow), (kh, kw),
+                            stride, padding)
+
+        _WORKERS.run(part, _WORKERS.parts(n, o * k * p, PARALLEL_MIN_FLOPS), blas=True)
         return dx
 
     def conv2d_backward_weight(self, dy, x, w_shape, stride, padding):
         o, c, kh, kw = w_shape
         n, _, oh, ow = dy.shape
         k, p = c * kh * kw, oh * ow
-        if _is_pointwise((kh, kw), stride, padding):
-            cols_t = np.ascontiguousarray(x.reshape(n, c, p).transpose(1, 0, 2)).reshape(c, n * p)
-            dy_t = np.ascontiguousarray(dy.reshape(n, o, p).transpose(1, 0, 2)).reshape(o, n * p)
-            return (dy_t @ cols_t.T).reshape(w_shape)
+        pointwise = _is_pointwise((kh, kw), stride, padding)
+
         # dW = sum over samples of dy[n] @ cols[n].T, as one GEMM per chunk of samples:
         # columns laid out (C*kh*kw, samples*OH*OW) and dy as (O, samples*OH*OW)
-        g = _chunk(n, k * p * dy.itemsize)
-        dw = None
-        for s in range(0, n, g):
-            e = min(n, s + g)
-            if s == 0 or e - s != g:
-                cols_t = np.zeros((c, kh, kw, e - s, oh, ow), dtype=dy.dtype)
-                dy_t = np.empty((o, e - s, p), dtype=dy.dtype)
-            _fill_cols(cols_t.transpose(3, 0, 1, 2, 4, 5), x[s:e], (kh, kw), stride, padding)
-            np.copyto(dy_t, dy[s:e].reshape(e - s, o, p).transpose(1, 0, 2))
-            part = dy_t.reshape(o, (e - s) * p) @ cols_t.reshape(k, (e - s) * p).T
-            if dw is None:
-                dw = part
-            else:
-                dw += part
+        def part(s0, e0):
+            g = _chunk(e0 - s0, k * p * dy.itemsize)
+            dw = None
+            for s in range(s0, e0, g):
+                e = min(e0, s + g)
+                if s == s0 or e - s != g:
+                    cols_t = np.zeros((c, kh, kw, e - s, oh, ow), dtype=dy.dtype)
+                    dy_t = np.empty((o, e - s, p), dtype=dy.dtype)
+                if pointwise:
+                    np.copyto(cols_t.reshape(c, e - s, p), x[s:e].reshape(e - s, c, p).transpose(1, 0, 2))
+                else:
+                    _fill_cols(cols_t.transpose(3, 0, 1, 2, 4, 5), x[s:e], (kh, kw), stride, padding)
+                np.copyto(dy_t, dy[s:e].reshape(e - s, o, p).transpose(1, 0, 2))
+                prod = dy_t.reshape(o, (e - s) * p) @ cols_t.reshape(k, (e - s) * p).T
+                if dw is None:
+                    dw = prod
+                else:
+                    dw += prod
+            return dw
+
+        parts = _WORKERS.run(part, _WORKERS.parts(n, o * k * p, PARALLEL_MIN_FLOPS), blas=True)
+        dw = parts[0]
+        for more in parts[1:]:
+            dw += more
         return dw.reshape(w_shape)
 
     # ---------------------------------------------------------------- dense
@@ -215,7 +368,11 @@ class NumpyBackend:
 
     def bias_forward(self, y, b):
         if y.ndim == 4:
-            y += b.reshape(1, -1, 1, 1)
+            b4 = b.reshape(1, -1, 1, 1)
+
+            def part(s, e):
+                y[s:e] += b4
+            _elementwise(y.shape[0], y[0].size, part)
         else:
             y += b
         return y
@@ -223,7 +380,12 @@ class NumpyBackend:
     def bias_backward(self, dy):
         if dy.ndim == 4:
             n, c = dy.shape[0], dy.shape[1]
-            return dy.reshape(n, c, -1).sum(axis=2).sum(axis=0)
+            d3 = dy.reshape(n, c, -1)
+            parts = _elementwise(n, d3[0].size, lambda s, e: d3[s:e].sum(axis=2).sum(axis=0))
+            db = parts[0]
+            for more in parts[1:]:
+                db += more
+            return db
         return dy.sum(axis=0)
 
     # -------------------------------------------------------------- pooling
@@ -235,82 +397,19 @@ class NumpyBackend:
         oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
         if kh * kw > 255:                  # window offsets no longer fit the uint8 bookkeeping
             return _maxpool_exact(x, kernel, stride, padding, (oh, ow))
-        if ph or pw:
-            xp_ = np.full((n, c, h + 2 * ph, w + 2 * pw), -np.inf, dtype=x.dtype)
-            xp_[:, :, ph:ph + h, pw:pw + w] = x
-        else:
-            xp_ = x
-        u8 = np.uint8
-        # Two stages, each keeping the first maximum (a later element wins only when
-        # strictly greater): along each row's kw columns, then down the kh rows.  The
-        # first row holding the window's maximum, and its first column holding it, is
-        # the first maximum in row-major window order.
-        r = np.array(xp_[..., _span(0, ow, sw)])         # (N, C, Hp, OW) row maxima
-        rj = np.zeros(r.shape, dtype=u8)                 # and their column offsets
-        for j in range(1, kw):
-            v = xp_[..., _span(j, ow, sw)]
-            gt = np.greater(v, r).view(u8)
-            np.maximum(r, v, out=r)
-            d = np.subtract(u8(j), rj)
-            d *= gt
-            rj += d
-        rows = lambda a, i: a[:, :, _span(i, oh, sh)]    # noqa: E731
-        y = np.array(rows(r, 0))
-        wi = np.zeros(y.shape, dtype=u8)                 # row offset of the maximum
-        wj = np.array(rows(rj, 0))                       # column offset of the maximum
-        for i in range(1, kh):
-            v = rows(r, i)
-            gt = np.greater(v, y).view(u8)
-            np.maximum(y, v, out=y)
-            d = np.subtract(u8(i), wi)
-            d *= gt
-            wi += d
-            d = np.subtract(rows(rj, i), wj)             # uint8 wrap-around cancels out
-            d *= gt
-            wj += d
-        if not _finite(y):                 # NaN or infinity in x: the careful path
+        y = np.empty((n, c, oh, ow), dtype=x.dtype)
+        argmax = np.empty((n, c, oh, ow), dtype=np.int32)
+        finite = _elementwise(n, x[0].size, lambda s, e: _maxpool_part(
+            x[s:e], y[s:e], argmax[s:e], kernel, stride, padding))
+        if not all(finite):                # NaN or infinity in x: the careful path
             return _maxpool_exact(x, kernel, stride, padding, (oh, ow))
-        # window offset -> flat index h*W + w in the unpadded input plane
-        argmax = wi.astype(np.int32)
-        argmax *= np.int32(w)
-        argmax += wj
-        top = np.arange(oh, dtype=np.int32) * np.int32(sh) - np.int32(ph)
-        left = np.arange(ow, dtype=np.int32) * np.int32(sw) - np.int32(pw)
-        argmax += top[:, None] * np.int32(w) + left[None, :]
         return y, argmax
 
     def maxpool2d_backward(self, dy, argmax, x_shape, kernel, stride, padding):
         n, c, h, w = x_shape
-        kh, kw = kernel
-        sh, sw = stride
-        ph, pw = padding
-        oh, ow = dy.shape[2], dy.shape[3]
-        dx = np.zeros(x_shape, dtype=dy.dtype)
-        if sh >= kh and sw >= kw:
-            # windows do not overlap: each input element is some window's maximum at
-            # most once, so the gradient is a scatter to the recorded index
-            planes = n * c
-            flat = argmax.reshape(planes, oh * ow).astype(np.intp)
-            flat += (np.arange(planes, dtype=np.intp) * (h * w))[:, None]
-            dx.reshape(-1)[flat.reshape(-1)] = dy.reshape(-1)
-            return dx
-        # overlapping windows: per window offset, the windows whose maximum sits
-        # there add their gradient into that offset's rectangle of dx
-        top = np.arange(oh, dtype=np.int32) * np.int32(sh) - np.int32(ph)
-        left = np.arange(ow, dtype=np.int32) * np.int32(sw) - np.int32(pw)
-        rel = argmax - (top[:, None] * np.int32(w) + left[None, :])   # i*W + j of the choice
-        zero = dy.dtype.type(0)
-        for i in range(kh):
-            lo_h, hi_h, in_h = _valid(oh, h, i, sh, ph)
-            if hi_h <= lo_h:
-                continue
-            for j in range(kw):
-                lo_w, hi_w, in_w = _valid(ow, w, j, sw, pw)
-                if hi_w <= lo_w:
-                    continue
-                sel = (slice(None), slice(None), slice(lo_h, hi_h), slice(lo_w, hi_w))
-                dx[:, :, _span(in_h, hi_h - lo_h, sh), _span(in_w, hi_w - lo_w, sw)] += \
-                    np.where(rel[sel] == i * w + j, dy[sel], zero)
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        _elementwise(n, c * h * w, lambda s, e: _maxpool_backward_part(
+            dy[s:e], argmax[s:e], dx[s:e], kernel, stride, padding))
         return dx
 
     def avgpool2d_forward(self, x, kernel, stride, padding):
@@ -319,67 +418,118 @@ class NumpyBackend:
         sh, sw = stride
         ph, pw = padding
         oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
-        y = np.zeros((n, c, oh, ow), dtype=x.dtype)
-        for i in range(kh):
-            lo_h, hi_h, in_h = _valid(oh, h, i, sh, ph)
-            if hi_h <= lo_h:
-                continue
-            for j in range(kw):
-                lo_w, hi_w, in_w = _valid(ow, w, j, sw, pw)
-                if hi_w <= lo_w:
+        y = np.empty((n, c, oh, ow), dtype=x.dtype)
+        scale = x.dtype.type(1.0 / (kh * kw))
+
+        def part(s, e):
+            ys = y[s:e]
+            ys[...] = 0
+            for i in range(kh):
+                lo_h, hi_h, in_h = _valid(oh, h, i, sh, ph)
+                if hi_h <= lo_h:
                     continue
-                y[:, :, lo_h:hi_h, lo_w:hi_w] += x[:, :, _span(in_h, hi_h - lo_h, sh),
-                                                   _span(in_w, hi_w - lo_w, sw)]
-        y *= x.dtype.type(1.0 / (kh * kw))
+                for j in range(kw):
+                    lo_w, hi_w, in_w = _valid(ow, w, j, sw, pw)
+                    if hi_w <= lo_w:
+                        continue
+                    ys[:, :, lo_h:hi_h, lo_w:hi_w] += x[s:e, :, _span(in_h, hi_h - lo_h, sh),
+                                                        _span(in_w, hi_w - lo_w, sw)]
+            ys *= scale
+
+        _elementwise(n, x[0].size, part)
         return y
 
     def avgpool2d_backward(self, dy, x_shape, kernel, stride, padding):
+        n = x_shape[0]
         kh, kw = kernel
-        g = dy * dy.dtype.type(1.0 / (kh * kw))
-        dx = np.zeros(x_shape, dtype=dy.dtype)
         oh, ow = dy.shape[2], dy.shape[3]
-        g6 = np.broadcast_to(g[:, :, None, None], g.shape[:2] + (kh, kw, oh, ow))
-        _col2im_add(dx, g6, kernel, stride, padding)
+        scale = dy.dtype.type(1.0 / (kh * kw))
+        dx = np.empty(x_shape, dtype=dy.dtype)
+
+        def part(s, e):
+            g = dy[s:e] * scale
+            dx[s:e] = 0
+            g6 = np.broadcast_to(g[:, :, None, None], g.shape[:2] + (kh, kw, oh, ow))
+            _col2im_add(dx[s:e], g6, kernel, stride, padding)
+
+        _elementwise(n, dx[0].size, part)
         return dx
 
     # ---------------------------------------------------------- activations
+    # Each runs over the flattened arrays in parallel ranges, writing one new output.
     def sigmoid_forward(self, x):
         # 1/(1+exp(-x)): exp overflows to inf for x << 0 and 1/(1+inf) = 0 exactly,
         # which is the right answer, so only the overflow warning needs silencing.
-        y = np.negative(x)
-        with np.errstate(over="ignore"):
-            np.exp(y, out=y)
-        y += y.dtype.type(1)
-        np.reciprocal(y, out=y)
-        return y
+        xf, y = _flat_pair(x)
+        one = x.dtype.type(1)
+
+        def part(s, e):
+            ys = y[s:e]
+            np.negative(xf[s:e], out=ys)
+            with np.errstate(over="ignore"):
+                np.exp(ys, out=ys)
+            ys += one
+            np.reciprocal(ys, out=ys)
+
+        _elementwise(xf.size, 1, part)
+        return y.reshape(x.shape)
 
     def sigmoid_backward(self, dy, y):
-        out = np.multiply(dy, y)
-        out *= np.subtract(y.dtype.type(1), y)
-        return out
+        dyf, out = _flat_pair(dy)
+        yf = y.reshape(-1)
+        one = y.dtype.type(1)
+
+        def part(s, e):
+            o = out[s:e]
+            np.multiply(dyf[s:e], yf[s:e], out=o)
+            o *= np.subtract(one, yf[s:e])
+
+        _elementwise(dyf.size, 1, part)
+        return out.reshape(dy.shape)
 
     def relu_forward(self, x):
-        return np.maximum(x, x.dtype.type(0))
+        xf, y = _flat_pair(x)
+        zero = x.dtype.type(0)
+        _elementwise(xf.size, 1, lambda s, e: np.maximum(xf[s:e], zero, out=y[s:e]))
+        return y.reshape(x.shape)
 
     def relu_backward(self, dy, y):
         # (y > 0) written as 1.0 / 0.0 straight into the result, then times dy: two
         # passes and no boolean temporary (np.where is four times slower here).  Where
-        # y <= 0 this gives dy * 0, which is 0 for the finite dy the layers pass.
-        out = np.empty_like(dy)
-        np.greater(y, y.dtype.type(0), out=out)
-        out *= dy
-        if not _finite(out):               # inf * 0 = NaN: fall back to the exact select
+        # y <= 0 this gives dy * 0, which is 0 for finite dy (the layers pass only those).
+        dyf, out = _flat_pair(dy)
+        yf = y.reshape(-1)
+        zero = y.dtype.type(0)
+
+        def part(s, e):
+            o = out[s:e]
+            np.greater(yf[s:e], zero, out=o)
+            with np.errstate(invalid="ignore"):
+                o *= dyf[s:e]
+            return _finite(o)
+
+        if not all(_elementwise(dyf.size, 1, part)):   # inf * 0 = NaN: the exact select
             return np.where(y > 0, dy, dy.dtype.type(0))
-        return out
+        return out.reshape(dy.shape)
 
     def tanh_forward(self, x):
-        return np.tanh(x)
+        xf, y = _flat_pair(x)
+        _elementwise(xf.size, 1, lambda s, e: np.tanh(xf[s:e], out=y[s:e]))
+        return y.reshape(x.shape)
 
     def tanh_backward(self, dy, y):
-        out = np.multiply(y, y)
-        np.subtract(y.dtype.type(1), out, out=out)
-        out *= dy
-        return out
+        dyf, out = _flat_pair(dy)
+        yf = y.reshape(-1)
+        one = y.dtype.type(1)
+
+        def part(s, e):
+            o = out[s:e]
+            np.multiply(yf[s:e], yf[s:e], out=o)
+            np.subtract(one, o, out=o)
+            o *= dyf[s:e]
+
+        _elementwise(dyf.size, 1, part)
+        return out.reshape(dy.shape)
 
     # --------------------------------------------------------------- losses
     def softmax_cross_entropy_forward(self, logits, labels):
@@ -435,6 +585,102 @@ class NumpyBackend:
         denom *= t(1.0 / np.sqrt(bc2))
         denom += t(eps)
         param -= t(lr / bc1) * (m / denom)
+
+
+def _flat_pair(a):
+    """(a flattened, an empty flat array of a's dtype): the operands of an elementwise op."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    return flat, np.empty(flat.size, dtype=a.dtype)
+
+
+def _maxpool_part(x, y, argmax, kernel, stride, padding):
+    """Max pooling of the samples x into y and argmax (see maxpool2d_forward).
+
+    Returns False when y is not all finite (NaN or infinity in x), for the
+    caller to redo the whole batch on the careful path.
+    """
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    sh, sw = stride
+    ph, pw = padding
+    oh, ow = y.shape[2], y.shape[3]
+    if ph or pw:
+        xp_ = np.full((n, c, h + 2 * ph, w + 2 * pw), -np.inf, dtype=x.dtype)
+        xp_[:, :, ph:ph + h, pw:pw + w] = x
+    else:
+        xp_ = x
+    u8 = np.uint8
+    # Two stages, each keeping the first maximum (a later element wins only when
+    # strictly greater): along each row's kw columns, then down the kh rows.  The
+    # first row holding the window's maximum, and its first column holding it, is
+    # the first maximum in row-major window order.
+    r = np.array(xp_[..., _span(0, ow, sw)])         # (n, C, Hp, OW) row maxima
+    rj = np.zeros(r.shape, dtype=u8)                 # and their column offsets
+    for j in range(1, kw):
+        v = xp_[..., _span(j, ow, sw)]
+        gt = np.greater(v, r).view(u8)
+        np.maximum(r, v, out=r)
+        d = np.subtract(u8(j), rj)
+        d *= gt
+        rj += d
+    rows = lambda a, i: a[:, :, _span(i, oh, sh)]    # noqa: E731
+    y[...] = rows(r, 0)
+    wi = np.zeros(y.shape, dtype=u8)                 # row offset of the maximum
+    wj = np.array(rows(rj, 0))                       # column offset of the maximum
+    for i in range(1, kh):
+        v = rows(r, i)
+        gt = np.greater(v, y).view(u8)
+        np.maximum(y, v, out=y)
+        d = np.subtract(u8(i), wi)
+        d *= gt
+        wi += d
+        d = np.subtract(rows(rj, i), wj)             # uint8 wrap-around cancels out
+        d *= gt
+        wj += d
+    if not _finite(y):
+        return False
+    # window offset -> flat index h*W + w in the unpadded input plane
+    np.multiply(wi, np.int32(w), out=argmax, dtype=np.int32)
+    argmax += wj
+    top = np.arange(oh, dtype=np.int32) * np.int32(sh) - np.int32(ph)
+    left = np.arange(ow, dtype=np.int32) * np.int32(sw) - np.int32(pw)
+    argmax += top[:, None] * np.int32(w) + left[None, :]
+    return True
+
+
+def _maxpool_backward_part(dy, argmax, dx, kernel, stride, padding):
+    """dx (the samples' slice, overwritten) from dy and argmax (see maxpool2d_backward)."""
+    n, c, h, w = dx.shape
+    kh, kw = kernel
+    sh, sw = stride
+    ph, pw = padding
+    oh, ow = dy.shape[2], dy.shape[3]
+    dx[...] = 0
+    if sh >= kh and sw >= kw:
+        # windows do not overlap: each input element is some window's maximum at
+        # most once, so the gradient is a scatter to the recorded index
+        planes = n * c
+        flat = argmax.reshape(planes, oh * ow).astype(np.intp)
+        flat += (np.arange(planes, dtype=np.intp) * (h * w))[:, None]
+        dx.reshape(-1)[flat.reshape(-1)] = dy.reshape(-1)
+        return
+    # overlapping windows: per window offset, the windows whose maximum sits
+    # there add their gradient into that offset's rectangle of dx
+    top = np.arange(oh, dtype=np.int32) * np.int32(sh) - np.int32(ph)
+    left = np.arange(ow, dtype=np.int32) * np.int32(sw) - np.int32(pw)
+    rel = argmax - (top[:, None] * np.int32(w) + left[None, :])   # i*W + j of the choice
+    zero = dy.dtype.type(0)
+    for i in range(kh):
+        lo_h, hi_h, in_h = _valid(oh, h, i, sh, ph)
+        if hi_h <= lo_h:
+            continue
+        for j in range(kw):
+            lo_w, hi_w, in_w = _valid(ow, w, j, sw, pw)
+            if hi_w <= lo_w:
+                continue
+            sel = (slice(None), slice(None), slice(lo_h, hi_h), slice(lo_w, hi_w))
+            dx[:, :, _span(in_h, hi_h - lo_h, sh), _span(in_w, hi_w - lo_w, sw)] += \
+                np.where(rel[sel] == i * w + j, dy[sel], zero)
 
 
 def _maxpool_exact(x, kernel, stride, padding, out_hw):
