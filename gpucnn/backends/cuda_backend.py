@@ -25,9 +25,10 @@ import math
 
 import numpy as np
 
-from .kernels import launch_config
+from . import kernels as _K
 
 I64 = np.int64
+_FLOAT_DTYPES = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
 
 _INSTALL_HINT = ("pip install gpucnn[cuda12] or gpucnn[cuda13] "
                  "(the one matching your NVIDIA driver's CUDA version)")
@@ -55,17 +56,25 @@ class CudaBackend:
         return self.xp.ascontiguousarray(a)
 
     def _launch(self, file, kernel, dtype, total, *args):
-        """Launch ``kernel<T>`` of ``file`` with a grid-stride grid for ``total`` items."""
+        """Launch ``kernel<T>`` of ``file`` with a grid-stride grid for ``total`` items.
+
+        This runs ~55 times per training step, so it is kept to the bare minimum:
+        kernels.launch_config inlined (reading kernels.BLOCK / MAX_BLOCKS at call time,
+        so tests can shrink the grid), one loader lookup, one launch."""
         if total <= 0:
             return
-        grid, block = launch_config(total)
-        self.loader.get(file, kernel, dtype)(grid, block, args)
+        block = _K.BLOCK
+        blocks = (total + block - 1) // block
+        if blocks > _K.MAX_BLOCKS:
+            blocks = _K.MAX_BLOCKS
+        self.loader.get(file, kernel, dtype)((blocks,), (block,), args)
 
     @staticmethod
     def _float_dtype(a, what):
-        dt = np.dtype(a.dtype)
-        if dt not in (np.float32, np.float64):
-            raise TypeError(f"CUDA backend {what}: expected a float32 or float64 array, got {dt}")
+        dt = a.dtype
+        if dt not in _FLOAT_DTYPES:
+            raise TypeError(f"CUDA backend {what}: expected a float32 or float64 array, "
+                            f"got {np.dtype(dt)}")
         return dt
 
     def _partials(self, m, per_thread=64):

@@ -111,7 +111,13 @@ class KernelCompileError(RuntimeError):
 
 
 class CupyKernelLoader:
-    """Compiles ``kernels/*.cu`` with ``cupy.RawModule`` once per (file, dtype, device)."""
+    """Compiles ``kernels/*.cu`` with ``cupy.RawModule`` once per (file, dtype, device).
+
+    ``get`` runs on every kernel launch, so its hit path is one call to CuPy's
+    ``getDevice`` (a C function) and one dict lookup keyed by the caller's own ``dtype``
+    object (``numpy.dtype('float32')`` and ``numpy.float32`` are two keys for one kernel):
+    no ``numpy.dtype(...)`` normalisation, no Python-level helper calls.
+    """
 
     def __init__(self, cupy_module=None):
         if cupy_module is None:
@@ -119,9 +125,11 @@ class CupyKernelLoader:
         self.cp = cupy_module
         self._modules = {}
         self._kernels = {}
+        self._get_device = cupy_module.cuda.runtime.getDevice
+        self._hits = {}       # (file, name, dtype as passed, device) -> RawKernel
 
     def _device(self) -> int:
-        return int(self.cp.cuda.runtime.getDevice())
+        return int(self._get_device())
 
     def module(self, file: str, dtype):
         key = (file, np.dtype(dtype).name, self._device())
@@ -141,13 +149,17 @@ class CupyKernelLoader:
 
     def get(self, file: str, name: str, dtype):
         """The kernel ``name<T>`` of ``file`` for ``dtype`` (a ``cupy.RawKernel``)."""
-        key = (file, name, np.dtype(dtype).name, self._device())
-        kern = self._kernels.get(key)
+        fast = (file, name, dtype, self._get_device())
+        kern = self._hits.get(fast)
         if kern is None:
-            if name not in KERNELS.get(file, ()):
-                raise ValueError(f"kernel {name!r} is not listed for {file!r} in KERNELS")
-            kern = self.module(file, dtype).get_function(name_expression(name, dtype))
-            self._kernels[key] = kern
+            key = (file, name, np.dtype(dtype).name, fast[3])
+            kern = self._kernels.get(key)
+            if kern is None:
+                if name not in KERNELS.get(file, ()):
+                    raise ValueError(f"kernel {name!r} is not listed for {file!r} in KERNELS")
+                kern = self.module(file, dtype).get_function(name_expression(name, dtype))
+                self._kernels[key] = kern
+            self._hits[fast] = kern
         return kern
 
     def compile_all(self, dtypes=("float32",)):
