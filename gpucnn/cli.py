@@ -137,7 +137,8 @@ def _cupy_lines(cuda_usable):
     except Exception as exc:
         lines.append(f"CUDA runtime: unknown ({type(exc).__name__})")
     try:
-        lines.append(f"CUDA driver: {ver(rt.driverGetVersion())}")
+        driver = rt.driverGetVersion()
+        lines.append(f"CUDA driver: {ver(driver)}" if driver else "CUDA driver: none (no NVIDIA driver found)")
     except Exception as exc:
         lines.append(f"CUDA driver: unknown ({type(exc).__name__}: {' '.join(str(exc).split())})")
     try:
@@ -166,7 +167,7 @@ def _kernel_lines(cupy):
         return [f"kernels: sources not found ({exc})"]
     files = list(getattr(kernels, "KERNELS", {}))
     if cupy is None:
-        return [f"kernels ({where}): {', '.join(files)} -- not compiled here (no usable GPU)"]
+        return _nvrtc_only_lines(kernels, where, files)
     lines = [f"kernels ({where}):"]
     loader = kernels.CupyKernelLoader(cupy)
     for file in files:
@@ -178,6 +179,46 @@ def _kernel_lines(cupy):
             except Exception as exc:
                 results.append(f"{dt} FAILED: {' '.join(str(exc).split())[:300]}")
         lines.append(f"  {file}: {', '.join(results)}")
+    return lines
+
+
+def _nvrtc_only_lines(kernels, where, files):
+    """Without a GPU: compile each kernel file to PTX with NVRTC alone, when its Python bindings exist."""
+    try:
+        from cuda.bindings import nvrtc
+        err, major, minor = nvrtc.nvrtcVersion()
+        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            raise RuntimeError(str(err))
+        err, archs = nvrtc.nvrtcGetSupportedArchs()
+        arch = min(a for a in archs if a >= 70)
+    except Exception as exc:
+        return [f"kernels ({where}): {', '.join(files)} -- not compiled here: no usable GPU and no "
+                f"NVRTC Python bindings ({type(exc).__name__})"]
+    ok = nvrtc.nvrtcResult.NVRTC_SUCCESS
+    lines = [f"kernels ({where}), compiled to PTX by NVRTC {major}.{minor} for compute_{arch} "
+             f"(no GPU, so not loaded):"]
+    for file in files:
+        exprs = [e for (f, _, _, e) in kernels.instantiations() if f == file]
+        try:
+            err, prog = nvrtc.nvrtcCreateProgram(kernels.read_source(file).encode(), file.encode(), 0, [], [])
+            try:
+                for expr in exprs:
+                    nvrtc.nvrtcAddNameExpression(prog, expr.encode())
+                opts = [o.encode() for o in kernels.NVRTC_OPTIONS] + [f"-arch=compute_{arch}".encode()]
+                (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+                if err == ok:
+                    result = f"ok ({len(exprs)} instantiations)"
+                else:
+                    _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+                    buf = b" " * size
+                    nvrtc.nvrtcGetProgramLog(prog, buf)
+                    log = " ".join(buf.decode(errors="replace").rstrip("\x00").split())
+                    result = f"FAILED: {log[:300]}"
+            finally:
+                nvrtc.nvrtcDestroyProgram(prog)
+        except Exception as exc:
+            result = f"FAILED: {type(exc).__name__}: {exc}"
+        lines.append(f"  {file}: {result}")
     return lines
 
 

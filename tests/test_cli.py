@@ -142,6 +142,9 @@ def test_info(capsys):
     assert rc == 0
     assert out.startswith(f"gpucnn {__version__} ")
     assert "device: 'auto' chooses" in out and "CuPy:" in out and "kernels" in out
+    from gpucnn.backends.kernels import KERNELS
+    assert all(f in out for f in KERNELS)
+    assert "FAILED" not in out
 
 
 def test_check_cpu(capsys):
