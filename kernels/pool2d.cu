@@ -25,6 +25,29 @@ template <> __device__ __forceinline__ double negative_infinity<double>()
     return __longlong_as_double(0xfff0000000000000LL);
 }
 
+// Two neighbouring elements loaded or stored as one 8-byte (float) or 16-byte (double) access.
+// Only used where the host-independent check in the kernel has found the address aligned.
+template <typename T> struct alignas(2 * sizeof(T)) Pair { T a, b; };
+
+// Whether p points at a Pair boundary.
+template <typename T> __device__ __forceinline__ bool pair_aligned(const T* p)
+{
+    return ((unsigned long long)p & (2 * sizeof(T) - 1)) == 0;
+}
+
+// The max-pooling rule for the next element v (flat in-plane index at) of a window, in window
+// order: the first element is taken, then any v > best, and a NaN (which then stays).
+template <typename T>
+__device__ __forceinline__ void take_max(T v, long long at, T& best, long long& best_at)
+{
+    const bool v_nan = v != v;
+    const bool best_nan = best != best;
+    if (best_at < 0 || (!best_nan && (v > best || v_nan))) {
+        best = v;
+        best_at = at;
+    }
+}
+
 // One thread per output element y[n, c, oh, ow]: the maximum of its window and, in
 // argmax[n, c, oh, ow], the flat index h*W + w of that maximum in the input plane.
 template <typename T>
@@ -36,6 +59,11 @@ __global__ void maxpool2d_forward(const T* __restrict__ x, T* __restrict__ y,
 {
     const long long total = N * C * OH * OW;
     const long long step = (long long)gridDim.x * blockDim.x;
+    // 2x2 windows with column stride 2 and no column padding (the usual MaxPool2d(2)): the
+    // window's two columns w0, w0 + 1 are always inside the plane; each row is one Pair load
+    // when W is even and x is Pair-aligned.  Rows are still bounds-checked.
+    const bool two_by_two = KH == 2 && KW == 2 && SW == 2 && PW == 0;
+    const bool paired = two_by_two && W % 2 == 0 && pair_aligned(x);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
         const long long orow = i / OW;                   // (n, c, oh)
         const long long ow = i - orow * OW;
@@ -46,18 +74,48 @@ __global__ void maxpool2d_forward(const T* __restrict__ x, T* __restrict__ y,
         const long long w0 = ow * SW - PW;
         T best = negative_infinity<T>();
         long long best_at = -1;
-        for (long long p = 0; p < KH; ++p) {
-            const long long h = h0 + p;
-            if (h < 0 || h >= H) continue;
-            for (long long q = 0; q < KW; ++q) {
-                const long long w = w0 + q;
-                if (w < 0 || w >= W) continue;
-                const T v = xp[h * W + w];
-                const bool v_nan = v != v;
-                const bool best_nan = best != best;
-                if (best_at < 0 || (!best_nan && (v > best || v_nan))) {
-                    best = v;
-                    best_at = h * W + w;
+        if (two_by_two) {
+            const long long h1 = h0 + 1;
+            const bool top = h0 >= 0 && h0 < H;
+            const bool bottom = h1 >= 0 && h1 < H;
+            T v00 = T(0), v01 = T(0), v10 = T(0), v11 = T(0);
+            if (paired) {
+                if (top) {
+                    const Pair<T> p = *reinterpret_cast<const Pair<T>*>(xp + h0 * W + w0);
+                    v00 = p.a;
+                    v01 = p.b;
+                }
+                if (bottom) {
+                    const Pair<T> p = *reinterpret_cast<const Pair<T>*>(xp + h1 * W + w0);
+                    v10 = p.a;
+                    v11 = p.b;
+                }
+            } else {
+                if (top) {
+                    v00 = xp[h0 * W + w0];
+                    v01 = xp[h0 * W + w0 + 1];
+                }
+                if (bottom) {
+                    v10 = xp[h1 * W + w0];
+                    v11 = xp[h1 * W + w0 + 1];
+                }
+            }
+            if (top) {
+                take_max(v00, h0 * W + w0, best, best_at);
+                take_max(v01, h0 * W + w0 + 1, best, best_at);
+            }
+            if (bottom) {
+                take_max(v10, h1 * W + w0, best, best_at);
+                take_max(v11, h1 * W + w0 + 1, best, best_at);
+            }
+        } else {
+            for (long long p = 0; p < KH; ++p) {
+                const long long h = h0 + p;
+                if (h < 0 || h >= H) continue;
+                for (long long q = 0; q < KW; ++q) {
+                    const long long w = w0 + q;
+                    if (w < 0 || w >= W) continue;
+                    take_max(xp[h * W + w], h * W + w, best, best_at);
                 }
             }
         }
@@ -110,6 +168,9 @@ __global__ void avgpool2d_forward(const T* __restrict__ x, T* __restrict__ y,
 {
     const long long total = N * C * OH * OW;
     const long long step = (long long)gridDim.x * blockDim.x;
+    // 2x2 fast path as in maxpool2d_forward (same conditions, same order of the additions)
+    const bool two_by_two = KH == 2 && KW == 2 && SW == 2 && PW == 0;
+    const bool paired = two_by_two && W % 2 == 0 && pair_aligned(x);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
         const long long orow = i / OW;                   // (n, c, oh)
         const long long ow = i - orow * OW;
@@ -119,13 +180,49 @@ __global__ void avgpool2d_forward(const T* __restrict__ x, T* __restrict__ y,
         const long long h0 = oh * SH - PH;
         const long long w0 = ow * SW - PW;
         T sum = T(0);
-        for (long long p = 0; p < KH; ++p) {
-            const long long h = h0 + p;
-            if (h < 0 || h >= H) continue;
-            for (long long q = 0; q < KW; ++q) {
-                const long long w = w0 + q;
-                if (w < 0 || w >= W) continue;
-                sum += xp[h * W + w];
+        if (two_by_two) {
+            const long long h1 = h0 + 1;
+            const bool top = h0 >= 0 && h0 < H;
+            const bool bottom = h1 >= 0 && h1 < H;
+            T v00 = T(0), v01 = T(0), v10 = T(0), v11 = T(0);
+            if (paired) {
+                if (top) {
+                    const Pair<T> p = *reinterpret_cast<const Pair<T>*>(xp + h0 * W + w0);
+                    v00 = p.a;
+                    v01 = p.b;
+                }
+                if (bottom) {
+                    const Pair<T> p = *reinterpret_cast<const Pair<T>*>(xp + h1 * W + w0);
+                    v10 = p.a;
+                    v11 = p.b;
+                }
+            } else {
+                if (top) {
+                    v00 = xp[h0 * W + w0];
+                    v01 = xp[h0 * W + w0 + 1];
+                }
+                if (bottom) {
+                    v10 = xp[h1 * W + w0];
+                    v11 = xp[h1 * W + w0 + 1];
+                }
+            }
+            if (top) {
+                sum += v00;
+                sum += v01;
+            }
+            if (bottom) {
+                sum += v10;
+                sum += v11;
+            }
+        } else {
+            for (long long p = 0; p < KH; ++p) {
+                const long long h = h0 + p;
+                if (h < 0 || h >= H) continue;
+                for (long long q = 0; q < KW; ++q) {
+                    const long long w = w0 + q;
+                    if (w < 0 || w >= W) continue;
+                    sum += xp[h * W + w];
+                }
             }
         }
         y[i] = sum * inv_area;
@@ -179,6 +276,10 @@ __global__ void maxpool2d_backward_disjoint(const T* __restrict__ dy,
     const long long B = (W + PW + SW - 1) / SW;          // cell columns
     const long long total = N * C * A * B;
     const long long step = (long long)gridDim.x * blockDim.x;
+    // 2x2 windows, stride 2, no column padding: one cell = one window, two columns per row,
+    // each row one Pair store when W is even and dx is Pair-aligned
+    const bool two_by_two = KH == 2 && KW == 2 && SH == 2 && SW == 2 && PW == 0;
+    const bool paired = two_by_two && W % 2 == 0 && pair_aligned(dx);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
         const long long crow = i / B;                    // (n, c, a)
         const long long b = i - crow * B;
@@ -189,6 +290,28 @@ __global__ void maxpool2d_backward_disjoint(const T* __restrict__ dy,
         const T g = has_window ? dy[o] : T(0);
         const long long chosen = has_window ? (long long)argmax[o] : -1;
         T* dxp = dx + plane * H * W;
+        if (two_by_two) {
+            // the cell is the window: columns w0, w0 + 1 (the second may pass the edge when
+            // W is odd), rows 2a - PH + r for r = 0, 1
+            const long long w0 = 2 * b;
+            for (int r = 0; r < 2; ++r) {
+                const long long h = 2 * a + r - PH;
+                if (h < 0 || h >= H) continue;
+                const long long at = h * W + w0;
+                const T g0 = chosen == at ? g : T(0);
+                const T g1 = chosen == at + 1 ? g : T(0);
+                if (paired) {
+                    Pair<T> pr;
+                    pr.a = g0;
+                    pr.b = g1;
+                    *reinterpret_cast<Pair<T>*>(dxp + at) = pr;
+                } else {
+                    dxp[at] = g0;
+                    if (w0 + 1 < W) dxp[at + 1] = g1;
+                }
+            }
+            continue;
+        }
         for (long long hp = a * SH; hp < a * SH + SH; ++hp) {
             const long long h = hp - PH;
             if (h < 0 || h >= H) continue;
@@ -216,6 +339,10 @@ __global__ void avgpool2d_backward_disjoint(const T* __restrict__ dy, T* __restr
     const long long B = (W + PW + SW - 1) / SW;
     const long long total = N * C * A * B;
     const long long step = (long long)gridDim.x * blockDim.x;
+    // 2x2 windows, stride 2, no column padding: one cell = one window, two columns per row,
+    // each row one Pair store when W is even and dx is Pair-aligned
+    const bool two_by_two = KH == 2 && KW == 2 && SH == 2 && SW == 2 && PW == 0;
+    const bool paired = two_by_two && W % 2 == 0 && pair_aligned(dx);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
         const long long crow = i / B;                    // (n, c, a)
         const long long b = i - crow * B;
@@ -224,6 +351,25 @@ __global__ void avgpool2d_backward_disjoint(const T* __restrict__ dy, T* __restr
         const bool has_window = a < OH && b < OW;
         const T g = has_window ? dy[plane * OH * OW + a * OW + b] * inv_area : T(0);
         T* dxp = dx + plane * H * W;
+        if (two_by_two) {
+            // as in maxpool2d_backward_disjoint: the cell is the window
+            const long long w0 = 2 * b;
+            for (int r = 0; r < 2; ++r) {
+                const long long h = 2 * a + r - PH;
+                if (h < 0 || h >= H) continue;
+                const long long at = h * W + w0;
+                if (paired) {
+                    Pair<T> pr;
+                    pr.a = g;
+                    pr.b = g;
+                    *reinterpret_cast<Pair<T>*>(dxp + at) = pr;
+                } else {
+                    dxp[at] = g;
+                    if (w0 + 1 < W) dxp[at + 1] = g;
+                }
+            }
+            continue;
+        }
         for (long long hp = a * SH; hp < a * SH + SH; ++hp) {
             const long long h = hp - PH;
             if (h < 0 || h >= H) continue;
