@@ -5,14 +5,31 @@
 // T is float or double; every integer argument is a long long; partial sums are double.
 // Every kernel runs a grid-stride loop, so any grid and block size covers the whole output.
 
-// One thread per element y[n, c, s]: adds b[c] in place.
+// One thread per element y[n, c, s] (grid-stride): adds b[c] in place.  The channel is found
+// by division once per thread; each grid step then moves (s, c) on by the precomputed
+// (step % HW, (step / HW) % C) with carries, so the loop itself has no integer division.
 template <typename T>
 __global__ void bias_forward(T* __restrict__ y, const T* __restrict__ b,
                              long long total, long long C, long long HW)
 {
     const long long step = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
-        y[i] += b[(i / HW) % C];
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const long long step_rows = step / HW;
+    const long long step_s = step - step_rows * HW;      // 0 <= step_s < HW
+    const long long step_c = step_rows % C;              // 0 <= step_c < C
+    const long long row = i / HW;                        // n*C + c
+    long long s = i - row * HW;
+    long long c = row % C;
+    for (; i < total; i += step) {
+        y[i] += b[c];
+        s += step_s;
+        c += step_c;
+        if (s >= HW) {                                   // carry into the next row
+            s -= HW;
+            c += 1;
+        }
+        if (c >= C) c -= C;                              // c < 2C here
     }
 }
 
