@@ -89,19 +89,61 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx,
     }
 }
 
-// One thread per element dst[b, a, l] = src[a, b, l]: src (A, B, L) becomes dst (B, A, L).
+// V neighbouring elements moved as one access (V * sizeof(T) bytes, at most 16 per load for
+// float; the compiler splits a double Quad into two 16-byte accesses).
+template <typename T, int V> struct alignas(V * sizeof(T)) Vec { T v[V]; };
+
+// The body of swap_axes01 with U = Vec<T, V> as the unit: LV = L / V units per row.  Thread
+// index i is a unit of dst, i = (b*A + a)*LV + l; it is divided into (b, a, l) once per
+// thread, then advanced by the precomputed grid step with carries (no division in the loop).
+template <typename T, int V>
+__device__ __forceinline__ void swap_axes01_units(const T* __restrict__ src, T* __restrict__ dst,
+                                                  long long A, long long B, long long L)
+{
+    typedef Vec<T, V> U;
+    const U* __restrict__ s = reinterpret_cast<const U*>(src);
+    U* __restrict__ d = reinterpret_cast<U*>(dst);
+    const long long LV = L / V;
+    const long long total = A * B * LV;
+    const long long step = (long long)gridDim.x * blockDim.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const long long step_rows = step / LV;
+    const long long step_l = step - step_rows * LV;      // 0 <= step_l < LV
+    const long long step_b = step_rows / A;
+    const long long step_a = step_rows - step_b * A;     // 0 <= step_a < A
+    const long long row = i / LV;                        // b*A + a
+    long long l = i - row * LV;
+    long long b = row / A;
+    long long a = row - b * A;
+    for (; i < total; i += step) {
+        d[i] = s[(a * B + b) * LV + l];
+        l += step_l;
+        a += step_a;
+        b += step_b;
+        if (l >= LV) {
+            l -= LV;
+            a += 1;
+        }
+        if (a >= A) {                                    // a < 2A here
+            a -= A;
+            b += 1;
+        }
+    }
+}
+
+// One thread per element dst[b, a, l] = src[a, b, l] (or per 4 consecutive l when L is a
+// multiple of 4 and both arrays are 4-element aligned): src (A, B, L) becomes dst (B, A, L).
 // Turns the GEMM's (O, N, OH*OW) into NCHW and dy (N, O, OH*OW) into the GEMM's (O, N, OH*OW).
+// Every row of L elements is copied whole, so reads and writes are both contiguous.
 template <typename T>
 __global__ void swap_axes01(const T* __restrict__ src, T* __restrict__ dst,
                             long long A, long long B, long long L)
 {
-    const long long total = A * B * L;
-    const long long step = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
-        const long long l = i % L;
-        const long long t = i / L;
-        const long long a = t % A;
-        const long long b = t / A;
-        dst[i] = src[(a * B + b) * L + l];
+    const unsigned long long quad = 4 * sizeof(T) - 1;
+    if (L % 4 == 0 && ((unsigned long long)src & quad) == 0 && ((unsigned long long)dst & quad) == 0) {
+        swap_axes01_units<T, 4>(src, dst, A, B, L);
+    } else {
+        swap_axes01_units<T, 1>(src, dst, A, B, L);
     }
 }
