@@ -594,6 +594,8 @@ class Trainer:
         self._saved_step = None   # global_step of the checkpoint on disk (None: none written)
         self._stop_requested = False
         self._updating = False
+        self._last_plot = None
+        self._plotted_epochs = 0
 
     @staticmethod
     def _fresh_stats():
@@ -692,9 +694,15 @@ class Trainer:
                 if self._stop_requested and self.epoch < epochs:
                     raise KeyboardInterrupt
         except TrainingInterrupted:
+            self._plot(force=True)
             raise
         except KeyboardInterrupt:
-            raise self._interrupted() from None
+            interrupted = self._interrupted()
+            self._plot(force=True)
+            raise interrupted from None
+        except TrainingDiverged:
+            self._plot(force=True)
+            raise
         finally:
             self._restore_sigint(previous_handler)
         return self.history
@@ -770,6 +778,18 @@ class Trainer:
             f"{what} (global step {gstep}); training stopped: {hint}; {kept}",
             epoch=self.epoch + 1, step=step, global_step=gstep,
             checkpoint=self.checkpoint_path if self._saved_step is not None else None)
+
+    #: seconds between redraws of curves.png while training (it is always drawn at the end)
+    plot_interval = 10.0
+
+    def _plot(self, force=False):
+        """Redraw curves.png: at the end, when stopping, and otherwise at most every plot_interval s."""
+        if self.run_dir is None or not self.history or self._plotted_epochs == len(self.history):
+            return
+        now = time.perf_counter()
+        if force or self._last_plot is None or now - self._last_plot >= self.plot_interval:
+            plot_history(self.history, self.run_dir / CURVES_PNG, title=self.title)
+            self._last_plot, self._plotted_epochs = time.perf_counter(), len(self.history)
 
     def _params_finite(self):
         return all(backends.backend_of(p.data).all_finite(p.data) for p in self.model.parameters())
@@ -853,7 +873,7 @@ class Trainer:
         if self.run_dir is not None:
             self.save()
             write_history(self.history, self.run_dir, self.config)
-            plot_history(self.history, self.run_dir / CURVES_PNG, title=self.title)
+            self._plot(force=self.epoch >= epochs)
         if self.on_epoch is not None:
             self.on_epoch(self, record)
 
