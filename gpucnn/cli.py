@@ -28,10 +28,8 @@ def cmd_train(args):
     overrides = {k: getattr(args, k) for k in (
         "data_dir", "t10k_split", "limit_train", "limit_test", "model", "epochs", "batch_size",
         "lr", "lr_decay", "optimizer", "seed", "device", "dtype")}
-    if args.resume is None and args.data is not None:
-        overrides["data"] = args.data
-    elif args.resume is not None and args.data is not None:
-        overrides["data"] = args.data  # allowed only when it matches the checkpoint
+    if args.data is not None:
+        overrides["data"] = args.data  # with --resume: allowed only when it matches the checkpoint
     try:
         result = run_training(out=args.out, resume=args.resume, runs_root=args.runs_dir,
                               progress=not args.no_progress and sys.stderr.isatty(), log=print, **overrides)

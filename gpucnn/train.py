@@ -1076,6 +1076,10 @@ def run_training(config=None, *, out=None, resume=None, runs_root="runs", progre
     import gpucnn
     from .models import build_model
     started = time.perf_counter()
+    unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise TypeError(f"run_training: unknown settings {', '.join(unknown)}; "
+                        f"expected TrainConfig fields")
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
