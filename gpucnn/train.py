@@ -54,7 +54,7 @@ __all__ = [
     "Trainer", "fit", "evaluate", "predict_proba", "EvalResult",
     "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointError",
     "TrainingDiverged", "TrainingInterrupted", "TrainConfig", "RunResult", "run_training",
-    "load_model", "plot_history", "plot_confusion", "write_history", "atomic_write",
+    "load_model", "make_optimizer", "dataset_for", "predict_logits", "plot_history", "plot_confusion", "write_history", "atomic_write",
     "DEFAULTS", "CHECKPOINT_NAME", "OUTPUT_FILES",
 ]
 
