@@ -3,7 +3,8 @@
 //
 // y and dy are viewed as (N, C, HW): HW = H*W for NCHW tensors, 1 for (N, features).
 // T is float or double; every integer argument is a long long; partial sums are double.
-// Every kernel runs a grid-stride loop, so any grid and block size covers the whole output.
+// Every kernel runs a grid-stride loop, so any grid covers the whole output (row_sum needs a
+// block size that is a multiple of 32).
 
 // One thread per element y[n, c, s] (grid-stride): adds b[c] in place.  The channel is found
 // by division once per thread; each grid step then moves (s, c) on by the precomputed
@@ -36,6 +37,7 @@ __global__ void bias_forward(T* __restrict__ y, const T* __restrict__ b,
 // One thread per (channel c, part p), thread index t = c*P + p: sums in double, in increasing
 // m, the elements m = p, p + P, p + 2P, ... (m < N*HW) of channel c, where element m is
 // dy[m / HW, c, m % HW]; writes partial[t].  Neighbouring threads read neighbouring addresses.
+// (m / HW, m % HW) is divided out once and then advanced by (P / HW, P % HW) with a carry.
 template <typename T>
 __global__ void channel_sum_partial(const T* __restrict__ dy, double* __restrict__ partial,
                                     long long N, long long C, long long HW, long long P)
@@ -43,31 +45,46 @@ __global__ void channel_sum_partial(const T* __restrict__ dy, double* __restrict
     const long long M = N * HW;
     const long long total = C * P;
     const long long step = (long long)gridDim.x * blockDim.x;
+    const long long P_n = P / HW;
+    const long long P_s = P - P_n * HW;                   // 0 <= P_s < HW
     for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += step) {
         const long long c = t / P;
         const long long p = t - c * P;
+        long long n = p / HW;
+        long long s = p - n * HW;
         double sum = 0.0;
         for (long long m = p; m < M; m += P) {
-            const long long n = m / HW;
-            const long long s = m - n * HW;
             sum += (double)dy[(n * C + c) * HW + s];
+            n += P_n;
+            s += P_s;
+            if (s >= HW) {
+                s -= HW;
+                n += 1;
+            }
         }
         partial[t] = sum;
     }
 }
 
-// One thread per row r of partial (R, P): out[r] = sum over p of partial[r, p], in increasing p,
-// in double, rounded once to T.
+// One warp (32 threads, lanes l) per row r of partial (R, P): thread l sums in double, in
+// increasing p, the values p = l, l + 32, ... of the row; the 32 lane sums are then added by a fixed shuffle tree
+// (lane l takes lane l + 16, then l + 8, 4, 2, 1) and lane 0 writes out[r] rounded once to T.
+// The order depends on nothing but P, so the result is bitwise reproducible.  The block size
+// must be a multiple of 32 (the backend's is); warps stride over the rows.
 template <typename T>
 __global__ void row_sum(const double* __restrict__ partial, T* __restrict__ out,
                         long long R, long long P)
 {
-    const long long step = (long long)gridDim.x * blockDim.x;
-    for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < R; r += step) {
+    const long long lane = threadIdx.x % 32;
+    const long long warps = (long long)gridDim.x * (blockDim.x / 32);
+    for (long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32; r < R; r += warps) {
         double sum = 0.0;
-        for (long long p = 0; p < P; ++p) {
+        for (long long p = lane; p < P; p += 32) {
             sum += partial[r * P + p];
         }
-        out[r] = (T)sum;
+        for (int offset = 16; offset > 0; offset /= 2) {
+            sum += __shfl_down_sync(0xffffffffu, sum, offset);
+        }
+        if (lane == 0) out[r] = (T)sum;
     }
 }

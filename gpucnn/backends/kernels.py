@@ -46,7 +46,8 @@ KERNELS = {
 CTYPES = {"float32": "float", "float64": "double"}
 
 #: Threads per block for every launch.  Kernels use grid-stride loops and do not
-#: depend on the block size (no shared memory), so any value works.
+#: depend on the block size (no shared memory), so any multiple of 32 works (bias.cu's
+#: row_sum reduces with whole warps).
 BLOCK = 256
 #: Cap on blocks per launch; grid-stride loops cover the rest.
 MAX_BLOCKS = 65535
