@@ -35,16 +35,32 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols,
         T* out = cols + c * KH * KW * NL + j;                  // cols[(c*KH + 0)*KW + 0, j]
         const long long h0 = oh * SH - PH;
         const long long w0 = ow * SW - PW;
-        for (long long p = 0; p < KH; ++p) {
-            const long long h = h0 + p;
-            const bool row_in = h >= 0 && h < H;
-            for (long long q = 0; q < KW; ++q) {
+        // taps k = p*KW + q in groups of 4: the group's loads are issued together, then its
+        // stores (a tap loop with a runtime bound would wait for each load before the next)
+        const long long KK = KH * KW;
+        long long p = 0, q = 0;
+        for (long long k0 = 0; k0 < KK; k0 += 4) {
+            T v[4];
+            bool inside[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const long long h = h0 + p;
                 const long long w = w0 + q;
-                T v = T(0);
-                if (row_in && w >= 0 && w < W) {
-                    v = xc[h * W + w];
-                }
-                out[(p * KW + q) * NL] = v;
+                inside[u] = k0 + u < KK && h >= 0 && h < H && w >= 0 && w < W;
+                // every lane loads (the plane's first element for a padding tap), so the
+                // four loads do not wait on each other's predicates
+                v[u] = xc[inside[u] ? h * W + w : 0];
+                const bool wrap = q + 1 == KW;
+                q = wrap ? 0 : q + 1;
+                p = wrap ? p + 1 : p;
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                if (!inside[u]) v[u] = T(0);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                if (k0 + u < KK) out[(k0 + u) * NL] = v[u];
             }
         }
     }
