@@ -69,9 +69,10 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols,
 // One thread per input-gradient element dx[n, c, h, w]: gathers the dcols entries of every
 // (output position, kernel tap) pair that read x[n, c, h, w] and sums them in a fixed order
 // (kernel tap p, q ascending, i.e. output position oh, ow descending, the NumPy backend's order).
-// The output rows whose window covers padded row hp = h + PH are the oh with
-// oh*SH <= hp < oh*SH + KH: walking down from min(hp / SH, OH - 1) while oh*SH + KH > hp
-// visits exactly them (likewise for columns).
+// Tap (p, q) read x[n, c, h, w] from output position (oh, ow) when hp - p = oh*SH and
+// wp - q = ow*SW with 0 <= oh < OH, 0 <= ow < OW (hp = h + PH, wp = w + PW: the padded row and
+// column).  The taps go in groups of four: every lane of a group loads (dcols' first entry of
+// the plane for an unused tap), so the four loads overlap; then the used ones are added in order.
 template <typename T>
 __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx,
                        long long N, long long C, long long H, long long W,
@@ -79,6 +80,8 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx,
                        long long PH, long long PW, long long OH, long long OW)
 {
     const long long NL = N * OH * OW;
+    const long long KK = KH * KW;
+    const bool unit_stride = SH == 1 && SW == 1;
     const long long total = N * C * H * W;
     const long long step = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
@@ -90,15 +93,28 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx,
         const long long c = plane - n * C;
         const long long hp = h + PH;         // row in the padded input
         const long long wp = w + PW;
-        const long long oh_top = hp / SH < OH - 1 ? hp / SH : OH - 1;
-        const long long ow_top = wp / SW < OW - 1 ? wp / SW : OW - 1;
-        const T* col = dcols + c * KH * KW * NL + n * OH * OW;
+        const T* col = dcols + c * KK * NL + n * OH * OW;
         T sum = T(0);
-        for (long long oh = oh_top; oh >= 0 && oh * SH + KH > hp; --oh) {
-            const long long p = hp - oh * SH;                 // 0 <= p < KH
-            for (long long ow = ow_top; ow >= 0 && ow * SW + KW > wp; --ow) {
-                const long long q = wp - ow * SW;             // 0 <= q < KW
-                sum += col[(p * KW + q) * NL + oh * OW + ow];
+        long long p = 0, q = 0;
+        for (long long k0 = 0; k0 < KK; k0 += 4) {
+            T v[4];
+            bool used[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const long long ohs = hp - p;                 // oh*SH if the tap is used
+                const long long ows = wp - q;
+                const long long oh = unit_stride ? ohs : ohs / SH;
+                const long long ow = unit_stride ? ows : ows / SW;
+                used[u] = k0 + u < KK && ohs >= 0 && ows >= 0 && oh * SH == ohs &&
+                          ow * SW == ows && oh < OH && ow < OW;
+                v[u] = col[used[u] ? (p * KW + q) * NL + oh * OW + ow : 0];
+                const bool wrap = q + 1 == KW;
+                q = wrap ? 0 : q + 1;
+                p = wrap ? p + 1 : p;
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                if (used[u]) sum += v[u];
             }
         }
         dx[i] = sum;
