@@ -184,3 +184,30 @@ def test_train_on_tiny_mnist_and_cifar_files(tmp_path, capsys):
     rc = main(["evaluate", "--checkpoint", str(tmp_path / "r1"), "--data", "digits"])
     err = capsys.readouterr().err
     assert rc == 1 and "takes (1, 28, 28) images but digits has (1, 8, 8)" in err
+
+
+@pytest.mark.skipif(sys.platform.startswith("win"), reason="SIGINT delivery to a child differs on Windows")
+def test_real_ctrl_c_saves_and_prints_resume_command(tmp_path):
+    """A real SIGINT to `python -m gpucnn train`: exit 130, a checkpoint, the command to resume."""
+    import signal
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONUNBUFFERED="1")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gpucnn", "train", "--model", "mlp", "--epochs", "100000",
+                             "--device", "cpu", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        for line in proc.stdout:                 # wait until training is under way
+            if line.startswith("epoch"):
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"Resume with: gpucnn train --resume {out / 'checkpoint.npz'} --epochs 100000" in err
+    from gpucnn.train import load_checkpoint
+    ck = load_checkpoint(out / "checkpoint.npz")
+    assert ck.state["global_step"] >= 45       # at least the first epoch (45 steps) was kept
