@@ -30,6 +30,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 
 # ------------------------------------------------------------------ threads
@@ -109,22 +110,27 @@ class _Workers:
         return [(bounds[i], bounds[i + 1]) for i in range(k)]
 
     def run(self, fn, ranges, blas=False):
-        """fn(start, end) for every range, in parallel; returns the results in order."""
-        if len(ranges) == 1:
-            return [fn(*ranges[0])]
+        """fn(start, end) for every range, in parallel; returns the results in order.
+
+        ``blas``: fn calls BLAS.  BLAS is then held to one thread even when the work
+        is not split: OpenBLAS's own threads, once woken, spin for a while after each
+        call and would take a core from ours.
+        """
         if blas and self._blas is None:    # cannot keep BLAS to one thread: stay serial
             return [fn(s, e) for s, e in ranges]
-        pool = self._executor()
         saved = None
         if blas:
             saved = self._blas[0]()
-            self._blas[1](1)
+            if saved != 1:
+                self._blas[1](1)
         try:
-            futures = [pool.submit(fn, s, e) for s, e in ranges[1:]]
+            if len(ranges) == 1:
+                return [fn(*ranges[0])]
+            futures = [self._executor().submit(fn, s, e) for s, e in ranges[1:]]
             first = fn(*ranges[0])
             return [first] + [f.result() for f in futures]
         finally:
-            if saved is not None:
+            if saved is not None and saved != 1:
                 self._blas[1](saved)
 
 
@@ -232,6 +238,70 @@ def _col2im_add(dx, dcols, kernel, stride, padding):
                 dcols[:, :, i, j, lo_h:hi_h, lo_w:hi_w]
 
 
+class _Wide:
+    """Stride-1 convolution on "wide" rows: the padded plane flattened, rows Wp long.
+
+    With stride 1, the window offset (i, j) of output (oh, ow') reads the flattened
+    padded plane at i*Wp + j + (oh*Wp + ow'), so the im2col row of offset (i, j) is
+    one contiguous slice of OH*Wp elements if the output keeps the padded width Wp
+    (ow' >= OW are throw-away columns).  im2col is then a single strided copy and
+    col2im kh*kw long contiguous adds, instead of kh*kw*OH short rows each; the price
+    is GEMM work on the Wp - OW extra columns, which _use_wide weighs.
+    """
+
+    def __init__(self, x_shape, kernel, padding):
+        _, self.c, self.h, self.w = x_shape
+        self.kh, self.kw = kernel
+        self.ph, self.pw = padding
+        self.hp, self.wp = self.h + 2 * self.ph, self.w + 2 * self.pw
+        self.oh, self.ow = self.hp - self.kh + 1, self.wp - self.kw + 1
+        self.q = self.oh * self.wp                          # wide output length per plane
+        self.length = self.hp * self.wp + self.kw - 1       # padded plane + the last window's tail
+
+    def planes(self, g, dtype):
+        """Zeroed (g, C, length) padded planes; interior() views the image inside."""
+        return np.zeros((g, self.c, self.length), dtype=dtype)
+
+    def interior(self, planes):
+        g = planes.shape[0]
+        img = planes[:, :, :self.hp * self.wp].reshape(g, self.c, self.hp, self.wp)
+        return img[:, :, self.ph:self.ph + self.h, self.pw:self.pw + self.w]
+
+    def windows(self, planes):
+        """(g, C, kh, kw, OH*Wp) view: the im2col rows, each a slice of its plane."""
+        sg, sc, se = planes.strides
+        return as_strided(planes, shape=(planes.shape[0], self.c, self.kh, self.kw, self.q),
+                          strides=(sg, sc, self.wp * se, se, se), writeable=False)
+
+    def col2im_add(self, planes, dcols):
+        """planes[:, :, i*Wp + j + t] += dcols[:, :, i, j, t]; dcols (g, C, kh, kw, OH*Wp)."""
+        for i in range(self.kh):
+            for j in range(self.kw):
+                at = i * self.wp + j
+                planes[:, :, at:at + self.q] += dcols[:, :, i, j]
+
+
+# The wide layout saves kh*kw*C*OH short rows per sample and primitive (a few ns of
+# NumPy overhead each) and costs 2*O*C*kh*kw*OH*(Wp - OW) extra GEMM flops (at about
+# 90 GFLOP/s a core); the two balance near O*(Wp - OW) = 150 (measured per layer).
+# Backward-weight saves only im2col rows (there is no col2im) and, when it multiplies
+# per sample, pays for copying dy into wide rows: it takes the wide layout less often.
+WIDE_MAX_WASTE = 150
+WIDE_MAX_WASTE_WEIGHT = 100
+
+
+def _use_wide(c, o, kernel, stride, padding, x_hw, limit=None):
+    """Whether a stride-1 convolution runs in the wide layout (see _Wide)."""
+    if tuple(stride) != (1, 1) or _is_pointwise(kernel, stride, padding):
+        return False
+    kh, kw = kernel
+    wp = x_hw[1] + 2 * padding[1]
+    ow = wp - kw + 1
+    if ow < 1 or x_hw[0] + 2 * padding[0] - kh + 1 < 1:
+        return False
+    return o * (wp - ow) <= (WIDE_MAX_WASTE if limit is None else limit)
+
+
 class NumpyBackend:
     """Every primitive of ``gpucnn.backends.PRIMITIVES`` on NumPy arrays."""
 
@@ -282,10 +352,30 @@ class NumpyBackend:
         y = np.empty((n, o, oh, ow), dtype=x.dtype)
         pointwise = _is_pointwise((kh, kw), stride, padding)
 
+        wide = _Wide(x.shape, (kh, kw), padding) if _use_wide(c, o, (kh, kw), stride, padding, (h, wd)) else None
+
+        def part_wide(s0, e0):
+            q = wide.q
+            g = _chunk(e0 - s0, k * q * x.itemsize)
+            planes = wide.planes(g, x.dtype)
+            cols = np.empty((g, k, q), dtype=x.dtype)
+            yw = np.empty((g, o, q), dtype=x.dtype)
+            for s in range(s0, e0, g):
+                e = min(e0, s + g)
+                if e - s != g:
+                    g = e - s
+                    planes, cols, yw = planes[:g], cols[:g], yw[:g]
+                wide.interior(planes)[...] = x[s:e]
+                np.copyto(cols.reshape(g, c, kh, kw, q), wide.windows(planes))
+                np.matmul(w2, cols, out=yw)
+                y[s:e] = yw.reshape(g, o, oh, wide.wp)[..., :ow]
+
         def part(s0, e0):
             if pointwise:
                 np.matmul(w2, x[s0:e0].reshape(e0 - s0, c, p), out=y[s0:e0].reshape(e0 - s0, o, p))
                 return
+            if wide is not None:
+                return part_wide(s0, e0)
             g = _chunk(e0 - s0, k * p * x.itemsize)
             buf = np.zeros((g, c, kh, kw, oh, ow), dtype=x.dtype)   # (samples, C*kh*kw, OH*OW)
             for s in range(s0, e0, g):
@@ -306,10 +396,32 @@ class NumpyBackend:
         pointwise = _is_pointwise((kh, kw), stride, padding)
         dx = np.empty(x_shape, dtype=dy.dtype)
 
+        wide = _Wide(x_shape, (kh, kw), padding) if _use_wide(c, o, (kh, kw), stride, padding, (h, wd)) else None
+
+        def part_wide(s0, e0):
+            q = wide.q
+            g = _chunk(e0 - s0, k * q * dy.itemsize)
+            dyw = np.zeros((g, o, oh, wide.wp), dtype=dy.dtype)     # extra columns stay 0
+            dcols = np.empty((g, k, q), dtype=dy.dtype)
+            planes = wide.planes(g, dy.dtype)
+            for s in range(s0, e0, g):
+                e = min(e0, s + g)
+                if e - s != g:
+                    g = e - s
+                    dyw, dcols, planes = dyw[:g], dcols[:g], planes[:g]
+                dyw[..., :ow] = dy[s:e]
+                np.matmul(w2t, dyw.reshape(g, o, wide.q), out=dcols)
+                if s != s0:
+                    planes[...] = 0
+                wide.col2im_add(planes, dcols.reshape(g, c, kh, kw, q))
+                dx[s:e] = wide.interior(planes)
+
         def part(s0, e0):
             if pointwise:
                 np.matmul(w2t, dy[s0:e0].reshape(e0 - s0, o, p), out=dx[s0:e0].reshape(e0 - s0, c, p))
                 return
+            if wide is not None:
+                return part_wide(s0, e0)
             dx[s0:e0] = 0
             g = _chunk(e0 - s0, k * p * dy.itemsize)
             buf = np.empty((g, k, p), dtype=dy.dtype)
@@ -325,42 +437,66 @@ class NumpyBackend:
     def conv2d_backward_weight(self, dy, x, w_shape, stride, padding):
         o, c, kh, kw = w_shape
         n, _, oh, ow = dy.shape
-        k, p = c * kh * kw, oh * ow
+        k = c * kh * kw
         pointwise = _is_pointwise((kh, kw), stride, padding)
+        wide = (_Wide(x.shape, (kh, kw), padding)
+                if _use_wide(c, o, (kh, kw), stride, padding, x.shape[2:], WIDE_MAX_WASTE_WEIGHT)
+                and (k >= oh * ow or k > o) else None)
+        # per plane: p output positions (wide: OH*Wp, the extra columns of dy set to 0)
+        p = wide.q if wide is not None else oh * ow
+
+        def fill(cols6, planes, s, e):
+            """cols6: a (g, C, kh, kw, p) view of any layout, filled from samples s:e."""
+            if pointwise:
+                np.copyto(cols6.reshape(e - s, c, p), x[s:e].reshape(e - s, c, p))
+            elif wide is not None:
+                wide.interior(planes)[...] = x[s:e]
+                np.copyto(cols6, wide.windows(planes))
+            else:
+                _fill_cols(cols6.reshape(e - s, c, kh, kw, oh, ow), x[s:e], (kh, kw), stride, padding)
+
+        def dy_into(dst4, s, e):
+            """dst4: a (g, O, OH, OW or Wp) view; dy of samples s:e into its first OW columns."""
+            dst4[..., :ow] = dy[s:e]
 
         # dW = sum over samples of dy[n] @ cols[n].T.  When the columns are the longer
-        # side (C*kh*kw >= OH*OW), one GEMM per chunk of samples: columns laid out
-        # (C*kh*kw, samples*OH*OW) and dy transposed to (O, samples*OH*OW).  When dy's
-        # planes are the longer side, transposing dy would cost more than it saves:
-        # one GEMM per sample on the forward's column layout, then a sum over the chunk.
+        # side (C*kh*kw >= p), one GEMM per chunk of samples: columns laid out
+        # (C*kh*kw, samples*p) and dy transposed to (O, samples*p).  When dy's planes
+        # are the longer side, transposing dy would cost more than it saves: one GEMM
+        # per sample on the forward's column layout, then a sum over the chunk.
         per_chunk = k >= p
+        pw_ = wide.wp if wide is not None else ow
 
         def part(s0, e0):
             g = _chunk(e0 - s0, k * p * dy.itemsize)
+            planes = wide.planes(g, dy.dtype) if wide is not None else None
             dw = None
             for s in range(s0, e0, g):
                 e = min(e0, s + g)
-                if per_chunk:
-                    if s == s0 or e - s != g:
-                        cols_t = np.zeros((c, kh, kw, e - s, oh, ow), dtype=dy.dtype)
-                        dy_t = np.empty((o, e - s, p), dtype=dy.dtype)
-                    if pointwise:
-                        np.copyto(cols_t.reshape(c, e - s, p), x[s:e].reshape(e - s, c, p).transpose(1, 0, 2))
+                if s == s0 or e - s != g:          # buffers: the first chunk and a short last one
+                    gg = e - s
+                    if per_chunk:
+                        cols_t = np.zeros((c, kh, kw, gg, p), dtype=dy.dtype)
+                        dy_t = np.zeros((o, gg, oh, pw_), dtype=dy.dtype)
                     else:
-                        _fill_cols(cols_t.transpose(3, 0, 1, 2, 4, 5), x[s:e], (kh, kw), stride, padding)
-                    np.copyto(dy_t, dy[s:e].reshape(e - s, o, p).transpose(1, 0, 2))
-                    a, b = dy_t.reshape(o, (e - s) * p), cols_t.reshape(k, (e - s) * p)
+                        cols = np.zeros((gg, c, kh, kw, p), dtype=dy.dtype)
+                        dyw = np.zeros((gg, o, oh, pw_), dtype=dy.dtype) if wide is not None else None
+                    if planes is not None:
+                        planes = planes[:gg]
+                if per_chunk:
+                    fill(cols_t.transpose(3, 0, 1, 2, 4), planes, s, e)
+                    dy_into(dy_t.transpose(1, 0, 2, 3), s, e)
+                    a, b = dy_t.reshape(o, gg * p), cols_t.reshape(k, gg * p)
                     # OpenBLAS is up to twice as fast with the longer side as the GEMM's M
                     prod = a @ b.T if o >= k else (b @ a.T).T
                 else:
-                    if s == s0 or e - s != g:
-                        cols = np.zeros((e - s, c, kh, kw, oh, ow), dtype=dy.dtype)
-                    if pointwise:
-                        cols = x[s:e]
+                    fill(cols, planes, s, e)
+                    if dyw is not None:
+                        dy_into(dyw, s, e)
+                        d3 = dyw.reshape(gg, o, p)
                     else:
-                        _fill_cols(cols, x[s:e], (kh, kw), stride, padding)
-                    prod = np.matmul(dy[s:e].reshape(e - s, o, p),
-                                     cols.reshape(e - s, k, p).transpose(0, 2, 1)).sum(axis=0)
+                        d3 = dy[s:e].reshape(gg, o, p)
+                    prod = np.matmul(d3, cols.reshape(gg, k, p).transpose(0, 2, 1)).sum(axis=0)
                 if dw is None:
                     dw = prod
                 else:
@@ -375,13 +511,25 @@ class NumpyBackend:
 
     # ---------------------------------------------------------------- dense
     def linear_forward(self, x, w):
-        return x @ w.T
+        y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+        _WORKERS.run(lambda s, e: np.matmul(x[s:e], w.T, out=y[s:e]),
+                     _WORKERS.parts(x.shape[0], w.size, PARALLEL_MIN_FLOPS), blas=True)
+        return y
 
     def linear_backward_data(self, dy, w):
-        return dy @ w
+        dx = np.empty((dy.shape[0], w.shape[1]), dtype=dy.dtype)
+        _WORKERS.run(lambda s, e: np.matmul(dy[s:e], w, out=dx[s:e]),
+                     _WORKERS.parts(dy.shape[0], w.size, PARALLEL_MIN_FLOPS), blas=True)
+        return dx
 
     def linear_backward_weight(self, dy, x):
-        return dy.T @ x
+        parts = _WORKERS.run(lambda s, e: dy[s:e].T @ x[s:e],
+                             _WORKERS.parts(dy.shape[0], dy.shape[1] * x.shape[1],
+                                            PARALLEL_MIN_FLOPS), blas=True)
+        dw = parts[0]
+        for more in parts[1:]:
+            dw += more
+        return dw
 
     def bias_forward(self, y, b):
         if y.ndim == 4:
