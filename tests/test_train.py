@@ -410,3 +410,35 @@ def test_trainer_on_other_backend_matches_cpu(other_backend, backend_entry, tmp_
         assert got_ck.model_state[name].dtype == a.dtype
         assert tolerances.compare(got_ck.model_state[name], a, tol)[2], name
     assert abs(got_res.correct - ref_res.correct) <= 1
+
+
+def test_checkpoint_survives_kill_9_in_the_middle_of_a_write(tmp_path):
+    """A process SIGKILLed halfway through rewriting its checkpoint leaves the previous one intact."""
+    import signal
+    import subprocess
+    import sys
+    if not hasattr(signal, "SIGKILL"):
+        pytest.skip("no SIGKILL on this platform")
+    path = tmp_path / CHECKPOINT_NAME
+    code = (
+        "import os, signal, sys, numpy as np, gpucnn as nn\n"
+        "import gpucnn.train as T\n"
+        "m = nn.Sequential(nn.Linear(300, 10))\n"
+        "T.save_checkpoint(sys.argv[1], m, config={'i': 1})\n"
+        "real_savez = np.savez\n"
+        "def savez_then_die(f, **arrays):\n"
+        "    real_savez(f, **arrays)\n"
+        "    f.seek(f.tell() // 2)\n"            # half of the new file is on disk ...
+        "    f.truncate()\n"
+        "    f.flush(); os.fsync(f.fileno())\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"  # ... when the process dies
+        "T.np.savez = savez_then_die\n"
+        "m[0].bias.data[0] = 42\n"
+        "T.save_checkpoint(sys.argv[1], m, config={'i': 2})\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]) + os.pathsep
+               + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    ck = load_checkpoint(path)                 # the previous checkpoint, whole
+    assert ck.config == {"i": 1} and ck.model_state["0.bias"][0] != 42
