@@ -307,9 +307,15 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"gpucnn {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    from .train import DEFAULTS
+    epilog = "per-dataset defaults:\n" + "\n".join(
+        f"  {name:8} --model {d['model']} --epochs {d['epochs']} --batch-size {d['batch_size']} "
+        f"--optimizer {d['optimizer']} --lr {d['lr']:g} --lr-decay {d['lr_decay']:g}"
+        for name, d in DEFAULTS.items())
     t = sub.add_parser("train", parents=[common], help="train a CNN (default: the bundled digits)",
                        description="Train a CNN. With no options: a small conv net on the bundled "
-                       "8x8 handwritten digits. Unset options take per-dataset defaults.")
+                       "8x8 handwritten digits. Unset options take per-dataset defaults.",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--data", choices=DATASETS, default=None, help="dataset (default digits)")
     t.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST IDX or CIFAR-10 binary files")
     t.add_argument("--t10k-split", type=_positive_int, metavar="N",
