@@ -143,7 +143,7 @@ class CudaBackend:
         cols = self.xp.empty((c * kh * kw, n * oh * ow), dtype=x_chunk.dtype)
         # one thread per (channel, column), each writing the kh*kw rows of its channel
         self._launch("conv2d.cu", "im2col", x_chunk.dtype, c * n * oh * ow, x_chunk, cols,
-                     *(I64(v) for v in dims))
+                     *map(I64, dims))
         return cols
 
     def _swap01(self, src, a, b, l, out=None):
@@ -189,7 +189,7 @@ class CudaBackend:
             dcols = self.xp.matmul(w2t, dy_onl.reshape(o, nb * l))  # (C*kh*kw, nb*L)
             dcols = self._c(dcols)
             self._launch("conv2d.cu", "col2im", dt, nb * c * h * wd, dcols, dx[n0:n1],
-                         *(I64(v) for v in (nb, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow)))
+                         *map(I64, (nb, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow)))
         return dx
 
     def conv2d_backward_weight(self, dy, x, w_shape, stride, padding):
@@ -276,7 +276,7 @@ class CudaBackend:
         y = self.xp.empty((n, c, oh, ow), dtype=dt)
         argmax = self.xp.empty((n, c, oh, ow), dtype=np.int32)
         self._launch("pool2d.cu", "maxpool2d_forward", dt, y.size, x, y, argmax,
-                     *(I64(v) for v in dims))
+                     *map(I64, dims))
         return y, argmax
 
     def maxpool2d_backward(self, dy, argmax, x_shape, kernel, stride, padding):
@@ -290,10 +290,10 @@ class CudaBackend:
         cells = self._disjoint_cells(dims)
         if cells:   # windows do not overlap: one thread per stride cell
             self._launch("pool2d.cu", "maxpool2d_backward_disjoint", dt, cells, dy, argmax, dx,
-                         *(I64(v) for v in dims))
+                         *map(I64, dims))
         else:       # one thread per input element, gathering from its windows
             self._launch("pool2d.cu", "maxpool2d_backward", dt, dx.size, dy, argmax, dx,
-                         *(I64(v) for v in dims))
+                         *map(I64, dims))
         return dx
 
     def avgpool2d_forward(self, x, kernel, stride, padding):
@@ -303,7 +303,7 @@ class CudaBackend:
         n, c, _, _, oh, ow, kh, kw = dims[:8]
         y = self.xp.empty((n, c, oh, ow), dtype=dt)
         self._launch("pool2d.cu", "avgpool2d_forward", dt, y.size, x, y,
-                     *(I64(v) for v in dims), dt.type(1.0 / (kh * kw)))
+                     *map(I64, dims), dt.type(1.0 / (kh * kw)))
         return y
 
     def avgpool2d_backward(self, dy, x_shape, kernel, stride, padding):
@@ -316,10 +316,10 @@ class CudaBackend:
         cells = self._disjoint_cells(dims)
         if cells:
             self._launch("pool2d.cu", "avgpool2d_backward_disjoint", dt, cells, dy, dx,
-                         *(I64(v) for v in dims), inv_area)
+                         *map(I64, dims), inv_area)
         else:
             self._launch("pool2d.cu", "avgpool2d_backward", dt, dx.size, dy, dx,
-                         *(I64(v) for v in dims), inv_area)
+                         *map(I64, dims), inv_area)
         return dx
 
     # --------------------------------------------------------- activations
