@@ -14,6 +14,10 @@
 // NumPy backend adds them (window tap ascending).
 // Backward, disjoint windows (SH >= KH and SW >= KW): every input element lies in at most one
 // window, so one thread per stride cell writes its SH x SW input elements (fewer divisions).
+// 2x2 windows with column stride 2 and no column padding (MaxPool2d(2), AvgPool2d(2)) take a
+// fast path in the forward and disjoint backward kernels: no tap loops, and each window row
+// is one 8/16-byte Pair access when W is even and the array is Pair-aligned (the kernel checks
+// the address itself, so a view that starts at an odd element falls back to single accesses).
 
 template <typename T> __device__ __forceinline__ T negative_infinity();
 template <> __device__ __forceinline__ float negative_infinity<float>()
