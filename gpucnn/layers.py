@@ -39,8 +39,10 @@ def _positive_int(value, name, layer):
     return int(value)
 
 
-def check_float_input(layer, x, ndim=None, what="input"):
-    """Validate an array argument; return its backend.  Errors name the layer."""
+def check_float_input(layer, x, ndim=None, what="input", finite=True):
+    """Validate an array argument; return its backend.  Errors name the layer.
+
+    ``finite=False`` skips the NaN/inf scan (the caller checks its result instead)."""
     try:
         backend = backends.backend_of(x)
     except TypeError:
@@ -52,7 +54,7 @@ def check_float_input(layer, x, ndim=None, what="input"):
                          f"({x.ndim}-D)")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{layer}: expected a float32 or float64 {what}, got dtype {x.dtype}")
-    if _inner_depth == 0 and not backend.all_finite(x):
+    if finite and _inner_depth == 0 and not backend.all_finite(x):
         raise ValueError(f"{layer}: the {what} contains NaN or infinity")
     return backend
 

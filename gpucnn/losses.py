@@ -2,10 +2,20 @@
 returns ∂loss/∂output (δ for the network's last layer) in the output's dtype."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import backends
 from .layers import check_float_input
+
+
+def _finite_loss(name, B, loss, output):
+    """The output is scanned for NaN/inf only when the loss is not finite: reading the
+    loss is the one device sync a step needs, a separate scan would be a second one."""
+    if not math.isfinite(loss) and not B.all_finite(output):
+        raise ValueError(f"{name}: the output contains NaN or infinity")
+    return loss
 
 
 class _Loss:
@@ -23,7 +33,7 @@ class MSELoss(_Loss):
     """mean((output − target)²) over every element (PyTorch's reduction='mean')."""
 
     def __call__(self, output, target):
-        B = check_float_input("MSELoss", output, what="output")
+        B = check_float_input("MSELoss", output, what="output", finite=False)
         t = np.asarray(target) if isinstance(target, (list, tuple, float, int)) else target
         if not hasattr(t, "shape") or not hasattr(t, "dtype"):
             raise TypeError(f"MSELoss: expected the target to be an array, got {type(target).__name__}")
@@ -36,7 +46,9 @@ class MSELoss(_Loss):
         if not B.all_finite(t):
             raise ValueError("MSELoss: the target contains NaN or infinity")
         self._saved = (B, output, t)
-        return B.mse_forward(output, t)
+        with np.errstate(invalid="ignore", over="ignore"):
+            loss = B.mse_forward(output, t)
+        return _finite_loss("MSELoss", B, loss, output)
 
     def backward(self):
         B, output, t = self._need_forward()
@@ -47,7 +59,8 @@ class CrossEntropyLoss(_Loss):
     """Softmax then negative log-likelihood of integer class labels, mean over the batch."""
 
     def __call__(self, output, target):
-        B = check_float_input("CrossEntropyLoss", output, 2, what="output (N, classes)")
+        B = check_float_input("CrossEntropyLoss", output, 2, what="output (N, classes)",
+                              finite=False)
         n, k = output.shape
         if n == 0 or k == 0:
             raise ValueError(f"CrossEntropyLoss: expected a non-empty (N, classes) output, got "
@@ -70,9 +83,10 @@ class CrossEntropyLoss(_Loss):
             raise ValueError(f"CrossEntropyLoss: labels must be in [0, {k}) for {k} classes, "
                              f"got {int(bad)}")
         labels = B.asarray(labels, dtype=np.int64)
-        loss, probs = B.softmax_cross_entropy_forward(output, labels)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf output: reported below
+            loss, probs = B.softmax_cross_entropy_forward(output, labels)
         self._saved = (B, probs, labels)
-        return loss
+        return _finite_loss("CrossEntropyLoss", B, loss, output)
 
     def backward(self):
         B, probs, labels = self._need_forward()
