@@ -63,7 +63,8 @@ PYEOF
     stage "GPU tests (parity, determinism, 50-step training, gradcheck, fallback, check)" 150 \
         "$PY" -m pytest -q -rs -m "not emulated" -p no:cacheprovider --durations=8 \
         tests/test_parity.py tests/test_check.py tests/test_device_fallback.py \
-        tests/test_forward.py tests/test_gradcheck.py tests/test_kernels_compile.py
+        tests/test_forward.py tests/test_gradcheck.py tests/test_kernels_compile.py \
+        tests/test_cuda_views.py tests/test_cuda_loader.py tests/test_training_step.py
     stage "kernel benchmark (bandwidth vs copy, conv vs cuDNN)" 90 \
         "$PY" benchmarks/bench_kernels.py --json "$DEST/bench_kernels.json"
     if [ -f benchmarks/bench_train.py ]; then
