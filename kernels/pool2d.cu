@@ -18,6 +18,9 @@
 // fast path in the forward and disjoint backward kernels: no tap loops, and each window row
 // is one 8/16-byte Pair access when W is even and the array is Pair-aligned (the kernel checks
 // the address itself, so a view that starts at an odd element falls back to single accesses).
+// Forward, MaxPool2d(2)/AvgPool2d(2) without padding and with W % 4 == 0 on Quad-aligned
+// arrays: each thread takes two neighbouring outputs, each window row pair one 16-byte
+// (float) Quad load, the outputs one Pair store.
 
 template <typename T> __device__ __forceinline__ T negative_infinity();
 template <> __device__ __forceinline__ float negative_infinity<float>()
@@ -32,6 +35,15 @@ template <> __device__ __forceinline__ double negative_infinity<double>()
 // Two neighbouring elements loaded or stored as one 8-byte (float) or 16-byte (double) access.
 // Only used where the host-independent check in the kernel has found the address aligned.
 template <typename T> struct alignas(2 * sizeof(T)) Pair { T a, b; };
+
+// Four neighbouring elements as one 16-byte access (float) or two (double).
+template <typename T> struct alignas(4 * sizeof(T)) Quad { T a, b, c, d; };
+
+// Whether p points at a Quad boundary.
+template <typename T> __device__ __forceinline__ bool quad_aligned(const T* p)
+{
+    return ((unsigned long long)p & (4 * sizeof(T) - 1)) == 0;
+}
 
 // Whether p points at a Pair boundary.
 template <typename T> __device__ __forceinline__ bool pair_aligned(const T* p)
@@ -68,7 +80,17 @@ __global__ void maxpool2d_forward(const T* __restrict__ x, T* __restrict__ y,
     // when W is even and x is Pair-aligned.  Rows are still bounds-checked.
     const bool two_by_two = KH == 2 && KW == 2 && SW == 2 && PW == 0;
     const bool paired = two_by_two && W % 2 == 0 && pair_aligned(x);
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
+    // MaxPool2d(2) with W % 4 == 0 and aligned arrays: each thread takes two neighbouring
+    // outputs (OW is even, so they share a row), their window rows are one Quad load each
+    // (both rows always inside the plane: SH == 2, PH == 0), y one Pair store, argmax one
+    // Pair<int> store.  Twice the bytes in flight per thread, half the index arithmetic.
+    const bool quad = paired && SH == 2 && PH == 0 && W % 4 == 0 && quad_aligned(x) &&
+                      pair_aligned(y) && pair_aligned(argmax);
+    const long long per = quad ? 2 : 1;                  // outputs per item
+    const long long items = total / per;                 // total is even when quad
+    for (long long it = (long long)blockIdx.x * blockDim.x + threadIdx.x; it < items;
+         it += step) {
+        const long long i = it * per;                    // the item's first output
         const long long orow = i / OW;                   // (n, c, oh)
         const long long ow = i - orow * OW;
         const long long plane = orow / OH;               // n*C + c
@@ -76,55 +98,83 @@ __global__ void maxpool2d_forward(const T* __restrict__ x, T* __restrict__ y,
         const T* xp = x + plane * H * W;
         const long long h0 = oh * SH - PH;
         const long long w0 = ow * SW - PW;
-        T best = negative_infinity<T>();
-        long long best_at = -1;
-        if (two_by_two) {
-            const long long h1 = h0 + 1;
-            const bool top = h0 >= 0 && h0 < H;
-            const bool bottom = h1 >= 0 && h1 < H;
-            T v00 = T(0), v01 = T(0), v10 = T(0), v11 = T(0);
-            if (paired) {
+        if (quad && h0 >= 0 && h0 + 1 < H) {             // (always, but checked)
+            const long long at = h0 * W + w0;            // in-plane index of the top-left tap
+            const Quad<T> t = *reinterpret_cast<const Quad<T>*>(xp + at);
+            const Quad<T> u = *reinterpret_cast<const Quad<T>*>(xp + at + W);
+            T b0 = negative_infinity<T>(), b1 = negative_infinity<T>();
+            long long a0 = -1, a1 = -1;
+            take_max(t.a, at, b0, a0);
+            take_max(t.b, at + 1, b0, a0);
+            take_max(u.a, at + W, b0, a0);
+            take_max(u.b, at + W + 1, b0, a0);
+            take_max(t.c, at + 2, b1, a1);
+            take_max(t.d, at + 3, b1, a1);
+            take_max(u.c, at + W + 2, b1, a1);
+            take_max(u.d, at + W + 3, b1, a1);
+            Pair<T> yo;
+            yo.a = b0;
+            yo.b = b1;
+            *reinterpret_cast<Pair<T>*>(y + i) = yo;
+            Pair<int> ao;
+            ao.a = (int)a0;
+            ao.b = (int)a1;
+            *reinterpret_cast<Pair<int>*>(argmax + i) = ao;
+            continue;
+        }
+        // one output per item, or (quad, should its rows be outside the plane) two
+        for (long long k = 0; k < per; ++k) {
+            const long long wk = w0 + k * SW;
+            T best = negative_infinity<T>();
+            long long best_at = -1;
+            if (two_by_two) {
+                const long long h1 = h0 + 1;
+                const bool top = h0 >= 0 && h0 < H;
+                const bool bottom = h1 >= 0 && h1 < H;
+                T v00 = T(0), v01 = T(0), v10 = T(0), v11 = T(0);
+                if (paired) {
+                    if (top) {
+                        const Pair<T> p = *reinterpret_cast<const Pair<T>*>(xp + h0 * W + wk);
+                        v00 = p.a;
+                        v01 = p.b;
+                    }
+                    if (bottom) {
+                        const Pair<T> p = *reinterpret_cast<const Pair<T>*>(xp + h1 * W + wk);
+                        v10 = p.a;
+                        v11 = p.b;
+                    }
+                } else {
+                    if (top) {
+                        v00 = xp[h0 * W + wk];
+                        v01 = xp[h0 * W + wk + 1];
+                    }
+                    if (bottom) {
+                        v10 = xp[h1 * W + wk];
+                        v11 = xp[h1 * W + wk + 1];
+                    }
+                }
                 if (top) {
-                    const Pair<T> p = *reinterpret_cast<const Pair<T>*>(xp + h0 * W + w0);
-                    v00 = p.a;
-                    v01 = p.b;
+                    take_max(v00, h0 * W + wk, best, best_at);
+                    take_max(v01, h0 * W + wk + 1, best, best_at);
                 }
                 if (bottom) {
-                    const Pair<T> p = *reinterpret_cast<const Pair<T>*>(xp + h1 * W + w0);
-                    v10 = p.a;
-                    v11 = p.b;
+                    take_max(v10, h1 * W + wk, best, best_at);
+                    take_max(v11, h1 * W + wk + 1, best, best_at);
                 }
             } else {
-                if (top) {
-                    v00 = xp[h0 * W + w0];
-                    v01 = xp[h0 * W + w0 + 1];
-                }
-                if (bottom) {
-                    v10 = xp[h1 * W + w0];
-                    v11 = xp[h1 * W + w0 + 1];
-                }
-            }
-            if (top) {
-                take_max(v00, h0 * W + w0, best, best_at);
-                take_max(v01, h0 * W + w0 + 1, best, best_at);
-            }
-            if (bottom) {
-                take_max(v10, h1 * W + w0, best, best_at);
-                take_max(v11, h1 * W + w0 + 1, best, best_at);
-            }
-        } else {
-            for (long long p = 0; p < KH; ++p) {
-                const long long h = h0 + p;
-                if (h < 0 || h >= H) continue;
-                for (long long q = 0; q < KW; ++q) {
-                    const long long w = w0 + q;
-                    if (w < 0 || w >= W) continue;
-                    take_max(xp[h * W + w], h * W + w, best, best_at);
+                for (long long p = 0; p < KH; ++p) {
+                    const long long h = h0 + p;
+                    if (h < 0 || h >= H) continue;
+                    for (long long q = 0; q < KW; ++q) {
+                        const long long w = wk + q;
+                        if (w < 0 || w >= W) continue;
+                        take_max(xp[h * W + w], h * W + w, best, best_at);
+                    }
                 }
             }
+            y[i + k] = best;
+            argmax[i + k] = (int)best_at;
         }
-        y[i] = best;
-        argmax[i] = (int)best_at;
     }
 }
 
@@ -175,7 +225,14 @@ __global__ void avgpool2d_forward(const T* __restrict__ x, T* __restrict__ y,
     // 2x2 fast path as in maxpool2d_forward (same conditions, same order of the additions)
     const bool two_by_two = KH == 2 && KW == 2 && SW == 2 && PW == 0;
     const bool paired = two_by_two && W % 2 == 0 && pair_aligned(x);
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
+    // two outputs per thread, Quad loads, one Pair store: as in maxpool2d_forward
+    const bool quad = paired && SH == 2 && PH == 0 && W % 4 == 0 && quad_aligned(x) &&
+                      pair_aligned(y);
+    const long long per = quad ? 2 : 1;                  // outputs per item
+    const long long items = total / per;                 // total is even when quad
+    for (long long it = (long long)blockIdx.x * blockDim.x + threadIdx.x; it < items;
+         it += step) {
+        const long long i = it * per;                    // the item's first output
         const long long orow = i / OW;                   // (n, c, oh)
         const long long ow = i - orow * OW;
         const long long plane = orow / OH;               // n*C + c
@@ -183,53 +240,76 @@ __global__ void avgpool2d_forward(const T* __restrict__ x, T* __restrict__ y,
         const T* xp = x + plane * H * W;
         const long long h0 = oh * SH - PH;
         const long long w0 = ow * SW - PW;
-        T sum = T(0);
-        if (two_by_two) {
-            const long long h1 = h0 + 1;
-            const bool top = h0 >= 0 && h0 < H;
-            const bool bottom = h1 >= 0 && h1 < H;
-            T v00 = T(0), v01 = T(0), v10 = T(0), v11 = T(0);
-            if (paired) {
+        if (quad && h0 >= 0 && h0 + 1 < H) {             // (always, but checked)
+            const long long at = h0 * W + w0;
+            const Quad<T> t = *reinterpret_cast<const Quad<T>*>(xp + at);
+            const Quad<T> u = *reinterpret_cast<const Quad<T>*>(xp + at + W);
+            T s0 = T(0), s1 = T(0);                      // the general path's order of additions
+            s0 += t.a;
+            s0 += t.b;
+            s0 += u.a;
+            s0 += u.b;
+            s1 += t.c;
+            s1 += t.d;
+            s1 += u.c;
+            s1 += u.d;
+            Pair<T> yo;
+            yo.a = s0 * inv_area;
+            yo.b = s1 * inv_area;
+            *reinterpret_cast<Pair<T>*>(y + i) = yo;
+            continue;
+        }
+        // one output per item, or (quad, should its rows be outside the plane) two
+        for (long long k = 0; k < per; ++k) {
+            const long long wk = w0 + k * SW;
+            T sum = T(0);
+            if (two_by_two) {
+                const long long h1 = h0 + 1;
+                const bool top = h0 >= 0 && h0 < H;
+                const bool bottom = h1 >= 0 && h1 < H;
+                T v00 = T(0), v01 = T(0), v10 = T(0), v11 = T(0);
+                if (paired) {
+                    if (top) {
+                        const Pair<T> p = *reinterpret_cast<const Pair<T>*>(xp + h0 * W + wk);
+                        v00 = p.a;
+                        v01 = p.b;
+                    }
+                    if (bottom) {
+                        const Pair<T> p = *reinterpret_cast<const Pair<T>*>(xp + h1 * W + wk);
+                        v10 = p.a;
+                        v11 = p.b;
+                    }
+                } else {
+                    if (top) {
+                        v00 = xp[h0 * W + wk];
+                        v01 = xp[h0 * W + wk + 1];
+                    }
+                    if (bottom) {
+                        v10 = xp[h1 * W + wk];
+                        v11 = xp[h1 * W + wk + 1];
+                    }
+                }
                 if (top) {
-                    const Pair<T> p = *reinterpret_cast<const Pair<T>*>(xp + h0 * W + w0);
-                    v00 = p.a;
-                    v01 = p.b;
+                    sum += v00;
+                    sum += v01;
                 }
                 if (bottom) {
-                    const Pair<T> p = *reinterpret_cast<const Pair<T>*>(xp + h1 * W + w0);
-                    v10 = p.a;
-                    v11 = p.b;
+                    sum += v10;
+                    sum += v11;
                 }
             } else {
-                if (top) {
-                    v00 = xp[h0 * W + w0];
-                    v01 = xp[h0 * W + w0 + 1];
-                }
-                if (bottom) {
-                    v10 = xp[h1 * W + w0];
-                    v11 = xp[h1 * W + w0 + 1];
-                }
-            }
-            if (top) {
-                sum += v00;
-                sum += v01;
-            }
-            if (bottom) {
-                sum += v10;
-                sum += v11;
-            }
-        } else {
-            for (long long p = 0; p < KH; ++p) {
-                const long long h = h0 + p;
-                if (h < 0 || h >= H) continue;
-                for (long long q = 0; q < KW; ++q) {
-                    const long long w = w0 + q;
-                    if (w < 0 || w >= W) continue;
-                    sum += xp[h * W + w];
+                for (long long p = 0; p < KH; ++p) {
+                    const long long h = h0 + p;
+                    if (h < 0 || h >= H) continue;
+                    for (long long q = 0; q < KW; ++q) {
+                        const long long w = wk + q;
+                        if (w < 0 || w >= W) continue;
+                        sum += xp[h * W + w];
+                    }
                 }
             }
+            y[i + k] = sum * inv_area;
         }
-        y[i] = sum * inv_area;
     }
 }
 
