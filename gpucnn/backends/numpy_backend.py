@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -143,6 +144,98 @@ PARALLEL_MIN_ELEMENTS = 1 << 18
 PARALLEL_MIN_FLOPS = 1 << 22
 
 
+_local = threading.local()
+SCRATCH_ENTRIES = 48
+
+
+def _scratch(key, shape, dtype):
+    """A work buffer of this thread, zeroed when first made and reused by later calls.
+
+    Fresh large buffers cost page faults on every call (measured: most of a small
+    convolution's time).  A user of a buffer may rely on elements it never writes
+    staying zero, so ``key`` names the user and every parameter that decides which
+    elements it writes.
+    """
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    full = (key, tuple(shape), np.dtype(dtype).str)
+    buf = bufs.pop(full, None)
+    if buf is None:
+        buf = np.zeros(shape, dtype=dtype)
+        if len(bufs) >= SCRATCH_ENTRIES:
+            bufs.pop(next(iter(bufs)))          # the least recently used
+    bufs[full] = buf                            # most recently used last
+    return buf
+
+
+class _OutputPool:
+    """Recycles the memory of large primitive outputs once nothing references them.
+
+    A fresh large array is mapped from the OS and every page faults on first touch
+    (measured here: about 0.5 ms per MB, a quarter of a small LeNet step).  Each
+    output of at least ``min_bytes`` is handed out as a view of a pooled base
+    buffer; a base is reused only when its reference count shows that no view of
+    it (nor anything else) is alive, so a live result is never overwritten.  At
+    most ``max_bytes`` are pooled; free buffers are dropped oldest first.
+    """
+
+    def __init__(self, min_bytes=1 << 18, max_bytes=1 << 30):
+        self.min_bytes, self.max_bytes = min_bytes, max_bytes
+        self._free_refs = None
+        self._bufs = []                    # uint8 base buffers, oldest first
+        self._nbytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _refs_when_free():
+        """sys.getrefcount of a base that only the pool holds, probed the way empty() looks."""
+        bufs = [np.empty(1, np.uint8)]
+        i = 0
+        b = bufs[i]
+        return sys.getrefcount(b)
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < self.min_bytes or self.max_bytes <= 0 or not hasattr(sys, "getrefcount"):
+            return np.empty(shape, dtype=dtype)
+        with self._lock:
+            if self._free_refs is None:
+                self._free_refs = self._refs_when_free()
+            bufs = self._bufs
+            for i in range(len(bufs)):
+                b = bufs[i]
+                if b.nbytes == nbytes and sys.getrefcount(b) == self._free_refs:
+                    out = b.view(dtype).reshape(shape)         # the view now holds b
+                    bufs.append(bufs.pop(i))                   # most recently used last
+                    return out
+            b = np.empty(nbytes, dtype=np.uint8)
+            out = b.view(dtype).reshape(shape)
+            bufs.append(b)
+            self._nbytes += nbytes
+            del b
+            if self._nbytes > self.max_bytes:                  # drop free buffers, oldest first
+                keep = []
+                for i in range(len(bufs)):
+                    b = bufs[i]
+                    if self._nbytes > self.max_bytes and sys.getrefcount(b) == self._free_refs:
+                        self._nbytes -= b.nbytes
+                    else:
+                        keep.append(b)
+                    del b
+                self._bufs = keep
+            return out
+
+
+_POOL = _OutputPool()
+
+
+def _empty(shape, dtype):
+    """np.empty for primitive outputs, from the recycling pool when large."""
+    return _POOL.empty(shape, dtype)
+
+
 def _elementwise(n_items, item_size, fn):
     """fn(start, end) over ranges of n_items, in parallel when the work is large enough."""
     ranges = _WORKERS.parts(n_items, item_size, PARALLEL_MIN_ELEMENTS)
@@ -258,11 +351,8 @@ class _Wide:
         self.q = self.oh * self.wp                          # wide output length per plane
         self.length = self.hp * self.wp + self.kw - 1       # padded plane + the last window's tail
 
-    def planes(self, g, dtype):
-        """Zeroed (g, C, length) padded planes; interior() views the image inside."""
-        return np.zeros((g, self.c, self.length), dtype=dtype)
-
     def interior(self, planes):
+        """The image inside (g, C, length) padded planes, as a (g, C, H, W) view."""
         g = planes.shape[0]
         img = planes[:, :, :self.hp * self.wp].reshape(g, self.c, self.hp, self.wp)
         return img[:, :, self.ph:self.ph + self.h, self.pw:self.pw + self.w]
@@ -349,26 +439,26 @@ class NumpyBackend:
         oh, ow = _out_size(h, kh, stride[0], padding[0]), _out_size(wd, kw, stride[1], padding[1])
         k, p = c * kh * kw, oh * ow
         w2 = w.reshape(o, k)
-        y = np.empty((n, o, oh, ow), dtype=x.dtype)
+        y = _empty((n, o, oh, ow), x.dtype)
         pointwise = _is_pointwise((kh, kw), stride, padding)
 
         wide = _Wide(x.shape, (kh, kw), padding) if _use_wide(c, o, (kh, kw), stride, padding, (h, wd)) else None
 
+        geom = (x.shape[1:], (kh, kw), tuple(stride), tuple(padding), o)
+
         def part_wide(s0, e0):
             q = wide.q
             g = _chunk(e0 - s0, k * q * x.itemsize)
-            planes = wide.planes(g, x.dtype)
-            cols = np.empty((g, k, q), dtype=x.dtype)
-            yw = np.empty((g, o, q), dtype=x.dtype)
+            planes = _scratch(("fwd-planes", geom), (g, c, wide.length), x.dtype)
+            cols = _scratch(("fwd-cols", geom), (g, k, q), x.dtype)
+            yw = _scratch(("fwd-y", geom), (g, o, q), x.dtype)
             for s in range(s0, e0, g):
                 e = min(e0, s + g)
-                if e - s != g:
-                    g = e - s
-                    planes, cols, yw = planes[:g], cols[:g], yw[:g]
-                wide.interior(planes)[...] = x[s:e]
-                np.copyto(cols.reshape(g, c, kh, kw, q), wide.windows(planes))
-                np.matmul(w2, cols, out=yw)
-                y[s:e] = yw.reshape(g, o, oh, wide.wp)[..., :ow]
+                pl, cl, yc = planes[:e - s], cols[:e - s], yw[:e - s]
+                wide.interior(pl)[...] = x[s:e]          # the padding around stays 0
+                np.copyto(cl.reshape(e - s, c, kh, kw, q), wide.windows(pl))
+                np.matmul(w2, cl, out=yc)
+                y[s:e] = yc.reshape(e - s, o, oh, wide.wp)[..., :ow]
 
         def part(s0, e0):
             if pointwise:
@@ -377,7 +467,8 @@ class NumpyBackend:
             if wide is not None:
                 return part_wide(s0, e0)
             g = _chunk(e0 - s0, k * p * x.itemsize)
-            buf = np.zeros((g, c, kh, kw, oh, ow), dtype=x.dtype)   # (samples, C*kh*kw, OH*OW)
+            # (samples, C*kh*kw, OH*OW); padding positions are never written and stay 0
+            buf = _scratch(("fwd-rect", geom), (g, c, kh, kw, oh, ow), x.dtype)
             for s in range(s0, e0, g):
                 e = min(e0, s + g)
                 cols = buf[:e - s]
@@ -394,27 +485,26 @@ class NumpyBackend:
         k, p = c * kh * kw, oh * ow
         w2t = w.reshape(o, k).T
         pointwise = _is_pointwise((kh, kw), stride, padding)
-        dx = np.empty(x_shape, dtype=dy.dtype)
+        dx = _empty(x_shape, dy.dtype)
 
         wide = _Wide(x_shape, (kh, kw), padding) if _use_wide(c, o, (kh, kw), stride, padding, (h, wd)) else None
+
+        geom = (tuple(x_shape[1:]), (kh, kw), tuple(stride), tuple(padding), o)
 
         def part_wide(s0, e0):
             q = wide.q
             g = _chunk(e0 - s0, k * q * dy.itemsize)
-            dyw = np.zeros((g, o, oh, wide.wp), dtype=dy.dtype)     # extra columns stay 0
-            dcols = np.empty((g, k, q), dtype=dy.dtype)
-            planes = wide.planes(g, dy.dtype)
+            dyw = _scratch(("bwd-dy", geom), (g, o, oh, wide.wp), dy.dtype)  # extra columns stay 0
+            dcols = _scratch(("bwd-cols", geom), (g, k, q), dy.dtype)
+            planes = _scratch(("bwd-planes", geom), (g, c, wide.length), dy.dtype)
             for s in range(s0, e0, g):
                 e = min(e0, s + g)
-                if e - s != g:
-                    g = e - s
-                    dyw, dcols, planes = dyw[:g], dcols[:g], planes[:g]
-                dyw[..., :ow] = dy[s:e]
-                np.matmul(w2t, dyw.reshape(g, o, wide.q), out=dcols)
-                if s != s0:
-                    planes[...] = 0
-                wide.col2im_add(planes, dcols.reshape(g, c, kh, kw, q))
-                dx[s:e] = wide.interior(planes)
+                dw_, dc, pl = dyw[:e - s], dcols[:e - s], planes[:e - s]
+                dw_[..., :ow] = dy[s:e]
+                np.matmul(w2t, dw_.reshape(e - s, o, q), out=dc)
+                pl[...] = 0
+                wide.col2im_add(pl, dc.reshape(e - s, c, kh, kw, q))
+                dx[s:e] = wide.interior(pl)
 
         def part(s0, e0):
             if pointwise:
@@ -424,7 +514,7 @@ class NumpyBackend:
                 return part_wide(s0, e0)
             dx[s0:e0] = 0
             g = _chunk(e0 - s0, k * p * dy.itemsize)
-            buf = np.empty((g, k, p), dtype=dy.dtype)
+            buf = _scratch(("bwd-rect", geom), (g, k, p), dy.dtype)
             for s in range(s0, e0, g):
                 e = min(e0, s + g)
                 dcols = np.matmul(w2t, dy[s:e].reshape(e - s, o, p), out=buf[:e - s])
@@ -467,31 +557,31 @@ class NumpyBackend:
         per_chunk = k >= p
         pw_ = wide.wp if wide is not None else ow
 
+        geom = (x.shape[1:], (kh, kw), tuple(stride), tuple(padding), o, wide is not None)
+
         def part(s0, e0):
             g = _chunk(e0 - s0, k * p * dy.itemsize)
-            planes = wide.planes(g, dy.dtype) if wide is not None else None
+            planes = (_scratch(("wgt-planes", geom), (g, c, wide.length), dy.dtype)
+                      if wide is not None else None)
             dw = None
             for s in range(s0, e0, g):
                 e = min(e0, s + g)
-                if s == s0 or e - s != g:          # buffers: the first chunk and a short last one
-                    gg = e - s
-                    if per_chunk:
-                        cols_t = np.zeros((c, kh, kw, gg, p), dtype=dy.dtype)
-                        dy_t = np.zeros((o, gg, oh, pw_), dtype=dy.dtype)
-                    else:
-                        cols = np.zeros((gg, c, kh, kw, p), dtype=dy.dtype)
-                        dyw = np.zeros((gg, o, oh, pw_), dtype=dy.dtype) if wide is not None else None
-                    if planes is not None:
-                        planes = planes[:gg]
+                gg = e - s
+                pl = planes[:gg] if planes is not None else None
+                # every buffer below: the elements never written (padding, extra columns) stay 0
                 if per_chunk:
-                    fill(cols_t.transpose(3, 0, 1, 2, 4), planes, s, e)
+                    cols_t = _scratch(("wgt-cols-t", geom), (c, kh, kw, gg, p), dy.dtype)
+                    dy_t = _scratch(("wgt-dy-t", geom), (o, gg, oh, pw_), dy.dtype)
+                    fill(cols_t.transpose(3, 0, 1, 2, 4), pl, s, e)
                     dy_into(dy_t.transpose(1, 0, 2, 3), s, e)
                     a, b = dy_t.reshape(o, gg * p), cols_t.reshape(k, gg * p)
                     # OpenBLAS is up to twice as fast with the longer side as the GEMM's M
                     prod = a @ b.T if o >= k else (b @ a.T).T
                 else:
-                    fill(cols, planes, s, e)
-                    if dyw is not None:
+                    cols = _scratch(("wgt-cols", geom), (g, c, kh, kw, p), dy.dtype)[:gg]
+                    fill(cols, pl, s, e)
+                    if wide is not None:
+                        dyw = _scratch(("wgt-dy", geom), (g, o, oh, pw_), dy.dtype)[:gg]
                         dy_into(dyw, s, e)
                         d3 = dyw.reshape(gg, o, p)
                     else:
@@ -511,13 +601,13 @@ class NumpyBackend:
 
     # ---------------------------------------------------------------- dense
     def linear_forward(self, x, w):
-        y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+        y = _empty((x.shape[0], w.shape[0]), x.dtype)
         _WORKERS.run(lambda s, e: np.matmul(x[s:e], w.T, out=y[s:e]),
                      _WORKERS.parts(x.shape[0], w.size, PARALLEL_MIN_FLOPS), blas=True)
         return y
 
     def linear_backward_data(self, dy, w):
-        dx = np.empty((dy.shape[0], w.shape[1]), dtype=dy.dtype)
+        dx = _empty((dy.shape[0], w.shape[1]), dy.dtype)
         _WORKERS.run(lambda s, e: np.matmul(dy[s:e], w, out=dx[s:e]),
                      _WORKERS.parts(dy.shape[0], w.size, PARALLEL_MIN_FLOPS), blas=True)
         return dx
@@ -562,8 +652,8 @@ class NumpyBackend:
         oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
         if kh * kw > 255:                  # window offsets no longer fit the uint8 bookkeeping
             return _maxpool_exact(x, kernel, stride, padding, (oh, ow))
-        y = np.empty((n, c, oh, ow), dtype=x.dtype)
-        argmax = np.empty((n, c, oh, ow), dtype=np.int32)
+        y = _empty((n, c, oh, ow), x.dtype)
+        argmax = _empty((n, c, oh, ow), np.int32)
         finite = _elementwise(n, x[0].size, lambda s, e: _maxpool_part(
             x[s:e], y[s:e], argmax[s:e], kernel, stride, padding))
         if not all(finite):                # NaN or infinity in x: the careful path
@@ -572,7 +662,7 @@ class NumpyBackend:
 
     def maxpool2d_backward(self, dy, argmax, x_shape, kernel, stride, padding):
         n, c, h, w = x_shape
-        dx = np.empty(x_shape, dtype=dy.dtype)
+        dx = _empty(x_shape, dy.dtype)
         _elementwise(n, c * h * w, lambda s, e: _maxpool_backward_part(
             dy[s:e], argmax[s:e], dx[s:e], kernel, stride, padding))
         return dx
@@ -583,7 +673,7 @@ class NumpyBackend:
         sh, sw = stride
         ph, pw = padding
         oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
-        y = np.empty((n, c, oh, ow), dtype=x.dtype)
+        y = _empty((n, c, oh, ow), x.dtype)
         scale = x.dtype.type(1.0 / (kh * kw))
 
         def part(s, e):
@@ -609,7 +699,7 @@ class NumpyBackend:
         kh, kw = kernel
         oh, ow = dy.shape[2], dy.shape[3]
         scale = dy.dtype.type(1.0 / (kh * kw))
-        dx = np.empty(x_shape, dtype=dy.dtype)
+        dx = _empty(x_shape, dy.dtype)
 
         def part(s, e):
             g = dy[s:e] * scale
@@ -755,7 +845,7 @@ class NumpyBackend:
 def _flat_pair(a):
     """(a flattened, an empty flat array of a's dtype): the operands of an elementwise op."""
     flat = np.ascontiguousarray(a).reshape(-1)
-    return flat, np.empty(flat.size, dtype=a.dtype)
+    return flat, _empty(flat.size, a.dtype)
 
 
 def _maxpool_part(x, y, argmax, kernel, stride, padding):
