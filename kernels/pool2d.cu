@@ -349,6 +349,9 @@ __global__ void avgpool2d_backward(const T* __restrict__ dy, T* __restrict__ dx,
 // b < ceil((W + PW) / SW); each input element lies in exactly one cell, and a cell meets at
 // most window (a, b).  One thread per cell (n, c, a, b): writes dx for the cell's in-plane
 // elements, dy[n, c, a, b] where argmax chose the element, else 0.
+// MaxPool2d(2) without padding, H even, W % 4 == 0, aligned arrays: cells are the windows
+// (cell index = output index), and each thread takes two neighbouring cells: dy and argmax
+// one Pair load each, each of the two dx rows one Quad store.
 template <typename T>
 __global__ void maxpool2d_backward_disjoint(const T* __restrict__ dy,
                                             const int* __restrict__ argmax, T* __restrict__ dx,
@@ -364,46 +367,71 @@ __global__ void maxpool2d_backward_disjoint(const T* __restrict__ dy,
     // each row one Pair store when W is even and dx is Pair-aligned
     const bool two_by_two = KH == 2 && KW == 2 && SH == 2 && SW == 2 && PW == 0;
     const bool paired = two_by_two && W % 2 == 0 && pair_aligned(dx);
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
+    const bool quad = paired && PH == 0 && H % 2 == 0 && W % 4 == 0 && quad_aligned(dx) &&
+                      pair_aligned(dy) && pair_aligned(argmax);
+    const long long per = quad ? 2 : 1;                  // cells per item
+    const long long items = total / per;                 // total is even when quad
+    for (long long it = (long long)blockIdx.x * blockDim.x + threadIdx.x; it < items;
+         it += step) {
+        const long long i = it * per;                    // the item's first cell
         const long long crow = i / B;                    // (n, c, a)
         const long long b = i - crow * B;
         const long long plane = crow / A;                // n*C + c
         const long long a = crow - plane * A;
-        const bool has_window = a < OH && b < OW;
-        const long long o = plane * OH * OW + a * OW + b;
-        const T g = has_window ? dy[o] : T(0);
-        const long long chosen = has_window ? (long long)argmax[o] : -1;
         T* dxp = dx + plane * H * W;
-        if (two_by_two) {
-            // the cell is the window: columns w0, w0 + 1 (the second may pass the edge when
-            // W is odd), rows 2a - PH + r for r = 0, 1
-            const long long w0 = 2 * b;
+        if (quad && a < OH && b + 1 < OW && 2 * a + 1 < H) {   // (always, but checked)
+            const long long o = plane * OH * OW + a * OW + b;
+            const Pair<T> g = *reinterpret_cast<const Pair<T>*>(dy + o);
+            const Pair<int> chosen = *reinterpret_cast<const Pair<int>*>(argmax + o);
+            const long long at = 2 * a * W + 2 * b;      // top-left of cell b
             for (int r = 0; r < 2; ++r) {
-                const long long h = 2 * a + r - PH;
-                if (h < 0 || h >= H) continue;
-                const long long at = h * W + w0;
-                const T g0 = chosen == at ? g : T(0);
-                const T g1 = chosen == at + 1 ? g : T(0);
-                if (paired) {
-                    Pair<T> pr;
-                    pr.a = g0;
-                    pr.b = g1;
-                    *reinterpret_cast<Pair<T>*>(dxp + at) = pr;
-                } else {
-                    dxp[at] = g0;
-                    if (w0 + 1 < W) dxp[at + 1] = g1;
-                }
+                const long long row = at + r * W;
+                Quad<T> q;
+                q.a = chosen.a == row ? g.a : T(0);
+                q.b = chosen.a == row + 1 ? g.a : T(0);
+                q.c = chosen.b == row + 2 ? g.b : T(0);
+                q.d = chosen.b == row + 3 ? g.b : T(0);
+                *reinterpret_cast<Quad<T>*>(dxp + row) = q;
             }
             continue;
         }
-        for (long long hp = a * SH; hp < a * SH + SH; ++hp) {
-            const long long h = hp - PH;
-            if (h < 0 || h >= H) continue;
-            for (long long wp = b * SW; wp < b * SW + SW; ++wp) {
-                const long long w = wp - PW;
-                if (w < 0 || w >= W) continue;
-                const bool in_window = has_window && hp - a * SH < KH && wp - b * SW < KW;
-                dxp[h * W + w] = (in_window && chosen == h * W + w) ? g : T(0);
+        // one cell per item, or (quad, should the check above fail) two
+        for (long long bk = b; bk < b + per; ++bk) {
+            const bool has_window = a < OH && bk < OW;
+            const long long o = plane * OH * OW + a * OW + bk;
+            const T g = has_window ? dy[o] : T(0);
+            const long long chosen = has_window ? (long long)argmax[o] : -1;
+            if (two_by_two) {
+                // the cell is the window: columns w0, w0 + 1 (the second may pass the edge
+                // when W is odd), rows 2a - PH + r for r = 0, 1
+                const long long w0 = 2 * bk;
+                for (int r = 0; r < 2; ++r) {
+                    const long long h = 2 * a + r - PH;
+                    if (h < 0 || h >= H) continue;
+                    const long long at = h * W + w0;
+                    const T g0 = chosen == at ? g : T(0);
+                    const T g1 = chosen == at + 1 ? g : T(0);
+                    if (paired) {
+                        Pair<T> pr;
+                        pr.a = g0;
+                        pr.b = g1;
+                        *reinterpret_cast<Pair<T>*>(dxp + at) = pr;
+                    } else {
+                        dxp[at] = g0;
+                        if (w0 + 1 < W) dxp[at + 1] = g1;
+                    }
+                }
+                continue;
+            }
+            for (long long hp = a * SH; hp < a * SH + SH; ++hp) {
+                const long long h = hp - PH;
+                if (h < 0 || h >= H) continue;
+                for (long long wp = bk * SW; wp < bk * SW + SW; ++wp) {
+                    const long long w = wp - PW;
+                    if (w < 0 || w >= W) continue;
+                    const bool in_window = has_window && hp - a * SH < KH && wp - bk * SW < KW;
+                    dxp[h * W + w] = (in_window && chosen == h * W + w) ? g : T(0);
+                }
             }
         }
     }
@@ -411,7 +439,8 @@ __global__ void maxpool2d_backward_disjoint(const T* __restrict__ dy,
 
 // Disjoint windows only (SH >= KH, SW >= KW), cells as for maxpool2d_backward_disjoint.
 // One thread per cell (n, c, a, b): writes dx for the cell's in-plane elements,
-// dy[n, c, a, b] * inv_area inside window (a, b), else 0.
+// dy[n, c, a, b] * inv_area inside window (a, b), else 0.  Two cells per thread (one Pair
+// load, two Quad stores) under the conditions of maxpool2d_backward_disjoint.
 template <typename T>
 __global__ void avgpool2d_backward_disjoint(const T* __restrict__ dy, T* __restrict__ dx,
                                             long long N, long long C, long long H, long long W,
@@ -427,41 +456,62 @@ __global__ void avgpool2d_backward_disjoint(const T* __restrict__ dy, T* __restr
     // each row one Pair store when W is even and dx is Pair-aligned
     const bool two_by_two = KH == 2 && KW == 2 && SH == 2 && SW == 2 && PW == 0;
     const bool paired = two_by_two && W % 2 == 0 && pair_aligned(dx);
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
+    const bool quad = paired && PH == 0 && H % 2 == 0 && W % 4 == 0 && quad_aligned(dx) &&
+                      pair_aligned(dy);
+    const long long per = quad ? 2 : 1;                  // cells per item
+    const long long items = total / per;                 // total is even when quad
+    for (long long it = (long long)blockIdx.x * blockDim.x + threadIdx.x; it < items;
+         it += step) {
+        const long long i = it * per;                    // the item's first cell
         const long long crow = i / B;                    // (n, c, a)
         const long long b = i - crow * B;
         const long long plane = crow / A;                // n*C + c
         const long long a = crow - plane * A;
-        const bool has_window = a < OH && b < OW;
-        const T g = has_window ? dy[plane * OH * OW + a * OW + b] * inv_area : T(0);
         T* dxp = dx + plane * H * W;
-        if (two_by_two) {
-            // as in maxpool2d_backward_disjoint: the cell is the window
-            const long long w0 = 2 * b;
-            for (int r = 0; r < 2; ++r) {
-                const long long h = 2 * a + r - PH;
-                if (h < 0 || h >= H) continue;
-                const long long at = h * W + w0;
-                if (paired) {
-                    Pair<T> pr;
-                    pr.a = g;
-                    pr.b = g;
-                    *reinterpret_cast<Pair<T>*>(dxp + at) = pr;
-                } else {
-                    dxp[at] = g;
-                    if (w0 + 1 < W) dxp[at + 1] = g;
-                }
-            }
+        if (quad && a < OH && b + 1 < OW && 2 * a + 1 < H) {   // (always, but checked)
+            const Pair<T> g = *reinterpret_cast<const Pair<T>*>(dy + plane * OH * OW + a * OW + b);
+            Quad<T> q;
+            q.a = g.a * inv_area;
+            q.b = q.a;
+            q.c = g.b * inv_area;
+            q.d = q.c;
+            const long long at = 2 * a * W + 2 * b;      // top-left of cell b
+            *reinterpret_cast<Quad<T>*>(dxp + at) = q;
+            *reinterpret_cast<Quad<T>*>(dxp + at + W) = q;
             continue;
         }
-        for (long long hp = a * SH; hp < a * SH + SH; ++hp) {
-            const long long h = hp - PH;
-            if (h < 0 || h >= H) continue;
-            for (long long wp = b * SW; wp < b * SW + SW; ++wp) {
-                const long long w = wp - PW;
-                if (w < 0 || w >= W) continue;
-                const bool in_window = has_window && hp - a * SH < KH && wp - b * SW < KW;
-                dxp[h * W + w] = in_window ? g : T(0);
+        // one cell per item, or (quad, should the check above fail) two
+        for (long long bk = b; bk < b + per; ++bk) {
+            const bool has_window = a < OH && bk < OW;
+            const T g = has_window ? dy[plane * OH * OW + a * OW + bk] * inv_area : T(0);
+            if (two_by_two) {
+                // as in maxpool2d_backward_disjoint: the cell is the window
+                const long long w0 = 2 * bk;
+                for (int r = 0; r < 2; ++r) {
+                    const long long h = 2 * a + r - PH;
+                    if (h < 0 || h >= H) continue;
+                    const long long at = h * W + w0;
+                    if (paired) {
+                        Pair<T> pr;
+                        pr.a = g;
+                        pr.b = g;
+                        *reinterpret_cast<Pair<T>*>(dxp + at) = pr;
+                    } else {
+                        dxp[at] = g;
+                        if (w0 + 1 < W) dxp[at + 1] = g;
+                    }
+                }
+                continue;
+            }
+            for (long long hp = a * SH; hp < a * SH + SH; ++hp) {
+                const long long h = hp - PH;
+                if (h < 0 || h >= H) continue;
+                for (long long wp = bk * SW; wp < bk * SW + SW; ++wp) {
+                    const long long w = wp - PW;
+                    if (w < 0 || w >= W) continue;
+                    const bool in_window = has_window && hp - a * SH < KH && wp - bk * SW < KW;
+                    dxp[h * W + w] = in_window ? g : T(0);
+                }
             }
         }
     }
