@@ -363,13 +363,6 @@ class _Wide:
         return as_strided(planes, shape=(planes.shape[0], self.c, self.kh, self.kw, self.q),
                           strides=(sg, sc, self.wp * se, se, se), writeable=False)
 
-    def col2im_add(self, planes, dcols):
-        """planes[:, :, i*Wp + j + t] += dcols[:, :, i, j, t]; dcols (g, C, kh, kw, OH*Wp)."""
-        for i in range(self.kh):
-            for j in range(self.kw):
-                at = i * self.wp + j
-                planes[:, :, at:at + self.q] += dcols[:, :, i, j]
-
 
 # The wide layout saves kh*kw*C*OH short rows per sample and primitive (a few ns of
 # NumPy overhead each) and costs 2*O*C*kh*kw*OH*(Wp - OW) extra GEMM flops (at about
@@ -492,19 +485,33 @@ class NumpyBackend:
         geom = (tuple(x_shape[1:]), (kh, kw), tuple(stride), tuple(padding), o)
 
         def part_wide(s0, e0):
-            q = wide.q
-            g = _chunk(e0 - s0, k * q * dy.itemsize)
+            q, length = wide.q, wide.length
+            g = _chunk(e0 - s0, k * length * dy.itemsize)
             dyw = _scratch(("bwd-dy", geom), (g, o, oh, wide.wp), dy.dtype)  # extra columns stay 0
-            dcols = _scratch(("bwd-cols", geom), (g, k, q), dy.dtype)
-            planes = _scratch(("bwd-planes", geom), (g, c, wide.length), dy.dtype)
+            # The columns laid out (C*kh*kw, samples, length): a row of one window offset
+            # runs through all the chunk's samples, each plane `length` long, and its
+            # positions past q are never written (0).  col2im is then kh*kw adds of
+            # whole rows: offset (i, j) shifted by i*Wp + j into the planes, laid out the
+            # same way (what spills past a plane's end is those zeros).
+            dbuf = _scratch(("bwd-cols", geom), (k, g, length), dy.dtype)
+            planes = _scratch(("bwd-planes", geom), (c, (g + 1) * length), dy.dtype)
             for s in range(s0, e0, g):
                 e = min(e0, s + g)
-                dw_, dc, pl = dyw[:e - s], dcols[:e - s], planes[:e - s]
+                gs = e - s
+                dw_ = dyw[:gs]
                 dw_[..., :ow] = dy[s:e]
-                np.matmul(w2t, dw_.reshape(e - s, o, q), out=dc)
+                dcols = dbuf[:, :gs]
+                np.matmul(w2t, dw_.reshape(gs, o, q), out=dcols.transpose(1, 0, 2)[:, :, :q])
+                pl = planes[:, :(gs + 1) * length]
                 pl[...] = 0
-                wide.col2im_add(pl, dc.reshape(e - s, c, kh, kw, q))
-                dx[s:e] = wide.interior(pl)
+                rows = dcols.reshape(c, kh, kw, gs * length)
+                for i in range(kh):
+                    for j in range(kw):
+                        at = i * wide.wp + j
+                        pl[:, at:at + gs * length] += rows[:, i, j]
+                img = pl[:, :gs * length].reshape(c, gs, length)[:, :, :wide.hp * wide.wp]
+                img = img.reshape(c, gs, wide.hp, wide.wp)[:, :, wide.ph:wide.ph + h, wide.pw:wide.pw + wd]
+                dx[s:e] = img.transpose(1, 0, 2, 3)
 
         def part(s0, e0):
             if pointwise:
