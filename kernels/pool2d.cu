@@ -391,7 +391,10 @@ __global__ void maxpool2d_backward_disjoint(const T* __restrict__ dy,
                 q.b = chosen.a == row + 1 ? g.a : T(0);
                 q.c = chosen.b == row + 2 ? g.b : T(0);
                 q.d = chosen.b == row + 3 ? g.b : T(0);
-                *reinterpret_cast<Quad<T>*>(dxp + row) = q;
+                // dxp + row, written as a flat offset: (cell rows are the output rows, so
+                // the window's top-left is 2 * (i - b) * 2 + 2 * b); NVCC then emits one
+                // 16-byte store (with dxp + row it splits the store into four)
+                *reinterpret_cast<Quad<T>*>(dx + (4 * i - 2 * b + r * W)) = q;
             }
             continue;
         }
@@ -475,9 +478,11 @@ __global__ void avgpool2d_backward_disjoint(const T* __restrict__ dy, T* __restr
             q.b = q.a;
             q.c = g.b * inv_area;
             q.d = q.c;
-            const long long at = 2 * a * W + 2 * b;      // top-left of cell b
-            *reinterpret_cast<Quad<T>*>(dxp + at) = q;
-            *reinterpret_cast<Quad<T>*>(dxp + at + W) = q;
+            // dxp + 2 * a * W + 2 * b (the top-left of cell b) as a flat offset, as in
+            // maxpool2d_backward_disjoint (NVCC then keeps each store one 16-byte access)
+            const long long at = 4 * i - 2 * b;
+            *reinterpret_cast<Quad<T>*>(dx + at) = q;
+            *reinterpret_cast<Quad<T>*>(dx + (at + W)) = q;
             continue;
         }
         // one cell per item, or (quad, should the check above fail) two
