@@ -268,6 +268,18 @@ class CudaBackend:
             return 0
         return n * c * ((h + ph + sh - 1) // sh) * ((w + pw + sw - 1) // sw)
 
+    @staticmethod
+    def _per_thread(dims, backward):
+        """Items per thread of the pool2d.cu 2x2/stride-2 paths: 2 when the kernel takes two
+        outputs (forward) or two cells (backward) per thread, i.e. no padding and W % 4 == 0
+        (and H even, backward), so the launch needs half the threads; else 1.  (The kernel
+        also needs aligned arrays, which it checks itself; if not, its grid-stride loop
+        covers the rest with these threads.)"""
+        _, _, h, w, _, _, kh, kw, sh, sw, ph, pw = dims
+        quad = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+                and w % 4 == 0 and (h % 2 == 0 or not backward))
+        return 2 if quad else 1
+
     def maxpool2d_forward(self, x, kernel, stride, padding):
         dt = self._float_dtype(x, "maxpool2d_forward")
         x = self._c(x)
@@ -275,7 +287,8 @@ class CudaBackend:
         n, c, _, _, oh, ow = dims[:6]
         y = self.xp.empty((n, c, oh, ow), dtype=dt)
         argmax = self.xp.empty((n, c, oh, ow), dtype=np.int32)
-        self._launch("pool2d.cu", "maxpool2d_forward", dt, y.size, x, y, argmax,
+        self._launch("pool2d.cu", "maxpool2d_forward", dt,
+                     y.size // self._per_thread(dims, False), x, y, argmax,
                      *map(I64, dims))
         return y, argmax
 
@@ -289,7 +302,8 @@ class CudaBackend:
         dx = self.xp.empty((n, c, h, w), dtype=dt)
         cells = self._disjoint_cells(dims)
         if cells:   # windows do not overlap: one thread per stride cell
-            self._launch("pool2d.cu", "maxpool2d_backward_disjoint", dt, cells, dy, argmax, dx,
+            self._launch("pool2d.cu", "maxpool2d_backward_disjoint", dt,
+                         cells // self._per_thread(dims, True), dy, argmax, dx,
                          *map(I64, dims))
         else:       # one thread per input element, gathering from its windows
             self._launch("pool2d.cu", "maxpool2d_backward", dt, dx.size, dy, argmax, dx,
@@ -302,7 +316,8 @@ class CudaBackend:
         dims = self._pool_geometry(x.shape, kernel, stride, padding, "avgpool2d_forward")
         n, c, _, _, oh, ow, kh, kw = dims[:8]
         y = self.xp.empty((n, c, oh, ow), dtype=dt)
-        self._launch("pool2d.cu", "avgpool2d_forward", dt, y.size, x, y,
+        self._launch("pool2d.cu", "avgpool2d_forward", dt,
+                     y.size // self._per_thread(dims, False), x, y,
                      *map(I64, dims), dt.type(1.0 / (kh * kw)))
         return y
 
@@ -315,7 +330,8 @@ class CudaBackend:
         inv_area = dt.type(1.0 / (kh * kw))
         cells = self._disjoint_cells(dims)
         if cells:
-            self._launch("pool2d.cu", "avgpool2d_backward_disjoint", dt, cells, dy, dx,
+            self._launch("pool2d.cu", "avgpool2d_backward_disjoint", dt,
+                         cells // self._per_thread(dims, True), dy, dx,
                          *map(I64, dims), inv_area)
         else:
             self._launch("pool2d.cu", "avgpool2d_backward", dt, dx.size, dy, dx,
