@@ -27,8 +27,13 @@ Usage:
   python benchmarks/bench_train.py --device cuda --quick
   python benchmarks/bench_train.py --nets cifar --batch 256 --steps 40 --json out.json
 
+Before each timed step the script pauses (untimed, --pause-ms, default 10 ms):
+worker threads of the framework that ran last (OpenMP's, OpenBLAS's) spin for a
+while after their work and would otherwise compete with the next timed step.
+
 On the CPU, torch uses os.cpu_count() threads (torch.set_num_threads), and
-NumPy's BLAS uses its default (all cores for OpenBLAS).  On CUDA, torch runs
+gpucnn's NumPy backend splits its primitives over as many threads
+($GPUCNN_NUM_THREADS, default the CPUs).  On CUDA, torch runs
 cuDNN in float32 with TF32 disabled and cudnn.benchmark on; both sides are
 synchronised before each clock read.
 """
@@ -96,7 +101,7 @@ def build_torch(net, state_dict, device):
 def step_flops(net, batch):
     """3 x forward GEMM FLOPs of every conv / linear layer (see the module docstring)."""
     model = build_gpucnn(net)
-    c, h, w = IN_SHAPE[net]
+    _, h, w = IN_SHAPE[net]
     total = 0
     for layer in model:
         if isinstance(layer, gpucnn.Conv2d):
@@ -104,7 +109,6 @@ def step_flops(net, batch):
             h = (h + 2 * ph - kh) // sh + 1
             w = (w + 2 * pw - kw) // sw + 1
             total += 3 * 2 * batch * layer.out_channels * layer.in_channels * kh * kw * h * w
-            c = layer.out_channels
         elif isinstance(layer, (gpucnn.MaxPool2d, gpucnn.AvgPool2d)):
             (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
             h = (h + 2 * ph - kh) // sh + 1
@@ -203,7 +207,8 @@ def gemm_floor(device, reps=10):
     return out
 
 
-def bench_one(net, batch, device, backend, steps, warmup, use_torch, torch_device, syncs):
+def bench_one(net, batch, device, backend, steps, warmup, use_torch, torch_device, syncs,
+              pause=0.0):
     rng = np.random.default_rng(1234)
     x = rng.standard_normal((batch,) + IN_SHAPE[net], dtype=np.float32)
     y = rng.integers(0, 10, size=batch).astype(np.int64)
@@ -213,10 +218,16 @@ def bench_one(net, batch, device, backend, steps, warmup, use_torch, torch_devic
     g_times, t_times = [], []
     first_losses = None
     busy0 = own0 = wall0 = None
+    def settle():
+        if pause:
+            time.sleep(pause)
+
     for i in range(warmup + steps):
         if i == warmup:
             busy0, own0, wall0 = _busy_seconds(), _own_cpu_seconds(), time.perf_counter()
+        settle()
         dg, lg = _timed(g.step)
+        settle()
         dt, lt = _timed(t.step) if t else (None, None)
         if i == 0:
             first_losses = (float(lg), float(lt.item()) if t else None)
@@ -230,7 +241,8 @@ def bench_one(net, batch, device, backend, steps, warmup, use_torch, torch_devic
     others = (None if busy0 is None or busy1 is None else
               max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1)))
     flops = step_flops(net, batch)
-    res = {"others_cpu_share": others,"net": net, "batch": batch, "device": device, "steps": steps, "warmup": warmup,
+    res = {"net": net, "batch": batch, "device": device, "steps": steps, "warmup": warmup,
+           "pause_ms": 1e3 * pause, "others_cpu_share": others,
            "flops_per_step": flops,
            "gpucnn_ms": 1e3 * statistics.median(g_times),
            "gpucnn_gflops": flops / statistics.median(g_times) / 1e9,
@@ -252,12 +264,18 @@ def main(argv=None):
     ap.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS))
     ap.add_argument("--quick", action="store_true", help="small counts, for a fast GPU run")
     ap.add_argument("--no-torch", action="store_true", help="time gpucnn alone")
+    ap.add_argument("--pause-ms", type=float, default=10.0,
+                    help="untimed pause before each step (default 10): lets the other "
+                         "framework's idle worker threads, which spin for a while after their "
+                         "work, go to sleep instead of competing with the next timed step")
     ap.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
     args = ap.parse_args(argv)
     steps = args.steps or (20 if args.quick else 30)
     warmup = args.warmup or (3 if args.quick else 5)
     if steps < 1 or warmup < 1:
         ap.error("--steps and --warmup must be >= 1")
+    if args.pause_ms < 0:
+        ap.error("--pause-ms must be >= 0")
 
     try:
         backend, _ = backends.resolve_device(args.device)
@@ -307,7 +325,7 @@ def main(argv=None):
     if torch_note:
         print(f"bench_train: {torch_note}")
     print(f"bench_train: median of {steps} steps after {warmup} warm-up steps, float32, "
-          f"interleaved step by step")
+          f"interleaved step by step, {args.pause_ms:g} ms untimed pause before each step")
     print("bench_train: 'others' = share of the machine's CPU time used by other processes "
           "while a row was timed (a busy machine skews the figures)")
 
@@ -325,7 +343,7 @@ def main(argv=None):
     for net in args.nets:
         for batch in args.batch:
             r = bench_one(net, batch, args.device, backend, steps, warmup, use_torch,
-                          torch_device, syncs)
+                          torch_device, syncs, pause=args.pause_ms / 1e3)
             results.append(r)
             line = f"{net:6} {batch:5d} {r['gpucnn_ms']:10.2f} {r['gpucnn_gflops']:8.1f}"
             if use_torch:
