@@ -338,7 +338,7 @@ def main(argv=None):
     head = f"{'net':6} {'batch':>5} {'gpucnn ms':>10} {'GFLOP/s':>8}"
     if use_torch:
         head += f" {'torch ms':>10} {'GFLOP/s':>8} {'ratio':>6}"
-    head += "  others  first loss gpucnn / torch"
+    head += "  others  first loss gpucnn" + (" / torch" if use_torch else "")
     print(head)
     for net in args.nets:
         for batch in args.batch:
