@@ -20,7 +20,11 @@
 // the address itself, so a view that starts at an odd element falls back to single accesses).
 // Forward, MaxPool2d(2)/AvgPool2d(2) without padding and with W % 4 == 0 on Quad-aligned
 // arrays: each thread takes two neighbouring outputs, each window row pair one 16-byte
-// (float) Quad load, the outputs one Pair store.
+// (float) Quad load, the outputs one Pair store.  Backward (disjoint kernels), the same
+// with H even: two cells per thread, dy (and argmax) one Pair load, each dx row one Quad
+// store.  The host launches half the threads then (cuda_backend._per_thread); the kernels
+// check the conditions and the alignment themselves and otherwise take one item per
+// thread, which the grid-stride loop covers.
 
 template <typename T> __device__ __forceinline__ T negative_infinity();
 template <> __device__ __forceinline__ float negative_infinity<float>()
