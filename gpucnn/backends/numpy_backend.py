@@ -16,9 +16,10 @@ How the time is spent well (measured with ``benchmarks/bench_train.py``):
 * im2col copies each window offset's valid rectangle (borders stay zero in the
   reused buffer); col2im adds each offset's valid rectangle straight into dx.
   Neither pads a copy of the input nor crops a padded gradient.
-* Max pooling: a row stage then a column stage over strided slices, each keeping
-  the first maximum with a strict ``>``; the offsets live in uint8 arrays.  Its
-  backward scatters straight to the recorded index when windows do not overlap.
+* Max pooling: the maximum down whole rows first, then along columns; the first
+  maximum's window offset by walking the offsets backwards comparing with it
+  (uint8 bookkeeping).  Its backward scatters straight to the recorded index when
+  windows do not overlap.
 * ReLU's backward multiplies by the mask written as 1.0/0.0 (np.where is four
   times slower); all_finite reads the array once through a sum.
 """
@@ -871,39 +872,30 @@ def _maxpool_part(x, y, argmax, kernel, stride, padding):
         xp_[:, :, ph:ph + h, pw:pw + w] = x
     else:
         xp_ = x
-    u8 = np.uint8
-    # Two stages, each keeping the first maximum (a later element wins only when
-    # strictly greater): along each row's kw columns, then down the kh rows.  The
-    # first row holding the window's maximum, and its first column holding it, is
-    # the first maximum in row-major window order.
-    r = np.array(xp_[..., _span(0, ow, sw)])         # (n, C, Hp, OW) row maxima
-    rj = np.zeros(r.shape, dtype=u8)                 # and their column offsets
-    for j in range(1, kw):
-        v = xp_[..., _span(j, ow, sw)]
-        gt = np.greater(v, r).view(u8)
-        np.maximum(r, v, out=r)
-        d = np.subtract(u8(j), rj)
-        d *= gt
-        rj += d
-    rows = lambda a, i: a[:, :, _span(i, oh, sh)]    # noqa: E731
-    y[...] = rows(r, 0)
-    wi = np.zeros(y.shape, dtype=u8)                 # row offset of the maximum
-    wj = np.array(rows(rj, 0))                       # column offset of the maximum
+    # The maximum: down the kh rows first (whole contiguous rows), then along the kw
+    # columns of what is left.
+    r = np.array(xp_[:, :, _span(0, oh, sh), :])
     for i in range(1, kh):
-        v = rows(r, i)
-        gt = np.greater(v, y).view(u8)
-        np.maximum(y, v, out=y)
-        d = np.subtract(u8(i), wi)
-        d *= gt
-        wi += d
-        d = np.subtract(rows(rj, i), wj)             # uint8 wrap-around cancels out
-        d *= gt
-        wj += d
+        np.maximum(r, xp_[:, :, _span(i, oh, sh), :], out=r)
+    y[...] = r[..., _span(0, ow, sw)]
+    for j in range(1, kw):
+        np.maximum(y, r[..., _span(j, ow, sw)], out=y)
     if not _finite(y):
         return False
+    # The first maximum in row-major window order: walk the window offsets backwards,
+    # each one holding the maximum taking the place of any later one (uint8 offsets).
+    u8 = np.uint8
+    last = kh * kw - 1
+    k = np.full(y.shape, last, dtype=u8)
+    for kk in range(last - 1, -1, -1):
+        i, j = divmod(kk, kw)
+        eq = np.equal(xp_[:, :, _span(i, oh, sh), _span(j, ow, sw)], y).view(u8)
+        d = np.subtract(k, u8(kk))
+        d *= eq
+        k -= d
     # window offset -> flat index h*W + w in the unpadded input plane
-    np.multiply(wi, np.int32(w), out=argmax, dtype=np.int32)
-    argmax += wj
+    delta = np.array([(q // kw) * w + q % kw for q in range(last + 1)], dtype=np.int32)
+    np.take(delta, k, out=argmax, mode="clip")
     top = np.arange(oh, dtype=np.int32) * np.int32(sh) - np.int32(ph)
     left = np.arange(ow, dtype=np.int32) * np.int32(sw) - np.int32(pw)
     argmax += top[:, None] * np.int32(w) + left[None, :]
