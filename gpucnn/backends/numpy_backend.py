@@ -98,6 +98,13 @@ class _Workers:
                                                 thread_name_prefix="gpucnn-cpu")
             return self._pool
 
+    def set_threads(self, threads):
+        with self._lock:
+            self.threads = threads
+            old, self._pool = self._pool, None
+        if old is not None:
+            old.shutdown(wait=False)
+
     def _after_fork(self):
         self._pool = None
         self._lock = threading.Lock()
@@ -405,8 +412,7 @@ class NumpyBackend:
     def threads(self, value):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"NumpyBackend.threads must be a positive int, got {value!r}")
-        _WORKERS.threads = int(value)
-        _WORKERS._pool = None
+        _WORKERS.set_threads(int(value))
 
     # ---------------------------------------------------------------- arrays
     def asarray(self, a, dtype=None):
