@@ -17,10 +17,10 @@ by side as a check that both compute the same thing.
 
 FLOPs of a step are counted the same way for both frameworks: for every
 convolution and linear layer, the forward GEMM plus the two backward GEMMs
-(data and weight), i.e. 3 x 2*M*N*K.  (PyTorch skips the data gradient of the
-first layer, since the input needs no gradient; gpucnn's Sequential.backward
-computes it, because it returns d loss / d input.)  Element-wise work is not
-counted.
+(data and weight), i.e. 3 x 2*M*N*K.  Both skip the data gradient of the first
+layer (PyTorch because the input needs no gradient; gpucnn through
+``Sequential.backward(..., input_grad=False)``), so the count slightly
+overstates both equally.  Element-wise work is not counted.
 
 Usage:
   python benchmarks/bench_train.py                     # CPU, both nets, batch 64 and 256
@@ -132,7 +132,7 @@ class GpucnnRunner:
         out = self.model(self.x)
         loss = self.loss_fn(out, self.y)
         self.model.zero_grad()
-        self.model.backward(self.loss_fn.backward())
+        self.model.backward(self.loss_fn.backward(), input_grad=False)
         self.opt.step()
         self.sync()
         return loss

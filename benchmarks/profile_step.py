@@ -50,7 +50,7 @@ def main(argv=None):
         for _ in range(n):
             loss_fn(model(x), y)
             opt.zero_grad()
-            model.backward(loss_fn.backward())
+            model.backward(loss_fn.backward(), input_grad=False)
             opt.step()
         sync()
 

@@ -318,13 +318,16 @@ class Conv2d(Module):
         self._y_shape = y.shape
         return y
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        """δ for the input (None when ``input_grad`` is False); fills weight/bias ``.grad``."""
         x = self._saved("_x")
         B = self._check_grad(grad, self._y_shape, x.dtype)
         _accumulate(self.weight, B.conv2d_backward_weight(grad, x, self.weight.shape,
                                                           self.stride, self.padding))
         if self.bias is not None:
             _accumulate(self.bias, B.bias_backward(grad))
+        if not input_grad:
+            return None
         return B.conv2d_backward_data(grad, self.weight.data, x.shape, self.stride, self.padding)
 
     def __repr__(self):
@@ -356,12 +359,15 @@ class Linear(Module):
         self._x = x
         return y
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        """δ for the input (None when ``input_grad`` is False); fills weight/bias ``.grad``."""
         x = self._saved("_x")
         B = self._check_grad(grad, (x.shape[0], self.out_features), x.dtype)
         _accumulate(self.weight, B.linear_backward_weight(grad, x))
         if self.bias is not None:
             _accumulate(self.bias, B.bias_backward(grad))
+        if not input_grad:
+            return None
         return B.linear_backward_data(grad, self.weight.data)
 
     def __repr__(self):
@@ -520,11 +526,26 @@ class Sequential(Module):
                 x = layer(x)
         return x
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        """Walk the layers in reverse passing δ down; return δ for the network's input.
+
+        ``input_grad=False`` skips the input's δ (returns None), as PyTorch does for an
+        input that needs no gradient: the first layer fills only its parameters'
+        ``.grad``, and a first layer without parameters is not visited at all.
+        """
         check_float_input("Sequential.backward", grad, what="gradient")
         with _inside():
-            for layer in reversed(self.layers):
-                grad = layer.backward(grad)
+            for i in range(len(self.layers) - 1, -1, -1):
+                layer = self.layers[i]
+                if i > 0 or input_grad:
+                    grad = layer.backward(grad)
+                elif isinstance(layer, (Conv2d, Linear, Sequential)):
+                    grad = layer.backward(grad, input_grad=False)
+                elif layer.parameters():  # a user's own layer with parameters
+                    layer.backward(grad)
+                    grad = None
+                else:
+                    grad = None
         return grad
 
     def __repr__(self):

@@ -825,7 +825,7 @@ class Trainer:
                 if not math.isfinite(loss):
                     raise self._diverged(loss)
                 correct = int((backends.asnumpy(out.argmax(axis=1)) == y).sum())
-                model.backward(loss_fn.backward())
+                model.backward(loss_fn.backward(), input_grad=False)
                 self._updating = True
                 opt.step()
                 self._updating = False

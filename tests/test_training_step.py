@@ -549,3 +549,30 @@ def test_a_new_array_with_the_same_shape_is_not_mistaken_for_the_old_one():
     fn(net(buf), labels)
     net.backward(fn.backward())
     _assert_grads_match_reference(net, spec, buf, labels, "ce")
+
+
+def test_backward_without_input_grad_fills_the_same_parameter_gradients():
+    """Sequential.backward(g, input_grad=False) skips only the input's δ."""
+    import numpy as np
+    import gpucnn
+
+    def net():
+        gpucnn.manual_seed(3)
+        return gpucnn.Sequential(gpucnn.Conv2d(2, 3, 3, padding=1), gpucnn.ReLU(),
+                                 gpucnn.MaxPool2d(2), gpucnn.Flatten(), gpucnn.Linear(12, 4))
+
+    x = np.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype(np.float32)
+    g = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    full, skip = net(), net()
+    full(x)
+    dx = full.backward(g)
+    skip(x)
+    assert skip.backward(g, input_grad=False) is None
+    assert dx is not None and dx.shape == x.shape
+    for (name, a), (_, b) in zip(full.named_parameters(), skip.named_parameters()):
+        np.testing.assert_array_equal(a.grad, b.grad, err_msg=name)
+    # a parameterless first layer is simply not visited
+    lead = gpucnn.Sequential(gpucnn.Sigmoid(), gpucnn.Linear(3, 2))
+    lead(np.ones((1, 3), np.float32))
+    assert lead.backward(np.ones((1, 2), np.float32), input_grad=False) is None
+    assert lead[1].weight.grad is not None
