@@ -20,7 +20,6 @@ fails with a :class:`DataError` naming the file and the problem.
 from __future__ import annotations
 
 import gzip
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path

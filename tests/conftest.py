@@ -23,15 +23,30 @@ def pytest_generate_tests(metafunc):
             indirect=True)
 
 
-@pytest.fixture
-def other_backend(request):
-    entry = backend_registry.entry(request.param)
+def _registry_backend(name):
+    entry = backend_registry.entry(name)
     backend, reason = entry.get()
     if backend is None:
         if entry.name in os.environ.get("GPUCNN_REQUIRE", "").split(","):
             pytest.fail(f"GPUCNN_REQUIRE names {entry.name!r} but it cannot run: {reason}")
         pytest.skip(reason)
     return backend
+
+
+@pytest.fixture
+def other_backend(request):
+    return _registry_backend(request.param)
+
+
+@pytest.fixture(params=["cpu"] + [pytest.param(e.name, marks=e.marks, id=e.name)
+                                  for e in backend_registry.BACKENDS])
+def backend(request):
+    """The NumPy backend, then every backend of tests/backend_registry.py (CUDA, the CPU
+    emulator of the CUDA kernels), each to be checked against the reference directly."""
+    if request.param == "cpu":
+        from gpucnn.backends import cpu_backend
+        return cpu_backend()
+    return _registry_backend(request.param)
 
 
 @pytest.fixture

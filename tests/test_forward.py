@@ -16,8 +16,6 @@ import pytest
 
 import gpucnn
 from gpucnn import reference as R
-from gpucnn.backends import get_backend
-from tests import backend_registry
 
 F64 = dict(rtol=1e-12, atol=1e-12)
 F32 = dict(rtol=2e-5, atol=2e-5)
@@ -35,16 +33,7 @@ def npy(a):
     return np.asarray(gpucnn.asnumpy(a))
 
 
-@pytest.fixture(params=["cpu"] + [pytest.param(e.name, marks=e.marks) for e in backend_registry.BACKENDS])
-def backend(request):
-    """The NumPy backend, then every backend of tests/backend_registry.py (CUDA, the CPU
-    emulator of the CUDA kernels), each checked against the reference directly."""
-    if request.param == "cpu":
-        return get_backend("cpu")
-    b, reason = backend_registry.entry(request.param).get()
-    if b is None:
-        pytest.skip(reason)
-    return b
+# the `backend` fixture (NumPy, then each registry backend) is in tests/conftest.py
 
 
 def pair(v):

@@ -21,8 +21,6 @@ import pytest
 
 import gpucnn
 from gpucnn import reference as R
-from gpucnn.backends import get_backend
-from tests import backend_registry
 
 EPS = 1e-6
 TOL = 1e-6
@@ -342,16 +340,7 @@ def test_reference_backwards_match_finite_differences():
 # Backward primitives against the reference, on every backend present
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(params=["cpu"] + [pytest.param(e.name, marks=e.marks) for e in backend_registry.BACKENDS])
-def backend(request):
-    """The NumPy backend, then every backend of tests/backend_registry.py (CUDA, the CPU
-    emulator of the CUDA kernels), each checked against the reference directly."""
-    if request.param == "cpu":
-        return get_backend("cpu")
-    b, reason = backend_registry.entry(request.param).get()
-    if b is None:
-        pytest.skip(reason)
-    return b
+# the `backend` fixture (NumPy, then each registry backend) is in tests/conftest.py
 
 
 def _tol(dtype):

@@ -193,7 +193,7 @@ class CudaBackend:
         return dx
 
     def conv2d_backward_weight(self, dy, x, w_shape, stride, padding):
-        dt = self._float_dtype(dy, "conv2d_backward_weight")
+        self._float_dtype(dy, "conv2d_backward_weight")  # validates the dtype
         dy, x = self._c(dy), self._c(x)
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
             x.shape, w_shape, stride, padding, "conv2d_backward_weight")

@@ -297,27 +297,31 @@ def _chunk(n, per_sample_bytes):
     return max(1, min(n, CHUNK_BYTES // max(1, per_sample_bytes)))
 
 
+def _window_offsets(out_hw, in_hw, kernel, stride, padding):
+    """For each window offset (i, j) that reaches inside the input: i, j, the slice of
+    output positions (oh, ow) it covers and the strided slice of input rows/columns they read."""
+    (oh, ow), (h, w) = out_hw, in_hw
+    for i in range(kernel[0]):
+        lo_h, hi_h, in_h = _valid(oh, h, i, stride[0], padding[0])
+        if hi_h <= lo_h:
+            continue
+        for j in range(kernel[1]):
+            lo_w, hi_w, in_w = _valid(ow, w, j, stride[1], padding[1])
+            if hi_w <= lo_w:
+                continue
+            yield (i, j, (slice(lo_h, hi_h), slice(lo_w, hi_w)),
+                   (_span(in_h, hi_h - lo_h, stride[0]), _span(in_w, hi_w - lo_w, stride[1])))
+
+
 def _fill_cols(cols, x, kernel, stride, padding):
     """cols[n, c, i, j, oh, ow] = x_pad[n, c, oh*sh + i, ow*sw + j] for the valid positions.
 
     ``cols`` is a (N, C, kh, kw, OH, OW) view of any layout whose padding positions
     already hold zeros (they are never written here, so a reused buffer keeps them).
     """
-    _, _, h, w = x.shape
-    kh, kw = kernel
-    sh, sw = stride
-    ph, pw = padding
-    oh, ow = cols.shape[4], cols.shape[5]
-    for i in range(kh):
-        lo_h, hi_h, in_h = _valid(oh, h, i, sh, ph)
-        if hi_h <= lo_h:
-            continue
-        for j in range(kw):
-            lo_w, hi_w, in_w = _valid(ow, w, j, sw, pw)
-            if hi_w <= lo_w:
-                continue
-            cols[:, :, i, j, lo_h:hi_h, lo_w:hi_w] = x[:, :, _span(in_h, hi_h - lo_h, sh),
-                                                      _span(in_w, hi_w - lo_w, sw)]
+    for i, j, (out_h, out_w), (in_h, in_w) in _window_offsets(
+            cols.shape[4:], x.shape[2:], kernel, stride, padding):
+        cols[:, :, i, j, out_h, out_w] = x[:, :, in_h, in_w]
 
 
 def _is_pointwise(kernel, stride, padding):
@@ -326,21 +330,9 @@ def _is_pointwise(kernel, stride, padding):
 
 def _col2im_add(dx, dcols, kernel, stride, padding):
     """dx[n, c, oh*sh + i - ph, ow*sw + j - pw] += dcols[n, c, i, j, oh, ow] (inside dx only)."""
-    _, _, h, w = dx.shape
-    kh, kw = kernel
-    sh, sw = stride
-    ph, pw = padding
-    oh, ow = dcols.shape[4], dcols.shape[5]
-    for i in range(kh):
-        lo_h, hi_h, in_h = _valid(oh, h, i, sh, ph)
-        if hi_h <= lo_h:
-            continue
-        for j in range(kw):
-            lo_w, hi_w, in_w = _valid(ow, w, j, sw, pw)
-            if hi_w <= lo_w:
-                continue
-            dx[:, :, _span(in_h, hi_h - lo_h, sh), _span(in_w, hi_w - lo_w, sw)] += \
-                dcols[:, :, i, j, lo_h:hi_h, lo_w:hi_w]
+    for i, j, (out_h, out_w), (in_h, in_w) in _window_offsets(
+            dcols.shape[4:], dx.shape[2:], kernel, stride, padding):
+        dx[:, :, in_h, in_w] += dcols[:, :, i, j, out_h, out_w]
 
 
 class _Wide:
@@ -697,16 +689,9 @@ class NumpyBackend:
         def part(s, e):
             ys = y[s:e]
             ys[...] = 0
-            for i in range(kh):
-                lo_h, hi_h, in_h = _valid(oh, h, i, sh, ph)
-                if hi_h <= lo_h:
-                    continue
-                for j in range(kw):
-                    lo_w, hi_w, in_w = _valid(ow, w, j, sw, pw)
-                    if hi_w <= lo_w:
-                        continue
-                    ys[:, :, lo_h:hi_h, lo_w:hi_w] += x[s:e, :, _span(in_h, hi_h - lo_h, sh),
-                                                        _span(in_w, hi_w - lo_w, sw)]
+            for _, _, (out_h, out_w), (in_h, in_w) in _window_offsets(
+                    (oh, ow), (h, w), kernel, stride, padding):
+                ys[:, :, out_h, out_w] += x[s:e, :, in_h, in_w]
             ys *= scale
 
         _elementwise(n, x[0].size, part)
@@ -934,17 +919,10 @@ def _maxpool_backward_part(dy, argmax, dx, kernel, stride, padding):
     left = np.arange(ow, dtype=np.int32) * np.int32(sw) - np.int32(pw)
     rel = argmax - (top[:, None] * np.int32(w) + left[None, :])   # i*W + j of the choice
     zero = dy.dtype.type(0)
-    for i in range(kh):
-        lo_h, hi_h, in_h = _valid(oh, h, i, sh, ph)
-        if hi_h <= lo_h:
-            continue
-        for j in range(kw):
-            lo_w, hi_w, in_w = _valid(ow, w, j, sw, pw)
-            if hi_w <= lo_w:
-                continue
-            sel = (slice(None), slice(None), slice(lo_h, hi_h), slice(lo_w, hi_w))
-            dx[:, :, _span(in_h, hi_h - lo_h, sh), _span(in_w, hi_w - lo_w, sw)] += \
-                np.where(rel[sel] == i * w + j, dy[sel], zero)
+    for i, j, (out_h, out_w), (in_h, in_w) in _window_offsets(
+            (oh, ow), (h, w), kernel, stride, padding):
+        sel = (slice(None), slice(None), out_h, out_w)
+        dx[:, :, in_h, in_w] += np.where(rel[sel] == i * w + j, dy[sel], zero)
 
 
 def _maxpool_exact(x, kernel, stride, padding, out_hw):
@@ -957,18 +935,14 @@ def _maxpool_exact(x, kernel, stride, padding, out_hw):
     oh, ow = out_hw
     y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
     argmax = np.full((n, c, oh, ow), -1, dtype=np.int32)
-    for i in range(kh):
-        lo_h, hi_h, in_h = _valid(oh, h, i, sh, ph)
-        for j in range(kw):
-            lo_w, hi_w, in_w = _valid(ow, w, j, sw, pw)
-            if hi_h <= lo_h or hi_w <= lo_w:
-                continue
-            rows = np.arange(in_h, in_h + sh * (hi_h - lo_h), sh, dtype=np.int32)
-            cols = np.arange(in_w, in_w + sw * (hi_w - lo_w), sw, dtype=np.int32)
-            v = x[:, :, _span(in_h, hi_h - lo_h, sh), _span(in_w, hi_w - lo_w, sw)]
-            best = y[:, :, lo_h:hi_h, lo_w:hi_w]
-            at = argmax[:, :, lo_h:hi_h, lo_w:hi_w]
-            take = (at < 0) | (~np.isnan(best) & ((v > best) | np.isnan(v)))
-            np.copyto(best, v, where=take)
-            np.copyto(at, rows[:, None] * np.int32(w) + cols[None, :], where=take)
+    for _, _, (out_h, out_w), (in_h, in_w) in _window_offsets(
+            (oh, ow), (h, w), kernel, stride, padding):
+        rows = np.arange(in_h.start, in_h.stop, in_h.step, dtype=np.int32)[:out_h.stop - out_h.start]
+        cols = np.arange(in_w.start, in_w.stop, in_w.step, dtype=np.int32)[:out_w.stop - out_w.start]
+        v = x[:, :, in_h, in_w]
+        best = y[:, :, out_h, out_w]
+        at = argmax[:, :, out_h, out_w]
+        take = (at < 0) | (~np.isnan(best) & ((v > best) | np.isnan(v)))
+        np.copyto(best, v, where=take)
+        np.copyto(at, rows[:, None] * np.int32(w) + cols[None, :], where=take)
     return y, argmax
