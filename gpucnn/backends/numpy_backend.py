@@ -18,8 +18,9 @@ How the time is spent well (measured with ``benchmarks/bench_train.py``):
   Neither pads a copy of the input nor crops a padded gradient.
 * Max pooling: the maximum down whole rows first, then along columns; the first
   maximum's window offset by walking the offsets backwards comparing with it
-  (uint8 bookkeeping).  Its backward scatters straight to the recorded index when
-  windows do not overlap.
+  (uint8 bookkeeping); 2x2/stride-2 windows instead sort x by window offset with
+  one copy and run every comparison as one long contiguous loop.  Its backward
+  scatters straight to the recorded index when windows do not overlap.
 * ReLU's backward multiplies by the mask written as 1.0/0.0 (np.where is four
   times slower); all_finite reads the array once through a sum.
 """
