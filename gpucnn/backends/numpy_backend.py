@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import numpy_layers as _layers
+
 
 # ------------------------------------------------------------------ threads
 def _default_threads():
@@ -852,6 +854,21 @@ class NumpyBackend:
         denom *= t(1.0 / np.sqrt(bc2))
         denom += t(eps)
         param -= t(lr / bc1) * (m / denom)
+
+    # ----------------------------------------- issue 10 layers (numpy_layers.py)
+    add = staticmethod(_layers.add)
+    batchnorm_stats = staticmethod(_layers.batchnorm_stats)
+    batchnorm_forward = staticmethod(_layers.batchnorm_forward)
+    batchnorm_backward = staticmethod(_layers.batchnorm_backward)
+    batchnorm_update_running = staticmethod(_layers.batchnorm_update_running)
+    dropout_forward = staticmethod(_layers.dropout_forward)
+    dropout_backward = staticmethod(_layers.dropout_backward)
+    subsample_pad_forward = staticmethod(_layers.subsample_pad_forward)
+    subsample_pad_backward = staticmethod(_layers.subsample_pad_backward)
+    label_smoothing_cross_entropy_forward = staticmethod(
+        _layers.label_smoothing_cross_entropy_forward)
+    label_smoothing_cross_entropy_backward = staticmethod(
+        _layers.label_smoothing_cross_entropy_backward)
 
 
 def _flat_pair(a):
