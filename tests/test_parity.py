@@ -366,6 +366,164 @@ def _(B, dt):
     return dst
 
 
+# ------------------------------------------- issue 10: batch norm, dropout, residual, smoothing
+# (N, C, ...) shapes viewed as (N, C, S): NCHW, (N, C), (N, C, L), a single sample
+BN_SHAPES = [("nchw-odd", (3, 5, 7, 6)), ("2d", (9, 33)), ("ncl", (4, 6, 11)),
+             ("batch1", (1, 3, 5, 5)), ("c1-s1", (2, 1))]
+BN_LARGE = ("large", (128, 16, 32, 32))
+
+
+def _bn_inputs(seed, shape, dt, nonfinite=None):
+    """x with a channel offset (a mean to subtract), dy, per-channel weight, bias, var."""
+    c = shape[1]
+    x = _rand(seed, shape, dt, scale=2.0) + np.arange(c, dtype=dt).reshape((1, c) + (1,) * (len(shape) - 2))
+    if nonfinite is not None:   # one bad value in every channel: every statistic is NaN
+        for ch in range(c):
+            x[(0, ch) + (0,) * (len(shape) - 2)] = nonfinite
+    dy = _rand(seed + 1, shape, dt)
+    w = _rand(seed + 2, (c,), dt)
+    b = _rand(seed + 3, (c,), dt)
+    mean = _rand(seed + 4, (c,), dt)
+    var = np.abs(_rand(seed + 5, (c,), dt)) + dt(0.5)
+    return x, dy, w, b, mean, var
+
+
+for _ident, _shape in BN_SHAPES + [BN_LARGE] + [("nan-nchw", (2, 3, 4, 5)), ("inf-2d", (5, 4))]:
+    _large = _ident == "large"
+    _bad = {"nan-nchw": np.nan, "inf-2d": np.inf}.get(_ident)
+
+    @case("batchnorm_stats", _ident, _large)
+    def _(B, dt, shape=_shape, bad=_bad):
+        x = _bn_inputs(160, shape, dt, bad)[0]
+        with np.errstate(invalid="ignore"):
+            return B.batchnorm_stats(B.asarray(x))
+
+    @case("batchnorm_forward", _ident, _large)
+    def _(B, dt, shape=_shape, bad=_bad):
+        x, _, w, b, mean, var = _bn_inputs(161, shape, dt, bad)
+        with np.errstate(invalid="ignore"):
+            return B.batchnorm_forward(*(B.asarray(a) for a in (x, mean, var, w, b)), 1e-5)
+
+    for _batch_stats in (True, False):
+        @case("batchnorm_backward", f"{_ident}-{'train' if _batch_stats else 'eval'}", _large)
+        def _(B, dt, shape=_shape, bs=_batch_stats, bad=_bad):
+            from gpucnn.backends import cpu_backend as numpy_backend
+            x, dy, w, _, _, var = _bn_inputs(162, shape, dt)
+            if bs:
+                mean, var = numpy_backend().batchnorm_stats(x)
+            else:
+                mean = _rand(170, (shape[1],), dt)
+            if bad is not None:   # in every channel: every per-channel sum is non-finite
+                dy.reshape(shape[0], shape[1], -1)[0, :, 0] = bad
+            with np.errstate(invalid="ignore"):
+                return B.batchnorm_backward(*(B.asarray(a) for a in (dy, x, mean, var, w)), 1e-3, bs)
+
+
+for _ident, (_mom, _count) in [("m0.1", (0.1, 7)), ("m1-count2", (1.0, 2)), ("cumulative", (1 / 3, 1000))]:
+    @case("batchnorm_update_running", _ident)
+    def _(B, dt, mom=_mom, count=_count):
+        rm, rv = B.asarray(_rand(163, (33,), dt)), B.asarray(np.abs(_rand(164, (33,), dt)))
+        B.batchnorm_update_running(rm, rv, B.asarray(_rand(165, (33,), dt)),
+                                   B.asarray(np.abs(_rand(166, (33,), dt))), mom, count)
+        return rm, rv
+
+
+DROPOUT_SHAPES = [("nchw", (3, 4, 5, 6), 0.5), ("2d-p0.1", (7, 33), 0.1), ("p0.9", (1000,), 0.9),
+                  ("p1", (5, 5), 1.0), ("p0", (4, 9), 0.0), ("nan-inf", (6, 7), 0.5)]
+for _ident, _shape, _p in DROPOUT_SHAPES + [("large", (256, 16, 16, 16), 0.3)]:
+    for _prim in ("dropout_forward", "dropout_backward"):
+        @case(_prim, _ident, _ident == "large")
+        def _(B, dt, shape=_shape, p=_p, prim=_prim, ident=_ident):
+            x = _rand(167, shape, dt)
+            if ident == "nan-inf":
+                x.flat[::5] = np.nan
+                x.flat[1::5] = np.inf
+            with np.errstate(invalid="ignore"):
+                return getattr(B, prim)(B.asarray(x), p, 0x5DEECE66D1234567 % 2 ** 63)
+
+
+def test_dropout_mask_statistics_and_seeds(numpy_backend):
+    """The hash keeps about 1 - p of the elements, and different seeds give different masks."""
+    x = np.ones(200_000)
+    for p in (0.1, 0.5, 0.9):
+        kept = np.count_nonzero(numpy_backend.dropout_forward(x, p, 12345)) / x.size
+        assert abs(kept - (1 - p)) < 0.005, (p, kept)
+    a = numpy_backend.dropout_forward(x[:1000], 0.5, 1)
+    b = numpy_backend.dropout_forward(x[:1000], 0.5, 2)
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(a, numpy_backend.dropout_forward(x[:1000], 0.5, 1))
+    assert set(np.unique(a)) == {0.0, 2.0}
+
+
+# (N, C, H, W, out_channels, stride, pad_before)
+SUBSAMPLE_SHAPES = [("resnet-a", (2, 4, 8, 8, 8, (2, 2), 2)), ("odd-hw", (3, 3, 7, 5, 6, (2, 2), 1)),
+                    ("stride1-odd-pad", (1, 2, 4, 3, 5, (1, 1), 1)), ("rect-stride", (2, 3, 9, 6, 3, (3, 2), 0)),
+                    ("pad-after-only", (2, 2, 5, 5, 4, (2, 2), 0))]
+for _ident, (_n, _c, _h, _w, _co, _s, _pb) in SUBSAMPLE_SHAPES + [("large", (128, 16, 32, 32, 32, (2, 2), 8))]:
+    _large = _ident == "large"
+
+    @case("subsample_pad_forward", _ident, _large)
+    def _(B, dt, shape=(_n, _c, _h, _w), co=_co, s=_s, pb=_pb):
+        x = _rand(168, shape, dt)
+        x.flat[::11] = np.nan
+        return B.subsample_pad_forward(B.asarray(x), s, pb, co)
+
+    @case("subsample_pad_backward", _ident, _large)
+    def _(B, dt, shape=(_n, _c, _h, _w), co=_co, s=_s, pb=_pb):
+        oh, ow = -(-shape[2] // s[0]), -(-shape[3] // s[1])
+        dy = _rand(169, (shape[0], co, oh, ow), dt)
+        dy.flat[::13] = np.inf
+        return B.subsample_pad_backward(B.asarray(dy), shape, s, pb)
+
+
+for _ident, _shape in [("nchw", (2, 3, 4, 5)), ("2d", (7, 33)), ("one", (1,)), ("large", (256, 16, 16, 16))]:
+    @case("add", _ident, _ident == "large")
+    def _(B, dt, shape=_shape):
+        a, b = _rand(171, shape, dt), _rand(172, shape, dt)
+        if a.size > 3:
+            a.flat[:3] = (np.nan, np.inf, np.inf)
+            b.flat[:3] = (1.0, -np.inf, 2.0)
+        with np.errstate(invalid="ignore"):
+            return B.add(B.asarray(a), B.asarray(b))
+
+
+LS_SHAPES = [("1x10-e0.1", (1, 10), 0.1), ("7x3-e0.5", (7, 3), 0.5), ("64x100-e0.1", (64, 100), 0.1),
+             ("5x1-e0.2", (5, 1), 0.2), ("9x4-e1", (9, 4), 1.0)]
+for _ident, (_n, _k), _eps in LS_SHAPES:
+    @case("label_smoothing_cross_entropy_forward", _ident)
+    def _(B, dt, n=_n, k=_k, eps=_eps):
+        logits = _rand(173, (n, k), dt, scale=4.0)
+        labels = np.random.default_rng(174).integers(0, k, size=n).astype(np.int64)
+        return B.label_smoothing_cross_entropy_forward(B.asarray(logits), B.asarray(labels), eps)
+
+    @case("label_smoothing_cross_entropy_backward", _ident)
+    def _(B, dt, n=_n, k=_k, eps=_eps):
+        from gpucnn.backends import cpu_backend as numpy_backend
+        labels = np.random.default_rng(175).integers(0, k, size=n).astype(np.int64)
+        _, probs = numpy_backend().label_smoothing_cross_entropy_forward(
+            _rand(176, (n, k), dt), labels, eps)
+        return B.label_smoothing_cross_entropy_backward(B.asarray(probs), B.asarray(labels), eps)
+
+
+@case("label_smoothing_cross_entropy_forward", "extreme-nan-inf")
+def _(B, dt):
+    # (only non-finite rows: the comparison of non-finite results is exact, and exp's last
+    # bit differs between CUDA and NumPy in finite rows)
+    logits = np.array([[np.nan, 1.0, 2.0, 3.0], [np.inf, 0.0, 1.0, 2.0],
+                       [-np.inf, 0.0, 1.0, 2.0]], dtype=dt)
+    labels = np.array([3, 1, 0], dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        return B.label_smoothing_cross_entropy_forward(B.asarray(logits), B.asarray(labels), 0.1)
+
+
+@case("label_smoothing_cross_entropy_forward", "extreme-finite")
+def _(B, dt):
+    logits = np.array([[1000.0, -1000.0, 0.0, 1.0], [-1000.0, -1000.0, -999.0, 3.0],
+                       [88.0, 89.0, 90.0, 0.5]], dtype=dt)
+    labels = np.array([1, 2, 0], dtype=np.int64)
+    return B.label_smoothing_cross_entropy_forward(B.asarray(logits), B.asarray(labels), 0.3)
+
+
 # ---------------------------------------------------------------------------------- tests
 def test_every_primitive_has_cases():
     covered = {c.primitive for c in CASES}

@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from . import kernels as _K
+from .cuda_layers import LayerPrimitives
 
 I64 = np.int64
 _FLOAT_DTYPES = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
@@ -38,7 +39,7 @@ def _out_size(size, k, s, p):
     return (size + 2 * p - k) // s + 1
 
 
-class CudaBackend:
+class CudaBackend(LayerPrimitives):
     """Every primitive on device arrays of ``xp`` (CuPy), computed by our kernels."""
 
     #: upper bound on the elements of one im2col buffer; larger batches are chunked
