@@ -509,9 +509,8 @@ for _ident, (_n, _k), _eps in LS_SHAPES:
 def _(B, dt):
     # (only non-finite rows: the comparison of non-finite results is exact, and exp's last
     # bit differs between CUDA and NumPy in finite rows)
-    logits = np.array([[np.nan, 1.0, 2.0, 3.0], [np.inf, 0.0, 1.0, 2.0],
-                       [-np.inf, 0.0, 1.0, 2.0]], dtype=dt)
-    labels = np.array([3, 1, 0], dtype=np.int64)
+    logits = np.array([[np.nan, 1.0, 2.0, 3.0], [np.inf, 0.0, 1.0, 2.0]], dtype=dt)
+    labels = np.array([3, 1], dtype=np.int64)
     with np.errstate(invalid="ignore"):
         return B.label_smoothing_cross_entropy_forward(B.asarray(logits), B.asarray(labels), 0.1)
 
