@@ -182,6 +182,9 @@ def _cases():
     yield ("accumulate", "4x5", run_acc,
            lambda dt: (pp(dt).astype(np.float64) + pg(dt).astype(np.float64),))
 
+    from .check_layers import cases as _layer_cases   # issue 10's primitives
+    yield from _layer_cases()
+
 
 def _row(primitive, case, dt, compared, got, ref, backend_name):
     tol = tolerances.rtol(primitive, dt)

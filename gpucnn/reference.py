@@ -39,7 +39,8 @@ __all__ = [
     "relu_backward", "tanh", "tanh_backward", "linear", "linear_backward",
     "softmax_cross_entropy", "mse", "sgd_step", "adam_step", "pool_out_size",
     "batchnorm", "batchnorm_backward", "batchnorm_running", "dropout_mask",
-    "adaptive_avgpool2d", "subsample_pad", "label_smoothing_cross_entropy",
+    "adaptive_avgpool2d", "subsample_pad", "subsample_pad_backward",
+    "label_smoothing_cross_entropy",
 ]
 
 
@@ -576,3 +577,18 @@ def label_smoothing_cross_entropy(logits, labels, eps):
             loss -= target * logp
             grad[n, k] = (math.exp(logp) - target) / N
     return loss / N, grad
+
+
+def subsample_pad_backward(dy, x_shape, stride=2, pad_before=0):
+    """dx of the option-A shortcut: each input element that the subsampling read gets the
+    gradient of the output element it became; every other element gets zero."""
+    dy = _f64(dy)
+    N, C, H, W = x_shape
+    sh, sw = pair(stride)
+    dx = np.zeros((N, C, H, W))
+    for n in range(N):
+        for c in range(C):
+            for i in range(dy.shape[2]):
+                for j in range(dy.shape[3]):
+                    dx[n, c, i * sh, j * sw] = dy[n, c + pad_before, i, j]
+    return dx
