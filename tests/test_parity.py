@@ -501,7 +501,19 @@ def test_parity_with_a_tiny_grid(case, other_backend, numpy_backend, monkeypatch
     from gpucnn.backends import kernels
     monkeypatch.setattr(kernels, "BLOCK", 32)
     monkeypatch.setattr(kernels, "MAX_BLOCKS", 2)
-    assert kernels.launch_config(10_000) == ((2,), (32,))
+    launches = []
+    get = other_backend.loader.get
+
+    def recording_get(file, name, dtype):
+        kernel = get(file, name, dtype)
+
+        def launch(grid, block, args, *rest, **kw):
+            launches.append((name, tuple(grid), tuple(block)))
+            return kernel(grid, block, args, *rest, **kw)
+        return launch
+    monkeypatch.setattr(other_backend.loader, "get", recording_get)
     ref = _host(numpy_backend, case.run(numpy_backend, np.float64))
     got = _host(other_backend, case.run(other_backend, np.float64))
+    too_big = [l for l in launches if l[1][0] > 2 or l[2] != (32,)]
+    assert not too_big, f"launches past the tiny grid: {too_big}"
     _check(got, ref, case.primitive, np.float64, f"{case!r} float64 on {other_backend.name}, tiny grid")
