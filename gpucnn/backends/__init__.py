@@ -165,7 +165,8 @@ def resolve_device(device=None):
     if device is None:
         device = default_device()
     if not isinstance(device, str):
-        raise TypeError(f"device must be a string ('auto', 'cpu' or 'cuda'), got {type(device).__name__}")
+        raise TypeError(f"device must be a string (one of {', '.join(DEVICES)}), "
+                        f"got {type(device).__name__}")
     dev = device.strip().lower()
     if dev.startswith("cuda:"):
         dev = "cuda"

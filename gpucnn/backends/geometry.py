@@ -40,14 +40,14 @@ def _nchw(primitive, name, shape):
     return tuple(int(v) for v in shape)
 
 
-def _window_out(primitive, what, hw, kernel, stride, padding):
+def _window_out(primitive, window, x_name, hw, kernel, stride, padding):
     sh, sw = _pair(primitive, "stride", stride, 1)
     ph, pw = _pair(primitive, "padding", padding, 0)
     oh, ow = out_size(hw[0], kernel[0], sh, ph), out_size(hw[1], kernel[1], sw, pw)
     if oh < 1 or ow < 1:
-        raise ValueError(f"{primitive}: a {kernel[0]}x{kernel[1]} {what} with padding {(ph, pw)} "
-                         f"does not fit the {hw[0]}x{hw[1]} input; expected an output of at "
-                         f"least 1x1, got {oh}x{ow}")
+        raise ValueError(f"{primitive}: {window} with padding {(ph, pw)} does not fit the "
+                         f"{hw[0]}x{hw[1]} plane of {x_name}; expected a window that fits "
+                         f"(an output of at least 1x1), got {oh}x{ow}")
     return oh, ow
 
 
@@ -62,11 +62,13 @@ def conv_out_shape(primitive, x_shape, w_shape, stride, padding, x_name="x", w_n
     if kh < 1 or kw < 1:
         raise ValueError(f"{primitive}: {w_name} {(o, c2, kh, kw)} has an empty kernel; "
                          f"expected kh, kw >= 1")
-    return (n, o) + _window_out(primitive, "kernel", (h, w), (kh, kw), stride, padding)
+    return (n, o) + _window_out(primitive, f"the {kh}x{kw} kernel of {w_name}", x_name, (h, w),
+                                (kh, kw), stride, padding)
 
 
 def pool_out_shape(primitive, x_shape, kernel, stride, padding, x_name="x"):
     """``(N, C, OH, OW)`` of pooling an ``x_shape`` input with a ``kernel`` window."""
     n, c, h, w = _nchw(primitive, x_name, x_shape)
     kernel = _pair(primitive, "kernel", kernel, 1)
-    return (n, c) + _window_out(primitive, "window", (h, w), kernel, stride, padding)
+    return (n, c) + _window_out(primitive, f"kernel {kernel}", x_name, (h, w), kernel, stride,
+                                padding)
