@@ -66,8 +66,9 @@ def _same(p, name, a, dt, first):
 
 
 def _shape(p, name, a, shape, why):
+    """``a.shape == shape``; ``why()`` says where ``shape`` comes from (built on error only)."""
     if tuple(a.shape) != shape:
-        raise ValueError(f"{p}: {name} has shape {tuple(a.shape)}; expected {shape}{why}")
+        raise ValueError(f"{p}: {name} has shape {tuple(a.shape)}; expected {shape}{why()}")
 
 
 def _ndim(p, name, a, ndim, layout):
@@ -110,7 +111,8 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding):
     p = "conv2d_backward_data"
     _same(p, "w", w, _float(p, "dy", dy), "dy")
     y_shape = conv_out_shape(p, x_shape, w.shape, stride, padding, x_name="x_shape")
-    _shape(p, "dy", dy, y_shape, f", the output of x_shape {tuple(x_shape)} and w {tuple(w.shape)}")
+    _shape(p, "dy", dy, y_shape,
+           lambda: f", the output of x_shape {tuple(x_shape)} and w {tuple(w.shape)}")
 
 
 @_check
@@ -118,7 +120,8 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding):
     p = "conv2d_backward_weight"
     _same(p, "x", x, _float(p, "dy", dy), "dy")
     y_shape = conv_out_shape(p, x.shape, w_shape, stride, padding, w_name="w_shape")
-    _shape(p, "dy", dy, y_shape, f", the output of x {tuple(x.shape)} and w_shape {tuple(w_shape)}")
+    _shape(p, "dy", dy, y_shape,
+           lambda: f", the output of x {tuple(x.shape)} and w_shape {tuple(w_shape)}")
 
 
 def _matrices(p, a_name, a, b_name, b):
@@ -157,7 +160,7 @@ def bias_forward(y, b):
     _same(p, "b", b, _float(p, "y", y), "y")
     if len(y.shape) < 2:
         raise ValueError(f"{p}: y has shape {tuple(y.shape)}; expected at least 2-D (N, C, ...)")
-    _shape(p, "b", b, (y.shape[1],), f", the channels of y {tuple(y.shape)}")
+    _shape(p, "b", b, (y.shape[1],), lambda: f", the channels of y {tuple(y.shape)}")
 
 
 @_check
@@ -182,7 +185,7 @@ def maxpool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
     if _dtype(p, "argmax", argmax) != _INT32:
         raise TypeError(f"{p}: argmax has dtype {argmax.dtype}; expected int32")
     y_shape = pool_out_shape(p, x_shape, kernel, stride, padding, x_name="x_shape")
-    why = f", the output of x_shape {tuple(x_shape)}"
+    why = lambda: f", the output of x_shape {tuple(x_shape)}"  # noqa: E731
     _shape(p, "dy", dy, y_shape, why)
     _shape(p, "argmax", argmax, y_shape, why)
 
@@ -198,7 +201,7 @@ def avgpool2d_backward(dy, x_shape, kernel, stride, padding):
     p = "avgpool2d_backward"
     _float(p, "dy", dy)
     y_shape = pool_out_shape(p, x_shape, kernel, stride, padding, x_name="x_shape")
-    _shape(p, "dy", dy, y_shape, f", the output of x_shape {tuple(x_shape)}")
+    _shape(p, "dy", dy, y_shape, lambda: f", the output of x_shape {tuple(x_shape)}")
 
 
 # ------------------------------------------------------------------------- activations
@@ -227,7 +230,8 @@ def _labels(p, labels, logits_name, logits):
     if _dtype(p, "labels", labels) != _INT64:
         raise TypeError(f"{p}: labels has dtype {labels.dtype}; expected int64")
     n = logits.shape[0]
-    _shape(p, "labels", labels, (n,), f", one per row of {logits_name} {tuple(logits.shape)}")
+    _shape(p, "labels", labels, (n,),
+           lambda: f", one per row of {logits_name} {tuple(logits.shape)}")
 
 
 @_check
@@ -237,11 +241,12 @@ def softmax_cross_entropy_forward(logits, labels):
     _ndim(p, "logits", logits, 2, "(N, classes)")
     _labels(p, labels, "logits", logits)
     k = logits.shape[1]
-    if labels.shape[0]:
-        lo, hi = int(labels.min()), int(labels.max())   # one small reduction; the loss syncs anyway
-        if lo < 0 or hi >= k:
-            raise ValueError(f"{p}: labels holds {lo if lo < 0 else hi}; expected class indices "
-                             f"in [0, {k})")
+    # as unsigned, a negative label is >= k too: one comparison and one reduction (on a GPU
+    # one small sync per step; the loss itself syncs anyway)
+    if labels.shape[0] and bool((labels.view(np.uint64) >= k).any()):
+        lo, hi = int(labels.min()), int(labels.max())
+        raise ValueError(f"{p}: labels holds {lo if lo < 0 else hi}; expected class indices "
+                         f"in [0, {k})")
 
 
 @_check
@@ -273,7 +278,8 @@ def sgd_update(param, grad, buf, lr, momentum, weight_decay, nesterov, first):
     _like(p, "grad", grad, param, "param")
     if momentum:
         if buf is None:
-            raise ValueError(f"{p}: buf is None; expected a momentum buffer (momentum is {momentum})")
+            raise ValueError(f"{p}: buf is None; expected a momentum buffer "
+                             f"(momentum is {momentum})")
         _like(p, "buf", buf, param, "param")
         _contiguous(p, "buf", buf)
 

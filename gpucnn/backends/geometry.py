@@ -26,26 +26,28 @@ def _pair(primitive, name, v, low):
     """``v`` as an ``(h, w)`` pair of ints >= ``low``, or a ValueError naming it."""
     try:
         h, w = v
-        h, w = int(h), int(w)
+        if h >= low and w >= low and h == int(h) and w == int(w):
+            return h, w
     except (TypeError, ValueError):
         raise ValueError(f"{primitive}: {name} is {v!r}; expected an (h, w) pair of ints") from None
-    if h < low or w < low:
+    if h == int(h) and w == int(w):
         raise ValueError(f"{primitive}: {name} is {(h, w)}; expected values >= {low}")
-    return h, w
+    raise ValueError(f"{primitive}: {name} is {v!r}; expected an (h, w) pair of ints")
 
 
 def _nchw(primitive, name, shape):
     if len(shape) != 4:
         raise ValueError(f"{primitive}: {name} has shape {tuple(shape)}; expected 4-D (N, C, H, W)")
-    return tuple(int(v) for v in shape)
+    return shape
 
 
 def _window_out(primitive, window, x_name, hw, kernel, stride, padding):
     sh, sw = _pair(primitive, "stride", stride, 1)
     ph, pw = _pair(primitive, "padding", padding, 0)
-    oh, ow = out_size(hw[0], kernel[0], sh, ph), out_size(hw[1], kernel[1], sw, pw)
+    oh = (hw[0] + 2 * ph - kernel[0]) // sh + 1
+    ow = (hw[1] + 2 * pw - kernel[1]) // sw + 1
     if oh < 1 or ow < 1:
-        raise ValueError(f"{primitive}: {window} with padding {(ph, pw)} does not fit the "
+        raise ValueError(f"{primitive}: {window()} with padding {(ph, pw)} does not fit the "
                          f"{hw[0]}x{hw[1]} plane of {x_name}; expected a window that fits "
                          f"(an output of at least 1x1), got {oh}x{ow}")
     return oh, ow
@@ -57,18 +59,20 @@ def conv_out_shape(primitive, x_shape, w_shape, stride, padding, x_name="x", w_n
     n, c, h, w = _nchw(primitive, x_name, x_shape)
     o, c2, kh, kw = _nchw(primitive, w_name, w_shape)
     if c != c2:
-        raise ValueError(f"{primitive}: {w_name} {(o, c2, kh, kw)} takes {c2} input channels; "
-                         f"expected {c}, the channels of {x_name} {(n, c, h, w)}")
+        raise ValueError(f"{primitive}: {w_name} {tuple(w_shape)} takes {c2} input channels; "
+                         f"expected {c}, the channels of {x_name} {tuple(x_shape)}")
     if kh < 1 or kw < 1:
-        raise ValueError(f"{primitive}: {w_name} {(o, c2, kh, kw)} has an empty kernel; "
+        raise ValueError(f"{primitive}: {w_name} {tuple(w_shape)} has an empty kernel; "
                          f"expected kh, kw >= 1")
-    return (n, o) + _window_out(primitive, f"the {kh}x{kw} kernel of {w_name}", x_name, (h, w),
-                                (kh, kw), stride, padding)
+    oh, ow = _window_out(primitive, lambda: f"the {kh}x{kw} kernel of {w_name}", x_name, (h, w),
+                         (kh, kw), stride, padding)
+    return n, o, oh, ow
 
 
 def pool_out_shape(primitive, x_shape, kernel, stride, padding, x_name="x"):
     """``(N, C, OH, OW)`` of pooling an ``x_shape`` input with a ``kernel`` window."""
     n, c, h, w = _nchw(primitive, x_name, x_shape)
     kernel = _pair(primitive, "kernel", kernel, 1)
-    return (n, c) + _window_out(primitive, f"kernel {kernel}", x_name, (h, w), kernel, stride,
-                                padding)
+    oh, ow = _window_out(primitive, lambda: f"kernel {kernel}", x_name, (h, w), kernel, stride,
+                         padding)
+    return n, c, oh, ow
