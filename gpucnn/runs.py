@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import DEVICES
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, load_checkpoint
 from .data import DATASETS, Dataset, load_dataset
 from .plots import CURVES_PNG, HISTORY_CSV, HISTORY_JSON
 from .trainer import Trainer, make_optimizer
+from .validation import FRACTION, POSITIVE, POSITIVE_INT, one_of
 
 __all__ = ["TrainConfig", "DEFAULTS", "dataset_for", "load_model", "RunResult", "run_training",
            "OUTPUT_FILES"]
@@ -68,15 +70,11 @@ class TrainConfig:
         if cfg.data_dir is not None:
             cfg.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
         for name in ("epochs", "batch_size"):
-            v = getattr(cfg, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {cfg.lr!r}")
-        if not (isinstance(cfg.lr_decay, (int, float)) and 0 < cfg.lr_decay <= 1):
-            raise ValueError(f"lr_decay must be in (0, 1], got {cfg.lr_decay!r}")
-        if cfg.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {cfg.dtype!r}")
+            POSITIVE_INT(getattr(cfg, name), name, "TrainConfig")
+        POSITIVE(cfg.lr, "lr", "TrainConfig")
+        FRACTION(cfg.lr_decay, "lr_decay", "TrainConfig")
+        one_of(cfg.dtype, "dtype", ("float32", "float64"), "TrainConfig")
+        one_of(cfg.device, "device", DEVICES, "TrainConfig")
         return cfg
 
     def to_dict(self) -> dict:

@@ -23,6 +23,7 @@ from .data import BatchIterator
 from .errors import NonFiniteError
 from .evaluation import as_imageset, evaluate, model_backend, to_model_device
 from .plots import CURVES_PNG, plot_history, write_history
+from .validation import FRACTION
 
 __all__ = ["Trainer", "fit", "make_optimizer", "TrainingDiverged", "TrainingInterrupted"]
 
@@ -129,9 +130,7 @@ class Trainer:
         self.on_step, self.on_epoch = on_step, on_epoch
         self.eval_batch_size = int(eval_batch_size)
         self.extra_state = dict(extra_state or {})
-        self.lr_decay = float(lr_decay)
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise ValueError(f"Trainer: lr_decay must be in (0, 1], got {lr_decay!r}")
+        self.lr_decay = FRACTION(lr_decay, "lr_decay", "Trainer")
         self.base_lr = getattr(optimizer, "lr", None)
         self.title = title
         self.history = []

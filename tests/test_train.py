@@ -10,9 +10,11 @@ import pytest
 import gpucnn as nn
 from gpucnn.data import ImageSet, load_dataset
 from gpucnn.models import build_model, lenet
-from gpucnn.train import (CHECKPOINT_NAME, CheckpointError, Trainer, TrainingDiverged,
-                          TrainingInterrupted, atomic_write, evaluate, fit, load_checkpoint,
-                          load_model, make_optimizer, predict_proba, run_training, save_checkpoint)
+from gpucnn.checkpoint import (CHECKPOINT_NAME, CheckpointError, atomic_write, load_checkpoint,
+                               save_checkpoint)
+from gpucnn.evaluation import evaluate, predict_proba
+from gpucnn.runs import load_model, run_training
+from gpucnn.trainer import Trainer, TrainingDiverged, TrainingInterrupted, fit, make_optimizer
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
 
@@ -422,7 +424,7 @@ def test_checkpoint_survives_kill_9_in_the_middle_of_a_write(tmp_path):
     path = tmp_path / CHECKPOINT_NAME
     code = (
         "import os, signal, sys, numpy as np, gpucnn as nn\n"
-        "import gpucnn.train as T\n"
+        "import gpucnn.checkpoint as T\n"
         "m = nn.Sequential(nn.Linear(300, 10))\n"
         "T.save_checkpoint(sys.argv[1], m, config={'i': 1})\n"
         "real_savez = np.savez\n"
