@@ -444,3 +444,17 @@ def test_checkpoint_survives_kill_9_in_the_middle_of_a_write(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     ck = load_checkpoint(path)                 # the previous checkpoint, whole
     assert ck.config == {"i": 1} and ck.model_state["0.bias"][0] != 42
+
+
+def test_old_gpucnn_train_imports_still_work():
+    """gpucnn.train re-exports the names the README and older scripts import (same objects)."""
+    import gpucnn.checkpoint
+    import gpucnn.evaluation
+    import gpucnn.plots
+    import gpucnn.runs
+    import gpucnn.train as old
+    import gpucnn.trainer
+    homes = (gpucnn.checkpoint, gpucnn.evaluation, gpucnn.plots, gpucnn.runs, gpucnn.trainer)
+    for name in old.__all__:
+        owners = [m for m in homes if getattr(m, name, None) is getattr(old, name)]
+        assert owners, f"gpucnn.train.{name} is not the object of any new module"
