@@ -172,12 +172,8 @@ def save_checkpoint(path, model, optimizer=None, *, config=None, state=None):
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load_checkpoint(path) -> Checkpoint:
-    """Read and validate a checkpoint written by :func:`save_checkpoint`.
-
-    Raises :class:`CheckpointError` (naming the file and the problem) for a
-    missing, truncated, corrupt or foreign file; never unpickles anything.
-    """
+def _checkpoint_file(path):
+    """The file a checkpoint path names (a run folder means its checkpoint.npz), checked to be a zip."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -194,6 +190,16 @@ def load_checkpoint(path) -> Checkpoint:
     if head != b"PK\x03\x04":
         raise CheckpointError(f"{path} is not a gpucnn checkpoint (not an .npz archive"
                               f"{'; the file is empty' if not head else ''})")
+    return path
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read and validate a checkpoint written by :func:`save_checkpoint`.
+
+    Raises :class:`CheckpointError` (naming the file and the problem) for a
+    missing, truncated, corrupt or foreign file; never unpickles anything.
+    """
+    path = _checkpoint_file(path)
     arrays = {}
     try:
         with np.load(path, allow_pickle=False) as npz:

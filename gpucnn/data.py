@@ -461,8 +461,9 @@ def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=
 
 # --------------------------------------------------------------------------- single images (predict)
 
-# Decoding and resampling go through Pillow, which matplotlib depends on (so it is installed
-# with gpucnn without a separate entry in pyproject.toml).
+# Decoding and resampling go through Pillow: matplotlib depends on it (pillow>=6.2 for
+# matplotlib>=3.5), so it comes with gpucnn without its own entry in pyproject.toml; only
+# names Pillow 6.2 already has are used here (Image.BOX, alpha_composite).
 
 IMAGE_SUFFIXES = (".png", ".npy")
 
@@ -474,13 +475,13 @@ def resize_image(img, height, width):
         return img
     from PIL import Image
     return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(ch, dtype=np.float32))
-                                .resize((width, height), Image.Resampling.BOX), dtype=np.float64)
+                                .resize((width, height), Image.BOX), dtype=np.float64)
                      for ch in img])
 
 
 def _read_png(path):
     """(C, H, W) float64 in [0, 1], C = 1 (grey) or 3; transparent pixels are put on white."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
     try:
         with Image.open(path) as im:
             if im.format != "PNG":
@@ -493,7 +494,7 @@ def _read_png(path):
             arr = np.asarray(im, dtype=np.float64) / 255.0
     except DataError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:   # UnidentifiedImageError is an OSError
         raise DataError(f"{path}: cannot read as PNG ({type(exc).__name__}: {exc})") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
