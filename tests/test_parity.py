@@ -252,4 +252,7 @@ def test_parity_with_a_tiny_grid(case, other_backend, numpy_backend, monkeypatch
     got = _host(other_backend, case.run(other_backend, np.float64))
     too_big = [l for l in launches if l[1][0] > 2 or l[2] != (32,)]
     assert not too_big, f"launches past the tiny grid: {too_big}"
+    no_kernel = {"asarray", "to_numpy", "zeros", "linear_forward", "linear_backward_data",
+                 "linear_backward_weight"}   # CuPy allocates, cuBLAS multiplies
+    assert launches or case.primitive in no_kernel, "no launch was recorded"
     _check(got, ref, case.primitive, np.float64, f"{case!r} float64 on {other_backend.name}, tiny grid")
