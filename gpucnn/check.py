@@ -1,11 +1,12 @@
 """``gpucnn check``: does every backend primitive compute what it should, here?
 
 ``run_check(device)`` runs each case of ``gpucnn.parity_cases.CASES`` (every primitive of
-``gpucnn.backends.PRIMITIVES`` on small, awkward shapes) in float32 and float64 and returns one row per (primitive, case, dtype, comparison):
+``gpucnn.backends.PRIMITIVES`` on small, awkward shapes) in float32 and float64 and returns
+one row per (primitive, case, dtype, comparison):
 
-* ``cpu vs reference``: the NumPy backend against ``gpucnn.reference`` (plain loops in
-  float64 written from the definitions; ``bias_forward`` and the array-handling primitives
-  against a direct float64 formula);
+* ``cpu vs reference``: the NumPy backend against the case's reference (``gpucnn.reference``,
+  plain loops in float64 written from the definitions; the bias and array-handling
+  primitives against a direct float64 formula);
 * ``cuda vs cpu``: when a GPU is usable, the CUDA backend against the NumPy backend on the
   same inputs.
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from . import backends, tolerances
 from .backends import DEVICES, PRIMITIVES
+from .backends.checked import checked
 from .parity_cases import CASES
 
 DTYPES = (np.float32, np.float64)
@@ -66,7 +68,7 @@ def run_check(device="auto", backend=None):
     cpu = backends.cpu_backend()
     gpu = None
     if backend is not None:
-        gpu = backend
+        gpu = checked(backend)
     elif dev == "cuda":
         gpu = backends.get_backend("cuda")   # raises DeviceError saying why
     elif dev == "auto":

@@ -190,3 +190,15 @@ def test_attributes_write_through_to_the_backend():
     b.relu_forward = lambda x: "replaced"      # a test replacing a primitive replaces the wrapper's
     assert b.relu_forward(None) == "replaced"
     assert "relu_forward" not in vars(inner)
+
+
+def test_a_primitive_without_a_check_is_refused_clearly(monkeypatch):
+    import gpucnn.backends.checked as checked_module
+    monkeypatch.setattr(checked_module, "PRIMITIVES", PRIMITIVES + ("frobnicate",))
+
+    class Inner:
+        pass
+    for p in PRIMITIVES + ("frobnicate",):
+        setattr(Inner, p, lambda self, *a, **k: None)
+    with pytest.raises(NotImplementedError, match=r"no check for the primitive 'frobnicate'"):
+        checked(Inner())

@@ -315,7 +315,13 @@ class CheckedBackend:
         object.__setattr__(self, "_backend", backend)
         for name in PRIMITIVES:
             fn = getattr(backend, name)
-            object.__setattr__(self, name, fn if name in UNCHECKED else _bind(CHECKS[name], fn))
+            if name not in UNCHECKED:
+                if name not in CHECKS:
+                    raise NotImplementedError(
+                        f"gpucnn/backends/checked.py has no check for the primitive {name!r}: "
+                        f"add a function named {name} decorated @_check (or the name to UNCHECKED)")
+                fn = _bind(CHECKS[name], fn)
+            object.__setattr__(self, name, fn)
 
     @property
     def unchecked(self):
@@ -323,6 +329,8 @@ class CheckedBackend:
         return self._backend
 
     def __getattr__(self, attr):          # only reached for what the wrapper does not hold
+        if attr == "_backend":            # (copy/pickle probing a half-built instance)
+            raise AttributeError(attr)
         return getattr(self._backend, attr)
 
     def __setattr__(self, attr, value):   # a primitive replaced (tests) stays on the wrapper
