@@ -82,14 +82,26 @@ template <typename T> struct MaxPool {
     T* y;
     int* argmax;
     struct Acc { T best; long long at; };
-    __device__ __forceinline__ Acc start() const { Acc a; a.best = negative_infinity<T>(); a.at = -1; return a; }
-    __device__ __forceinline__ void take(Acc& a, T v, long long at) const { take_max(v, at, a.best, a.at); }
+    __device__ __forceinline__ Acc start() const
+    {
+        Acc a;
+        a.best = negative_infinity<T>();
+        a.at = -1;
+        return a;
+    }
+    __device__ __forceinline__ void take(Acc& a, T v, long long at) const
+    {
+        take_max(v, at, a.best, a.at);
+    }
     __device__ __forceinline__ void store(long long i, const Acc& a) const
     {
         y[i] = a.best;
         argmax[i] = (int)a.at;
     }
-    __device__ __forceinline__ bool pair_outputs() const { return pair_aligned(y) && pair_aligned(argmax); }
+    __device__ __forceinline__ bool pair_outputs() const
+    {
+        return pair_aligned(y) && pair_aligned(argmax);
+    }
     __device__ __forceinline__ void store2(long long i, const Acc& a0, const Acc& a1) const
     {
         Pair<T> yo;
@@ -109,7 +121,10 @@ template <typename T> struct AvgPool {
     struct Acc { T sum; };
     __device__ __forceinline__ Acc start() const { Acc a; a.sum = T(0); return a; }
     __device__ __forceinline__ void take(Acc& a, T v, long long) const { a.sum += v; }
-    __device__ __forceinline__ void store(long long i, const Acc& a) const { y[i] = a.sum * inv_area; }
+    __device__ __forceinline__ void store(long long i, const Acc& a) const
+    {
+        y[i] = a.sum * inv_area;
+    }
     __device__ __forceinline__ bool pair_outputs() const { return pair_aligned(y); }
     __device__ __forceinline__ void store2(long long i, const Acc& a0, const Acc& a1) const
     {
@@ -139,8 +154,14 @@ template <typename T> struct MaxGrad {
         c.chosen = has_window ? (long long)argmax[o] : -1;
         return c;
     }
-    __device__ __forceinline__ T value(const Cell& c, long long at) const { return c.chosen == at ? c.g : T(0); }
-    __device__ __forceinline__ bool pair_inputs() const { return pair_aligned(dy) && pair_aligned(argmax); }
+    __device__ __forceinline__ T value(const Cell& c, long long at) const
+    {
+        return c.chosen == at ? c.g : T(0);
+    }
+    __device__ __forceinline__ bool pair_inputs() const
+    {
+        return pair_aligned(dy) && pair_aligned(argmax);
+    }
     __device__ __forceinline__ void cells2(long long o, Cell& c0, Cell& c1) const
     {
         const Pair<T> g = *reinterpret_cast<const Pair<T>*>(dy + o);
@@ -156,7 +177,10 @@ template <typename T> struct AvgGrad {
     const T* dy;
     T inv_area;
     struct Cell { T g; };
-    __device__ __forceinline__ void add(T& sum, long long o, int) const { sum += dy[o] * inv_area; }
+    __device__ __forceinline__ void add(T& sum, long long o, int) const
+    {
+        sum += dy[o] * inv_area;
+    }
     __device__ __forceinline__ Cell cell(long long o, bool has_window) const
     {
         Cell c;
