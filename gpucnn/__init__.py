@@ -5,6 +5,7 @@ The public API follows PyTorch's names, argument orders and weight layouts.
 from .backends import asnumpy
 from .blocks import (AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Identity, Residual,
                      ShortcutA)
+from .errors import NonFiniteError
 from .layers import (AvgPool2d, Buffer, Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter,
                      ReLU, Sequential, Sigmoid, Tanh)
 from .losses import CrossEntropyLoss, MSELoss
@@ -18,5 +19,5 @@ __all__ = [
     "Linear", "Flatten", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
     "Buffer", "BatchNorm1d", "BatchNorm2d", "Dropout", "AdaptiveAvgPool2d", "Identity",
     "Residual", "ShortcutA",
-    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "__version__",
+    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError", "__version__",
 ]

@@ -13,18 +13,11 @@ import numpy as np
 
 from . import backends
 from . import random as _random
-from .layers import (Buffer, Module, Parameter, _accumulate, _inside, _pair, _positive_int,
-                     check_float_input, child_backward)
+from .layers import Buffer, Module, Parameter, _accumulate, _inside, check_float_input
+from .validation import POSITIVE, POSITIVE_INT, Rule, int_pair
 
-
-def _number(value, name, layer, lo, hi, lo_open=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{layer}: {name} must be a number, got {value!r}")
-    v = float(value)
-    if not (lo < v if lo_open else lo <= v) or not v <= hi:
-        left = "(" if lo_open else "["
-        raise ValueError(f"{layer}: {name} must be in {left}{lo:g}, {hi:g}], got {value!r}")
-    return v
+#: a probability or a momentum: a number in [0, 1]
+_UNIT = Rule(float, 0, 1)
 
 
 def _flag(value, name, layer):
@@ -49,9 +42,9 @@ class _BatchNorm(Module):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True):
         name = type(self).__name__
-        self.num_features = _positive_int(num_features, "num_features", name)
-        self.eps = _number(eps, "eps", name, 0.0, float("inf"), lo_open=True)
-        self.momentum = None if momentum is None else _number(momentum, "momentum", name, 0, 1)
+        self.num_features = POSITIVE_INT(num_features, "num_features", name)
+        self.eps = POSITIVE(eps, "eps", name)
+        self.momentum = None if momentum is None else _UNIT(momentum, "momentum", name)
         self.affine = _flag(affine, "affine", name)
         self.track_running_stats = _flag(track_running_stats, "track_running_stats", name)
         c = self.num_features
@@ -146,11 +139,7 @@ class Dropout(Module):
     """
 
     def __init__(self, p=0.5):
-        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) \
-                or not 0 <= float(p) <= 1:
-            raise ValueError(f"Dropout: p (the drop probability) must be between 0 and 1, "
-                             f"got {p!r}")
-        self.p = float(p)
+        self.p = _UNIT(p, "p (the probability of dropping an element)", "Dropout")
         self._state = None
 
     def forward(self, x):
@@ -278,8 +267,8 @@ class Residual(Module):
             if self.shortcut is None:
                 d_short = grad if input_grad else None
             else:
-                d_short = child_backward(self.shortcut, grad, input_grad)
-            d_main = child_backward(self.main, grad, input_grad)
+                d_short = self.shortcut.backward(grad, input_grad=input_grad)
+            d_main = self.main.backward(grad, input_grad=input_grad)
         if not input_grad:
             return None
         return B.add(d_main, d_short)
@@ -297,12 +286,12 @@ class ShortcutA(Module):
     ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))``."""
 
     def __init__(self, in_channels, out_channels, stride=2):
-        self.in_channels = _positive_int(in_channels, "in_channels", "ShortcutA")
-        self.out_channels = _positive_int(out_channels, "out_channels", "ShortcutA")
+        self.in_channels = POSITIVE_INT(in_channels, "in_channels", "ShortcutA")
+        self.out_channels = POSITIVE_INT(out_channels, "out_channels", "ShortcutA")
         if self.out_channels < self.in_channels:
             raise ValueError(f"ShortcutA: out_channels ({out_channels}) must be at least "
                              f"in_channels ({in_channels}); option A only adds zero channels")
-        self.stride = _pair(stride, "stride", "ShortcutA", 1)
+        self.stride = int_pair(stride, "stride", "ShortcutA", 1)
         self.pad_before = (self.out_channels - self.in_channels) // 2
         self._state = None
 

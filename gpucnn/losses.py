@@ -7,14 +7,16 @@ import math
 import numpy as np
 
 from . import backends
+from .errors import NonFiniteError
 from .layers import check_float_input
+from .validation import Rule
 
 
 def _finite_loss(name, B, loss, output):
     """The output is scanned for NaN/inf only when the loss is not finite: reading the
     loss is the one device sync a step needs, a separate scan would be a second one."""
     if not math.isfinite(loss) and not B.all_finite(output):
-        raise ValueError(f"{name}: the output contains NaN or infinity")
+        raise NonFiniteError(f"{name}: the output contains NaN or infinity")
     return loss
 
 
@@ -44,7 +46,7 @@ class MSELoss(_Loss):
             raise TypeError(f"MSELoss: expected a numeric target, got dtype {t.dtype}")
         t = B.asarray(t, dtype=output.dtype)
         if not B.all_finite(t):
-            raise ValueError("MSELoss: the target contains NaN or infinity")
+            raise NonFiniteError("MSELoss: the target contains NaN or infinity")
         self._saved = (B, output, t)
         with np.errstate(invalid="ignore", over="ignore"):
             loss = B.mse_forward(output, t)
@@ -64,12 +66,8 @@ class CrossEntropyLoss(_Loss):
 
     def __init__(self, *, label_smoothing=0.0):
         super().__init__()
-        ls = label_smoothing
-        if isinstance(ls, bool) or not isinstance(ls, (int, float, np.integer, np.floating)) \
-                or not 0.0 <= float(ls) <= 1.0:
-            raise ValueError(f"CrossEntropyLoss: label_smoothing must be between 0.0 and 1.0, "
-                             f"got {label_smoothing!r}")
-        self.label_smoothing = float(ls)
+        self.label_smoothing = Rule(float, 0, 1)(label_smoothing, "label_smoothing",
+                                                 "CrossEntropyLoss")
 
     def __call__(self, output, target):
         B = check_float_input("CrossEntropyLoss", output, 2, what="output (N, classes)",

@@ -4,7 +4,8 @@ the option-A shortcut, the residual add, label-smoothed cross-entropy.
 Kernels: ``kernels/batchnorm.cu`` (with bias.cu's ``channel_sum_partial`` for the mean),
 ``dropout.cu``, ``residual.cu``, ``label_smoothing.cu``.  As in ``cuda_backend.py``: every
 scalar is passed as an explicit ``numpy.int64`` or the array's float type, and the class only
-touches ``self.xp`` functions NumPy has too, so the emulator runs it on the CPU.
+touches ``self.xp`` functions NumPy has too, so the emulator runs it on the CPU.  The
+arguments were checked at the seam (``checked.py``), so nothing is re-checked here.
 """
 from __future__ import annotations
 
@@ -27,13 +28,11 @@ def _ncs(shape):
 
 class LayerPrimitives:
     """The issue-10 primitives; mixed into ``CudaBackend`` (needs its ``_launch``, ``_c``,
-    ``_float_dtype``, ``_partials`` and ``xp``)."""
+    ``_partials`` and ``xp``)."""
 
     def add(self, a, b):
-        dt = self._float_dtype(a, "add")
+        dt = a.dtype
         a, b = self._c(a), self._c(b)
-        if tuple(a.shape) != tuple(b.shape):
-            raise ValueError(f"add: shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
         out = self.xp.empty(a.shape, dtype=dt)
         self._launch("residual.cu", "add", dt, a.size, a, b, out, I64(a.size))
         return out
@@ -46,7 +45,7 @@ class LayerPrimitives:
         return out
 
     def batchnorm_stats(self, x):
-        dt = self._float_dtype(x, "batchnorm_stats")
+        dt = x.dtype
         x = self._c(x)
         n, c, s = _ncs(x.shape)
         p = self._partials(n * s)
@@ -60,7 +59,7 @@ class LayerPrimitives:
         return mean, var
 
     def batchnorm_forward(self, x, mean, var, weight, bias, eps):
-        dt = self._float_dtype(x, "batchnorm_forward")
+        dt = x.dtype
         x, mean, var, weight, bias = (self._c(a) for a in (x, mean, var, weight, bias))
         _, c, s = _ncs(x.shape)
         y = self.xp.empty(x.shape, dtype=dt)
@@ -69,7 +68,7 @@ class LayerPrimitives:
         return y
 
     def batchnorm_backward(self, dy, x, mean, var, weight, eps, batch_stats):
-        dt = self._float_dtype(dy, "batchnorm_backward")
+        dt = dy.dtype
         dy, x, mean, var, weight = (self._c(a) for a in (dy, x, mean, var, weight))
         n, c, s = _ncs(x.shape)
         p = self._partials(n * s)
@@ -88,10 +87,7 @@ class LayerPrimitives:
         return dx, dweight, dbias
 
     def batchnorm_update_running(self, running_mean, running_var, mean, var, momentum, count):
-        dt = self._float_dtype(running_mean, "batchnorm_update_running")
-        for name, a in (("running_mean", running_mean), ("running_var", running_var)):
-            if not a.flags.c_contiguous:
-                raise ValueError(f"batchnorm_update_running: {name} must be C-contiguous")
+        dt = running_mean.dtype
         t = dt.type
         c = int(running_mean.size)
         self._launch("batchnorm.cu", "batchnorm_update_running", dt, c, running_mean,
@@ -99,8 +95,8 @@ class LayerPrimitives:
                      t(1.0 - momentum), t(count / (count - 1)))
 
     # ------------------------------------------------------------- dropout
-    def _dropout(self, a, p, seed, what):
-        dt = self._float_dtype(a, what)
+    def _dropout(self, a, p, seed):
+        dt = a.dtype
         a = self._c(a)
         out = self.xp.empty(a.shape, dtype=dt)
         scale = dt.type(0.0 if p >= 1 else 1.0 / (1.0 - p))
@@ -109,14 +105,14 @@ class LayerPrimitives:
         return out
 
     def dropout_forward(self, x, p, seed):
-        return self._dropout(x, p, seed, "dropout_forward")
+        return self._dropout(x, p, seed)
 
     def dropout_backward(self, dy, p, seed):
-        return self._dropout(dy, p, seed, "dropout_backward")
+        return self._dropout(dy, p, seed)
 
     # ---------------------------------------------------- option-A shortcut
     def subsample_pad_forward(self, x, stride, pad_before, out_channels):
-        dt = self._float_dtype(x, "subsample_pad_forward")
+        dt = x.dtype
         x = self._c(x)
         n, c, h, w = (int(v) for v in x.shape)
         sh, sw = int(stride[0]), int(stride[1])
@@ -128,7 +124,7 @@ class LayerPrimitives:
         return y
 
     def subsample_pad_backward(self, dy, x_shape, stride, pad_before):
-        dt = self._float_dtype(dy, "subsample_pad_backward")
+        dt = dy.dtype
         dy = self._c(dy)
         n, c, h, w = (int(v) for v in x_shape)
         co, oh, ow = (int(v) for v in dy.shape[1:])
@@ -140,7 +136,7 @@ class LayerPrimitives:
 
     # ------------------------------------------------------ label smoothing
     def label_smoothing_cross_entropy_forward(self, logits, labels, eps):
-        dt = self._float_dtype(logits, "label_smoothing_cross_entropy_forward")
+        dt = logits.dtype
         logits = self._c(logits)
         labels = self.asarray(labels, dtype=np.int64)
         n, k = int(logits.shape[0]), int(logits.shape[1])
@@ -153,7 +149,7 @@ class LayerPrimitives:
         return loss, probs
 
     def label_smoothing_cross_entropy_backward(self, probs, labels, eps):
-        dt = self._float_dtype(probs, "label_smoothing_cross_entropy_backward")
+        dt = probs.dtype
         probs = self._c(probs)
         labels = self.asarray(labels, dtype=np.int64)
         n, k = int(probs.shape[0]), int(probs.shape[1])
