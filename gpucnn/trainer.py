@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends
+from . import random as _random
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .data import BatchIterator
 from .errors import NonFiniteError
@@ -205,6 +206,9 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt.model_state)
             self.optimizer.load_state_dict(ckpt.optimizer_state)
+            rng = ckpt.meta.get("init_rng_state")   # gpucnn's generator when it was saved:
+            if rng is not None:                      # Dropout's masks continue exactly
+                _random.set_rng_state(rng)
         except (ValueError, TypeError) as exc:
             self.model.load_state_dict(snapshot)
             self.optimizer.load_state_dict(opt_snapshot)

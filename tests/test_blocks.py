@@ -503,3 +503,39 @@ def test_batchnorm_kernels_are_bitwise_reproducible(dtype, other_backend):
         out = [mean, var, *B.batchnorm_backward(dy, x, mean, var, w, 1e-5, True)]
         return [np.array(B.to_numpy(a)).tobytes() for a in out]
     assert run() == run()
+
+
+# ----------------------------------------- resume with batch norm and dropout stays exact
+def test_trainer_resume_with_batchnorm_and_dropout_is_bitwise_exact(tmp_path):
+    from gpucnn.checkpoint import CHECKPOINT_NAME
+    from gpucnn.data import load_dataset
+    from gpucnn.trainer import Trainer, make_optimizer
+
+    data = load_dataset("digits", limit_train=96, limit_test=40)
+    c = data.input_shape[0]
+
+    def trainer(run_dir=None):
+        gpucnn.manual_seed(0)
+        model = gpucnn.Sequential(
+            gpucnn.Conv2d(c, 4, 3, padding=1, bias=False), gpucnn.BatchNorm2d(4), gpucnn.ReLU(),
+            gpucnn.Residual(gpucnn.Sequential(gpucnn.Conv2d(4, 4, 3, padding=1, bias=False),
+                                              gpucnn.BatchNorm2d(4))),
+            gpucnn.AdaptiveAvgPool2d(1), gpucnn.Flatten(), gpucnn.Dropout(0.3),
+            gpucnn.Linear(4, data.num_classes))
+        opt = make_optimizer("sgd", model.parameters(), 0.05)
+        return Trainer(model, opt, data.train, data.test, batch_size=32, seed=0, run_dir=run_dir,
+                       progress=False, log=lambda *_: None)
+
+    full = trainer()
+    full.fit(2)
+    first = trainer(tmp_path / "run")
+    first.fit(1)
+    gpucnn.manual_seed(12345)       # whatever the generator did meanwhile, the checkpoint wins
+    resumed = trainer(tmp_path / "run")
+    resumed.restore(tmp_path / "run" / CHECKPOINT_NAME)
+    resumed.fit(2)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert int(a["1.num_batches_tracked"]) == 6
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert [h["train_loss"] for h in full.history] == [h["train_loss"] for h in resumed.history]
