@@ -539,3 +539,31 @@ def test_trainer_resume_with_batchnorm_and_dropout_is_bitwise_exact(tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert [h["train_loss"] for h in full.history] == [h["train_loss"] for h in resumed.history]
+
+
+def _resnet_cifar(n, num_classes=10):
+    """He et al.'s CIFAR ResNet (6n+2 layers, option A) from this module's layers."""
+    layers = [gpucnn.Conv2d(3, 16, 3, padding=1, bias=False), gpucnn.BatchNorm2d(16), gpucnn.ReLU()]
+    c_in = 16
+    for c_out, stride in ((16, 1), (32, 2), (64, 2)):
+        for i in range(n):
+            s = stride if i == 0 else 1
+            short = gpucnn.ShortcutA(c_in, c_out, stride=s) if (s != 1 or c_in != c_out) else None
+            layers += [gpucnn.Residual(_main_branch(c_in, c_out, s, seed=i), short), gpucnn.ReLU()]
+            c_in = c_out
+    layers += [gpucnn.AdaptiveAvgPool2d(1), gpucnn.Flatten(), gpucnn.Linear(64, num_classes)]
+    return gpucnn.Sequential(*layers)
+
+
+def test_resnet20_option_a_has_the_papers_parameter_count():
+    """269,722 parameters for ResNet-20 with option A (the paper's 0.27 M); one training step
+    runs end to end and gives a gradient to every parameter."""
+    net = _resnet_cifar(3)
+    assert sum(int(np.prod(p.shape)) for p in net.parameters()) == 269_722
+    x = _rand(98, (4, 3, 32, 32)).astype(np.float32)
+    loss_fn = gpucnn.CrossEntropyLoss(label_smoothing=0.1)
+    loss = loss_fn(net(x), np.array([0, 1, 2, 3]))
+    assert np.isfinite(loss)
+    assert net.backward(loss_fn.backward(), input_grad=False) is None
+    assert all(p.grad is not None and np.any(p.grad) for p in net.parameters())
+    assert sum(1 for k in net.state_dict() if k.endswith("num_batches_tracked")) == 19
