@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backends
 from . import random as _random
 from .layers import Buffer, Module, Parameter, _accumulate, _inside, check_float_input
 from .validation import POSITIVE, POSITIVE_INT, Rule, int_pair
@@ -80,7 +79,7 @@ class _BatchNorm(Module):
             raise ValueError(f"{name}: expected {self.num_features} channels (axis 1), got "
                              f"input shape {tuple(x.shape)}")
         weight, bias = self._affine_arrays(B, x)
-        count = x.size // x.shape[1] if x.shape[1] else 0
+        count = x.size // x.shape[1]          # values per channel (M)
         batch_stats = self.training or not self.track_running_stats
         if batch_stats:
             if count < 1 or (self.training and count == 1):
