@@ -42,7 +42,10 @@ class BlasThreads:
     the limit is toggled through its per-library controllers: a few microseconds a
     primitive, where a ``threadpool_limits(...)`` context costs about half a
     millisecond (figures in benchmarks/RESULTS.md).  threadpoolctl knows OpenBLAS,
-    MKL, BLIS and the rest, on every platform.
+    MKL, BLIS and the rest, on every platform.  (For OpenBLAS's process-wide pool,
+    threadpoolctl lets only the first thread that sets a limit, while it lives,
+    change it; from another thread the limit is left as it is, which changes the
+    speed, never the results.)
     """
 
     def __init__(self):
