@@ -16,8 +16,8 @@ Every step's loss and the final parameters are compared bitwise between the two.
 when other jobs share the machine (it does not see waiting for a core).
 
 Usage:
-  python benchmarks/ab_numpy_backend.py                         # against main
-  python benchmarks/ab_numpy_backend.py --ref 6c5d71d --cases lenet:64 cifar:256
+  python benchmarks/ab_numpy_backend.py          # against the last commit with the file
+  python benchmarks/ab_numpy_backend.py --ref 6c5d71d --cases lenet:64 cifar:256  # any ref
 """
 from __future__ import annotations
 
@@ -45,10 +45,22 @@ OLD_PATH = "gpucnn/backends/numpy_backend.py"
 STEPS = {("lenet", 64): 150, ("lenet", 256): 60, ("cifar", 64): 40, ("cifar", 256): 20}
 
 
+def _git(*args):
+    return subprocess.run(["git", "-C", ROOT, *args], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def last_ref_with(path=OLD_PATH):
+    """The parent of the commit that removed ``path``: the last one that still had it."""
+    removed = _git("log", "-1", "--format=%H", "--diff-filter=D", "HEAD", "--", path).strip()
+    if not removed:
+        raise SystemExit(f"no commit in this history removes {path}; pass --ref")
+    return removed + "^"
+
+
 def load_old_backend(ref, path=OLD_PATH):
     """NumpyBackend from the file ``path`` at git ``ref``, as a module of its own."""
-    src = subprocess.run(["git", "-C", ROOT, "show", f"{ref}:{path}"], check=True,
-                         capture_output=True, text=True).stdout
+    src = _git("show", f"{ref}:{path}")
     tmp = tempfile.NamedTemporaryFile("w", suffix="_old_numpy_backend.py", delete=False)
     with tmp:
         tmp.write(src)
@@ -109,7 +121,9 @@ def run_case(net, batch, old, new, steps, warmup, pause):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ref", default="main", help="git ref holding the old numpy_backend.py")
+    ap.add_argument("--ref", default=None,
+                    help="git ref holding the old numpy_backend.py (default: the parent of "
+                         "the commit that removed it)")
     ap.add_argument("--cases", nargs="+", default=["lenet:64", "lenet:256", "cifar:64", "cifar:256"])
     ap.add_argument("--steps", type=int, default=None, help="timed rounds (default: per case)")
     ap.add_argument("--warmup", type=int, default=5)
@@ -119,9 +133,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.clock == "cpu":
         Side.clock = staticmethod(time.process_time)
-    old = load_old_backend(args.ref)
+    ref = args.ref or last_ref_with()
+    old = load_old_backend(ref)
     new = backends.cpu_backend()
-    print(f"old: {args.ref}:{OLD_PATH}   new: {type(new).__module__} (this checkout)")
+    print(f"old: {ref}:{OLD_PATH}   new: {type(new).__module__} (this checkout)")
     print(f"threads: {new.threads}, clock: {args.clock}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"{'case':<11}{'steps':>6}{'old ms':>9}{'new ms':>9}{'new/old':>9}  bitwise")
