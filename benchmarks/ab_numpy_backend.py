@@ -128,6 +128,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="timed rounds (default: per case)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--pause-ms", type=float, default=10.0)
+    ap.add_argument("--checked", action="store_true",
+                    help="run the new side through the seam's argument checks (backends.checked)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: time.perf_counter; cpu: time.process_time (this process's CPU time)")
     args = ap.parse_args(argv)
@@ -136,7 +138,9 @@ def main(argv=None):
     ref = args.ref or last_ref_with()
     old = load_old_backend(ref)
     new = backends.cpu_backend()
-    print(f"old: {ref}:{OLD_PATH}   new: {type(new).__module__} (this checkout)")
+    if not args.checked:          # the backend alone, as the old file ran (no seam checks)
+        new = getattr(new, "unchecked", new)
+    print(f"old: {ref}:{OLD_PATH}   new: {type(new).__module__}.{type(new).__name__} (this checkout)")
     print(f"threads: {new.threads}, clock: {args.clock}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"{'case':<11}{'steps':>6}{'old ms':>9}{'new ms':>9}{'new/old':>9}  bitwise")
