@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import platform
+import signal
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from .backends import DEVICES
@@ -17,6 +19,11 @@ from .validation import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143   # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training (which handles it itself): stop like Ctrl-C, in one line."""
 
 
 def _version():
@@ -39,7 +46,7 @@ def cmd_train(args):
                               progress=not args.no_progress and sys.stderr.isatty(), log=print, **overrides)
     except TrainingInterrupted as exc:
         print(f"gpucnn: {exc.message}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if exc.signal == "SIGTERM" else EXIT_INTERRUPTED
     except TrainingDiverged as exc:
         print(f"gpucnn: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -353,26 +360,63 @@ def _one_line(exc):
     return text or type(exc).__name__
 
 
+def _command_of(argv):
+    """The subcommand named in argv (for messages before argparse has run), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one line each, without NumPy's or Python's source lines."""
+    if issubclass(category, RuntimeWarning) and "numpy" in str(filename) + str(category.__module__):
+        return  # floating-point overflow: what it leads to is checked and reported as an error
+    print(f"gpucnn: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
 def main(argv=None):
     """Entry point of the ``gpucnn`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = getattr(args, "debug", False)
-    if getattr(args, "func", None) is None:
-        parser.print_help(sys.stderr)
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    previous = None
     try:
-        return args.func(args) or 0
-    except KeyboardInterrupt:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM
+        pass
+    try:
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            return _main(argv)
+    except KeyboardInterrupt as exc:
+        # Ctrl-C / SIGTERM before training started (training reports its own interrupts)
         if debug:
             traceback.print_exc()
-        print("gpucnn: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        word = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        where = " before training started; nothing was saved" if _command_of(argv) == "train" else ""
+        print(f"gpucnn: {word}{where}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except Exception as exc:  # one line for users; --debug for the traceback
         if debug:
             traceback.print_exc()
         print(f"gpucnn: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    from .backends import default_device
+    default_device()  # an invalid GPUCNN_DEVICE is an error before any work, whatever the command
+    return args.func(args) or 0
 
 
 if __name__ == "__main__":  # pragma: no cover
