@@ -91,6 +91,7 @@ def cmd_evaluate(args):
 def cmd_predict(args):
     import numpy as np
     from .data import load_image, normalize
+    from .errors import NonFiniteError
     from .evaluation import predict_proba
     from .runs import load_model
     model, ckpt, cfg = load_model(args.checkpoint, device=args.device)
@@ -102,7 +103,15 @@ def cmd_predict(args):
         images.append(img)
         notes.append(note)
     batch = normalize(np.stack(images), info["mean"], info["std"])
-    probs = predict_proba(model, batch)
+    try:
+        probs = predict_proba(model, batch)
+    except NonFiniteError as exc:   # never print p=nan as a prediction
+        rows = getattr(exc, "rows", None)
+        if rows:
+            raise NonFiniteError(f"{args.images[rows[0]]}: the network's outputs are not finite "
+                                 f"(the weights in {ckpt.path} are finite; the image overflows "
+                                 f"the network), so there is no prediction") from None
+        raise NonFiniteError(f"{ckpt.path}: {exc}") from None
     top = max(1, min(args.top, len(classes)))
     for path, p, note in zip(args.images, probs, notes):
         order = np.argsort(-p, kind="stable")[:top]

@@ -76,6 +76,11 @@ class TrainConfig:
         FRACTION(cfg.lr_decay, "lr_decay", "TrainConfig")
         one_of(cfg.dtype, "dtype", ("float32", "float64"), "TrainConfig")
         one_of(cfg.device, "device", DEVICES, "TrainConfig")
+        if cfg.data == "digits" and cfg.data_dir is not None:   # would be silently ignored
+            raise ValueError("--data-dir does not apply to the bundled digits (they ship with "
+                             "gpucnn); it is for --data mnist or cifar10")
+        if cfg.t10k_split is not None and cfg.data != "mnist":
+            raise ValueError(f"--t10k-split applies to --data mnist only, not to {cfg.data}")
         return cfg
 
     def to_dict(self) -> dict:
