@@ -35,7 +35,8 @@ def lenet5(num_classes=10):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 usage="%(prog)s [--data-dir DIR] [--epochs N] [--device auto|cpu|cuda] [...]")
     ap.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data" / "mnist-t10k"))
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import backends
 from .data import ImageSet
-from .errors import NonFiniteError
+from .errors import NonFiniteError, quiet_overflow
 
 __all__ = ["predict_logits", "predict_proba", "EvalResult", "evaluate"]
 
@@ -43,7 +43,7 @@ def predict_logits(model, images, batch_size=500) -> np.ndarray:
     was_training = model.training
     model.eval()
     try:
-        with np.errstate(over="ignore", invalid="ignore"):   # non-finite outputs: checked by callers
+        with quiet_overflow():   # non-finite outputs: checked by the callers
             outs = [backends.asnumpy(model(to_model_device(backend, model, images[i:i + batch_size])))
                     for i in range(0, len(images), batch_size)]
     finally:
@@ -143,7 +143,7 @@ def evaluate(model, data, *, batch_size=500, classes=None) -> EvalResult:
     try:
         for i in range(0, len(data), batch_size):
             x, y = data.images[i:i + batch_size], data.labels[i:i + batch_size]
-            with np.errstate(over="ignore", invalid="ignore"):
+            with quiet_overflow():
                 out = model(to_model_device(backend, model, x))
                 try:
                     loss_sum += loss_fn(out, backend.asarray(y)) * len(y)

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from . import backends
-from .checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT_NAME, Checkpoint, CheckpointError, _first_nonfinite, load_checkpoint,
+                         save_checkpoint)
 from .data import BatchIterator
-from .errors import NonFiniteError
+from .errors import NonFiniteError, quiet_overflow
 from .evaluation import as_imageset, evaluate, model_backend, to_model_device
 from .plots import CURVES_PNG, plot_history, write_history
 from .validation import FRACTION
@@ -196,6 +197,10 @@ class Trainer:
         Everything is validated before anything changes.
         """
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        bad = _first_nonfinite(ckpt.model_state, ckpt.optimizer_state)
+        if bad is not None:  # e.g. a Checkpoint read with allow_non_finite=True
+            raise CheckpointError(f"checkpoint {ckpt.path}: {bad[0]} holds NaN or infinity; "
+                                  f"training cannot continue from it")
         st = ckpt.state
         try:
             epoch, step, gstep = int(st["epoch"]), int(st["step_in_epoch"]), int(st["global_step"])
@@ -249,6 +254,10 @@ class Trainer:
         epochs = int(epochs)
         if epochs < 1:
             raise ValueError(f"Trainer.fit: epochs must be >= 1, got {epochs}")
+        bad = self.nonfinite_tensor()
+        if bad is not None:  # not a divergence: no learning rate or data changes this
+            raise NonFiniteError(f"Trainer.fit: the {bad} holds NaN or infinity before training "
+                                 f"starts; replace it (or the checkpoint it came from)")
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         previous_handlers = self._install_signals()
@@ -473,7 +482,7 @@ class Trainer:
         opt.zero_grad()
         # overflow is expected when a run diverges: the loss check below reports it, in one
         # line, instead of NumPy printing RuntimeWarnings
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with quiet_overflow():
             try:
                 out = model(xb)
                 loss = loss_fn(out, yb)
@@ -522,7 +531,7 @@ class Trainer:
         record["test_loss"], record["test_acc"] = self._test()
         record["time_s"] = stats["time"] + (time.perf_counter() - t_eval)
         record["images_per_s"] = stats["seen"] / max(stats["time"], 1e-9)
-        if self.run_dir is not None and self.nonfinite_tensor() is not None:
+        if self.nonfinite_tensor() is not None:   # e.g. an inf weight that ReLU hides from the loss
             raise self._diverged("NaN/infinite", at_epoch_end=True, what="weights")
         with self._no_interrupt():   # the epoch's end and its checkpoint: all or nothing
             self.history.append(record)
@@ -543,7 +552,7 @@ class Trainer:
         if self.test_set is None:
             return None, None
         try:
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            with quiet_overflow():
                 res = evaluate(self.model, self.test_set, batch_size=self.eval_batch_size,
                                classes=self.classes)
         except NonFiniteError as exc:
