@@ -64,7 +64,7 @@ def cmd_evaluate(args):
     model, ckpt, cfg = load_model(args.checkpoint, device=args.device)
     if args.data is not None and args.data != cfg.data:
         cfg.data = args.data
-        cfg.t10k_split = None
+        cfg.t10k_split = cfg.data_dir = None  # the checkpoint's folder and split were for its own data
     if args.data_dir is not None:
         cfg.data_dir = str(Path(args.data_dir).expanduser().resolve())
     if args.t10k_split is not None:

@@ -36,7 +36,7 @@ def check_float_input(layer, x, ndim=None, what="input", finite=True):
                          f"({x.ndim}-D)")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{layer}: expected a float32 or float64 {what}, got dtype {x.dtype}")
-    if x.ndim >= 1 and x.shape[0] == 0:
+    if what == "input" and x.ndim >= 1 and x.shape[0] == 0:  # (losses say it in their own words)
         raise ValueError(f"{layer}: the {what} is an empty batch (shape {tuple(x.shape)}); "
                          f"a batch needs at least one sample")
     if finite and _inner_depth == 0 and not backend.all_finite(x):
