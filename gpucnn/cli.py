@@ -128,15 +128,17 @@ def cmd_predict(args):
 # =========================================================================== info
 
 def _device_lines():
-    from .backends import resolve_device
+    from .backends import default_device, resolve_device
+    env = default_device()
+    via = f" (GPUCNN_DEVICE={env})" if env != "auto" else ""
     lines = []
     try:
         backend, note = resolve_device("auto")
-        lines.append(f"device: 'auto' chooses {backend.name}"
-                     + (f" -- {note}" if note else " -- a CUDA GPU is usable"))
+        reason = note or ("as the variable asks" if via else "a CUDA GPU is usable")
+        lines.append(f"device: 'auto'{via} chooses {backend.name} -- {reason}")
     except Exception as exc:
         backend = None
-        lines.append(f"device: 'auto' cannot be resolved ({type(exc).__name__}: {exc})")
+        lines.append(f"device: 'auto'{via} cannot be resolved ({type(exc).__name__}: {exc})")
     return backend, lines
 
 

@@ -296,7 +296,10 @@ class Trainer:
         if not self._stop_requested:
             self._stop_requested, self._signal_name = True, name
             again = " (press Ctrl-C again to stop at once)" if name == "Ctrl-C" else ""
-            self.log(f"gpucnn: {name}: stopping after this step{again}")
+            try:
+                self.log(f"gpucnn: {name}: stopping after this step{again}")
+            except RuntimeError:  # the signal came in the middle of a print: "reentrant call"
+                pass
             return
         if self._critical:
             self._deferred = True

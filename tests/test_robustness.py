@@ -91,6 +91,8 @@ def test_env_reaches_to_auto_evaluate_predict_and_info(trained, tmp_path, monkey
     assert "GPUCNN_DEVICE=cuda" in capsys.readouterr().out
     monkeypatch.setenv("GPUCNN_DEVICE", "cpu")
     assert nn.Sequential(nn.Linear(2, 2)).to("auto").device == "cpu"
+    assert main(["info"]) == 0
+    assert "device: 'auto' (GPUCNN_DEVICE=cpu) chooses cpu -- as the variable asks" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command", [["info"], ["train", "--epochs", "1"], ["evaluate", "--checkpoint", "x"]])
