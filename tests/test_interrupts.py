@@ -270,3 +270,46 @@ def test_sigterm_during_start_up_is_one_line(tmp_path, monkeypatch, capsys):
     assert rc == 143 and err.splitlines() == ["gpucnn: terminated (SIGTERM) before training started; "
                                               "nothing was saved"], err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_from_another_process_saves_and_the_printed_command_resumes(tmp_path):
+    """What a cluster scheduler does: SIGTERM from outside, mid-epoch; exit 143, one line, a
+    checkpoint that the printed command resumes.  The child waits at step 3 until the signal
+    has been handled, so nothing depends on timing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys, time\n"
+        "from gpucnn.trainer import Trainer\n"
+        "from gpucnn.cli import main\n"
+        "orig = Trainer._after_step\n"
+        "def after_step(self, loss, bar):\n"
+        "    if self.global_step == 3:\n"
+        "        print('ready', flush=True)\n"
+        "        while not self._stop_requested:\n"
+        "            time.sleep(0.01)\n"
+        "    return orig(self, loss, bar)\n"
+        "Trainer._after_step = after_step\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    args = ["train", "--out", str(tmp_path / "run"), "--epochs", "2", "--model", "mlp", "--limit-train", "128",
+            "--limit-test", "64", "--device", "cpu", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if line.strip() == "ready":
+                proc.send_signal(signal.SIGTERM)
+                break
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "training interrupted (SIGTERM); checkpoint saved at epoch 1, step 3 of 4" in err
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME).state["global_step"] == 3
+    command = re.search(r"Resume with: gpucnn (train --resume \S+ --epochs 2)", err).group(1).split()
+    assert main(command + ["--no-progress"]) == 0
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME).state["epoch"] == 2
