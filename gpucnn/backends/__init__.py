@@ -158,17 +158,23 @@ def default_device() -> str:
 
 
 def resolve_device(device=None):
-    """Return ``(backend, note)`` for "auto" | "cpu" | "cuda" (None: $GPUCNN_DEVICE or auto).
+    """Return ``(backend, note)`` for "auto" | "cpu" | "cuda" (None is "auto").
 
-    ``note`` is a one-line reason when "auto" fell back to the CPU, else None.
-    Asking for "cuda" when it cannot work raises DeviceError saying why.
+    "auto" means $GPUCNN_DEVICE when it is set (so the variable reaches every place that
+    does not name a device), else the GPU when usable.  ``note`` is a one-line reason
+    when "auto" fell back to the CPU, else None.  Asking for "cuda" (by name or through
+    the variable) when it cannot work raises DeviceError saying why.
     """
     if device is None:
-        device = default_device()
+        device = "auto"
     if not isinstance(device, str):
         raise TypeError(f"device must be a string (one of {', '.join(DEVICES)}), "
                         f"got {type(device).__name__}")
     dev = device.strip().lower()
+    source = ""
+    if dev == "auto":
+        dev = default_device()
+        source = f" (GPUCNN_DEVICE={dev})" if dev != "auto" else ""
     if dev.startswith("cuda:"):
         dev = "cuda"
     if dev == "cpu":
@@ -176,7 +182,7 @@ def resolve_device(device=None):
     if dev == "cuda":
         backend, reason = _try_cuda()
         if backend is None:
-            raise DeviceError(f"device 'cuda' was requested but cannot be used: {reason}")
+            raise DeviceError(f"device 'cuda'{source} was requested but cannot be used: {reason}")
         return backend, None
     if dev == "auto":
         backend, reason = _try_cuda()
