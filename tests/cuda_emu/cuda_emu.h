@@ -48,6 +48,20 @@ void cuda_emu_trap(void);
 #define gridDim (cuda_emu_builtins.gridDim)
 #define warpSize (cuda_emu_builtins.warpSize)
 
+// ---- vector types: CUDA's sizes and alignments (a load or store of one must be aligned to it) ----
+#define CUDA_EMU_VEC2(name, T, A) struct alignas(A) name { T x, y; }; \
+    static inline name make_##name(T x, T y) { name v; v.x = x; v.y = y; return v; }
+#define CUDA_EMU_VEC4(name, T, A) struct alignas(A) name { T x, y, z, w; }; \
+    static inline name make_##name(T x, T y, T z, T w) { name v; v.x = x; v.y = y; v.z = z; v.w = w; return v; }
+CUDA_EMU_VEC2(float2, float, 8)
+CUDA_EMU_VEC4(float4, float, 16)
+CUDA_EMU_VEC2(double2, double, 16)
+CUDA_EMU_VEC2(int2, int, 8)
+CUDA_EMU_VEC4(int4, int, 16)
+CUDA_EMU_VEC2(longlong2, long long, 16)
+#undef CUDA_EMU_VEC2
+#undef CUDA_EMU_VEC4
+
 // ---- qualifiers --------------------------------------------------------------------------------
 #define __global__
 #define __device__

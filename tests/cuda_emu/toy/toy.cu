@@ -180,3 +180,38 @@ __global__ void warp_shared_exchange(const int* __restrict__ x, int* __restrict_
     if (use_syncwarp) __syncwarp();
     y[threadIdx.x] = s[threadIdx.x ^ 1];
 }
+
+// Alignment demos -------------------------------------------------------------------------------
+
+// A two-float struct loaded as one 8-byte access, as kernels/pool2d.cu's Pair<float>.
+struct alignas(8) FloatPair { float a, b; };
+
+// y[i] = x[offset + 2i] + x[offset + 2i + 1], the two read as one FloatPair: misaligned (a fault
+// on a GPU) when offset is odd, however the bytes happen to lie on the host.
+__global__ void pair_sum(const float* __restrict__ x, float* __restrict__ y, long long offset, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const FloatPair p = *reinterpret_cast<const FloatPair*>(x + offset + 2 * i);
+        y[i] = p.a + p.b;
+    }
+}
+
+// y[offset + 4i .. offset + 4i + 3] = (i, i, i, i), stored as one float4 (16 bytes): misaligned
+// unless offset is a multiple of 4.
+__global__ void float4_fill(float* __restrict__ y, long long offset, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float f = (float)i;
+        *reinterpret_cast<float4*>(y + offset + 4 * i) = make_float4(f, f, f, f);
+    }
+}
+
+// out[i] = a[i].x + a[i].y for double2 elements read from a double array at element offset
+// `offset` (16-byte accesses: misaligned when offset is odd).
+__global__ void double2_sum(const double* __restrict__ a, double* __restrict__ out, long long offset, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const double2 v = reinterpret_cast<const double2*>(a + offset)[i];
+        out[i] = v.x + v.y;
+    }
+}
