@@ -17,6 +17,9 @@ How it works
   array of the wrong dtype. It copies each array into a buffer with guard zones on both sides;
   an access outside an array raises ``KernelMemoryError`` naming the kernel, the argument, the
   element, the thread and the block. Writable arrays are copied back after a clean launch.
+  Each array is placed at its GPU address modulo 256 (``device_misalignment``: a view keeps its
+  offset into its allocation), and an N-byte access that is not N-aligned raises
+  ``KernelAlignmentError`` (a GPU faults on it; the CPU would not).
 * ``EmulatedLoader`` has the CUDA backend's loader interface, ``get(file, name, dtype)``, so
   ``CudaBackend(xp=numpy, loader=EmulatedLoader(), name="emulated")`` runs the backend's own
   launch code unchanged with NumPy standing in for CuPy.
