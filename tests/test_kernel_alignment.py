@@ -33,7 +33,7 @@ KERNEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "kernels"
 
 @pytest.fixture(scope="module")
 def toy():
-    return EmulatedModule(TOY, ["pair_sum", "float4_fill", "double2_sum"])
+    return EmulatedModule(TOY, ["pair_sum", "float4_fill", "double2_sum", "double4_sum"])
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +93,23 @@ def test_misaligned_double2_load_is_refused(toy):
     out = np.zeros(4)
     toy.get_function("double2_sum")((1,), (32,), (a, out, np.int64(2), np.int64(4)))
     np.testing.assert_array_equal(out, a[2:10:2] + a[3:11:2])
-    with pytest.raises(KernelAlignmentError, match=r"double2_sum.*misaligned 16-byte read.*argument 0 'a'.*"
-                                                   r"byte offset 8 \(element 1\)"):
+    with pytest.raises(KernelAlignmentError, match=r"double2_sum.*misaligned pointer cast.*reinterpret_cast to a "
+                                                   r"type aligned to 16 bytes.*argument 0 'a'.*byte offset 8 "
+                                                   r"\(element 1\)"):
         toy.get_function("double2_sum")((1,), (32,), (a, out, np.int64(1), np.int64(4)))
+
+
+def test_cast_to_a_32_byte_aligned_type_is_checked(toy):
+    # Loads wider than 16 bytes reach the runtime as byte ranges (no alignment known there); the
+    # reinterpret_cast that made the pointer is what catches a misaligned Quad<double>.
+    a = np.arange(40, dtype=np.float64)
+    out = np.zeros(4)
+    toy.get_function("double4_sum")((1,), (32,), (a, out, np.int64(8), np.int64(4)))
+    np.testing.assert_array_equal(out, a[8:24].reshape(4, 4).sum(axis=1))
+    for offset in (1, 2, 6):
+        with pytest.raises(KernelAlignmentError, match=rf"double4_sum.*misaligned pointer cast.*aligned to 32 "
+                                                       rf"bytes.*argument 0 'a'.*byte offset {8 * offset}\b"):
+            toy.get_function("double4_sum")((1,), (32,), (a, out, np.int64(offset), np.int64(4)))
 
 
 def test_an_offset_view_is_misaligned_as_on_a_gpu(toy):
@@ -186,8 +200,28 @@ def test_pair_load_on_an_odd_width_is_refused(tmp_path, cpu):
     # values even come out right, so only the alignment check can see it.
     bad = _plant_file(tmp_path, "pool2d.cu", "W % 2 == 0 && ", "")
     x = np.random.default_rng(0).standard_normal((1, 2, 4, 5)).astype(np.float32)
-    with pytest.raises(KernelAlignmentError, match=r"maxpool2d_forward<float> \(pool2d.cu\).*misaligned 8-byte "
-                                                   r"read.*argument 0 'x'"):
+    with pytest.raises(KernelAlignmentError, match=r"maxpool2d_forward<float> \(pool2d.cu\).*misaligned "
+                                                   r"(8-byte read|pointer cast).*argument 0 'x'"):
         bad.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
-    with pytest.raises(KernelAlignmentError, match=r"avgpool2d_forward<float>.*misaligned 8-byte read"):
+    with pytest.raises(KernelAlignmentError, match=r"avgpool2d_forward<float>.*misaligned (8-byte read|pointer cast)"):
         bad.avgpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    xd = x.astype(np.float64)
+    with pytest.raises(KernelAlignmentError, match=r"maxpool2d_forward<double>.*misaligned"):
+        bad.maxpool2d_forward(xd, (2, 2), (2, 2), (0, 0))
+
+
+def test_quad_load_without_its_alignment_test_is_refused(tmp_path, cpu):
+    # Without `quad_aligned(x)`, MaxPool2d(2) on W % 4 == 0 loads each window row pair as one
+    # 4-element Quad (16 bytes for float, 32 for double) even from a view that is only
+    # Pair-aligned. The double Quad is wider than 16 bytes: the runtime sees a byte range, and the
+    # reinterpret_cast check is what refuses it.
+    bad = _plant_file(tmp_path, "pool2d.cu", "quad_aligned(x) &&", "")
+    for dtype, offset in ((np.float32, 2), (np.float64, 2)):
+        xh = np.random.default_rng(1).standard_normal((1, 2, 4, 8)).astype(dtype)
+        x = _view(xh, offset)
+        with pytest.raises(KernelAlignmentError, match=r"pool2d_forward<(float|double)> \(pool2d.cu\).*misaligned"):
+            bad.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+        y, am = make_emulated_backend().maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))   # the real kernel
+        y0, am0 = cpu.maxpool2d_forward(xh, (2, 2), (2, 2), (0, 0))
+        np.testing.assert_array_equal(y, y0)
+        np.testing.assert_array_equal(am, am0)

@@ -566,9 +566,14 @@ class EmulatedRawKernel:
                 f"holds {nelem} elements (shape {arr.shape}), the access is at element {elem}, "
                 f"{rel}{extra}")
         if r.kind == _MISALIGNED:
-            access = {0: "read", 1: "write"}.get(r.is_write, "access")
-            head = (f"{where}: misaligned {r.size}-byte {access} by {who}: a GPU faults (misaligned address) "
-                    f"on an access of {r.size} bytes whose address is not a multiple of {r.size}")
+            if r.is_write == 2:
+                head = (f"{where}: misaligned pointer cast by {who}: reinterpret_cast to a type aligned to "
+                        f"{r.size} bytes of an address that is not a multiple of {r.size} (an access through "
+                        "it faults on a GPU)")
+            else:
+                access = {0: "read", 1: "write"}.get(r.is_write, "access")
+                head = (f"{where}: misaligned {r.size}-byte {access} by {who}: a GPU faults (misaligned "
+                        f"address) on an access of {r.size} bytes whose address is not a multiple of {r.size}")
             if r.arg >= 0:
                 p, arr = self.params[r.arg], args[r.arg]
                 item = arr.dtype.itemsize

@@ -323,6 +323,12 @@ static void note_misaligned(uintptr_t a, size_t n, int is_write) {
     note_error(MISALIGNED, -1, (int64_t)(a & 0xFFFF), (int64_t)n, is_write);  // stack / static data
 }
 
+// A reinterpret_cast to a pointer whose target type needs `align` bytes, of an address that is
+// not a multiple of it (cuda_emu.h checks the address; this names the argument and the offset).
+extern "C" void cuda_emu_check_cast(const volatile void* p, unsigned long long align, int) {
+    if (((uintptr_t)p & (align - 1)) != 0) note_misaligned((uintptr_t)p, (size_t)align, 2);
+}
+
 static inline void check_access(uintptr_t a, size_t n, int is_write, int aligned = 0) {
     if (g_pending.active) resolve_pending();
     if ((++g_access_count & ((1u << 22) - 1)) == 0) check_time();
