@@ -222,3 +222,27 @@ __global__ void k(const float* x, float* y, long long n) {
 }
 """
     assert lint_source(src) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# where a GPU with the memory is present: the real thing, past 2^31 elements
+@pytest.mark.gpu
+def test_elementwise_kernels_past_2_31_elements_on_a_gpu():
+    # 2^31 + 8 float32 elements (8 GiB each array, ~26 GiB in all): sigmoid writes 0.5 everywhere,
+    # accumulate adds it twice; a 32-bit index would wrap and leave the tail untouched (or fault).
+    import numpy as np
+    from tests import backend_registry
+    B, reason = backend_registry.entry("cuda").get()
+    if B is None:
+        pytest.skip(reason)
+    n = 2 ** 31 + 8
+    try:
+        dst = B.zeros((n,), np.float32)
+        src = B.sigmoid_forward(B.zeros((n,), np.float32))
+    except Exception as exc:  # not enough device memory
+        pytest.skip(f"cannot allocate 2 x {n} float32 on the GPU: {exc}")
+    B.accumulate(dst, src)
+    B.accumulate(dst, src)
+    for lo in (0, 2 ** 31 - 4, n - 8):
+        assert np.array_equal(B.to_numpy(dst[lo:lo + 8]), np.ones(8, np.float32)), lo
+    assert B.all_finite(dst)
