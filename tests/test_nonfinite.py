@@ -67,11 +67,6 @@ def _ramp(dtype, shape=(1, 1, 4, 4)):
     return (np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape) - 5).astype(dtype)
 
 
-def _nonfinite(v):
-    """The expected value: NaN, +inf or -inf as given (a helper for the literal tables)."""
-    return v
-
-
 # ------------------------------------------------------------------------------------------------
 # the cases: name -> (primitive(s) covered, run(B, dtype, bad) -> results, expected(bad) -> results)
 CASES = {}
@@ -236,7 +231,6 @@ def _maxpool(B, dt, bad):
     x[0, 0, 3, 0] = -INF
     y, am = B.maxpool2d_forward(B.asarray(x), (3, 3), (1, 1), (1, 1))
     y, am = _host(B, y), _host(B, am)
-    xr = _ramp(np.float64)[0, 0]
     want_y = np.zeros((4, 4))
     want_am = np.zeros((4, 4), np.int64)
     for i in range(4):
@@ -261,7 +255,6 @@ def _maxpool(B, dt, bad):
     dx = _host(B, B.maxpool2d_backward(B.asarray(dy), am2, (1, 1, 4, 4), (2, 2), (2, 2), (0, 0)))
     want_dx = np.zeros(16)
     want_dx[[5, 7, 8, 15]] = [1, bad, 2, 3]
-    del xr
     return [(y, want_y.reshape(1, 1, 4, 4)), (_host(B, y2), [[[[0, 2], [-INF, 10]]]]),
             (dx, want_dx.reshape(1, 1, 4, 4))]
 
