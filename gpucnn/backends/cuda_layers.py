@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import numpy_layers
+from .numpy import blocks as numpy_blocks
 
 I64 = np.int64
 F64 = np.float64
@@ -101,7 +101,7 @@ class LayerPrimitives:
         out = self.xp.empty(a.shape, dtype=dt)
         scale = dt.type(0.0 if p >= 1 else 1.0 / (1.0 - p))
         self._launch("dropout.cu", "dropout_apply", dt, a.size, a, out, I64(a.size),
-                     I64(seed), I64(numpy_layers.dropout_threshold(p)), scale)
+                     I64(seed), I64(numpy_blocks.dropout_threshold(p)), scale)
         return out
 
     def dropout_forward(self, x, p, seed):

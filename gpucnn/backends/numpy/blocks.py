@@ -1,11 +1,11 @@
 """NumPy primitives of issue 10's layers: batch norm, dropout, option-A shortcuts, the
 element-wise add of residual blocks, label-smoothed cross-entropy.
 
-Plain functions; ``NumpyBackend`` binds each as a method (one line per primitive).  The exact
-semantics are in ``gpucnn/backends/__init__.py``; ``kernels/batchnorm.cu``, ``dropout.cu``,
-``residual.cu`` and ``label_smoothing.cu`` compute the same formulas in the same order, so
-the per-element arithmetic agrees bit for bit and only the reductions differ (here float
-pairwise sums, there double accumulators).
+Plain functions; ``NumpyBackend`` (backend.py) binds each as a method, one line each.  The
+exact semantics are in ``gpucnn/backends/__init__.py``; ``kernels/batchnorm.cu``,
+``dropout.cu``, ``residual.cu`` and ``label_smoothing.cu`` compute the same formulas in the
+same order, so the per-element arithmetic agrees bit for bit and only the reductions differ
+(here float pairwise sums, there double accumulators).
 """
 from __future__ import annotations
 
