@@ -506,32 +506,54 @@ def test_batchnorm_kernels_are_bitwise_reproducible(dtype, other_backend):
 
 
 # ----------------------------------------- resume with batch norm and dropout stays exact
-def test_trainer_resume_with_batchnorm_and_dropout_is_bitwise_exact(tmp_path):
+class _Interrupt(gpucnn.Identity):
+    """Raises KeyboardInterrupt in its ``at``-th training forward (after Dropout drew a seed)."""
+
+    def __init__(self, at=None):
+        self.at, self.calls = at, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                raise KeyboardInterrupt
+        return x
+
+
+def _bn_dropout_trainer(data, run_dir=None, interrupt_at=None):
+    from gpucnn.trainer import Trainer, make_optimizer
+    c = data.input_shape[0]
+    gpucnn.manual_seed(0)
+    model = gpucnn.Sequential(
+        gpucnn.Conv2d(c, 4, 3, padding=1, bias=False), gpucnn.BatchNorm2d(4), gpucnn.ReLU(),
+        gpucnn.Residual(gpucnn.Sequential(gpucnn.Conv2d(4, 4, 3, padding=1, bias=False),
+                                          gpucnn.BatchNorm2d(4))),
+        gpucnn.AdaptiveAvgPool2d(1), gpucnn.Flatten(), gpucnn.Dropout(0.3),
+        _Interrupt(interrupt_at), gpucnn.Linear(4, data.num_classes))
+    opt = make_optimizer("sgd", model.parameters(), 0.05)
+    return Trainer(model, opt, data.train, data.test, batch_size=32, seed=0, run_dir=run_dir,
+                   progress=False, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("stop", ["epoch-end", "mid-step"])
+def test_trainer_resume_with_batchnorm_and_dropout_is_bitwise_exact(tmp_path, stop):
+    """The checkpoint holds gpucnn's generator as it was after the last completed step, so
+    the resumed run draws the same dropout masks -- also when the interruption came in the
+    middle of a step whose Dropout had already drawn its seed."""
     from gpucnn.checkpoint import CHECKPOINT_NAME
     from gpucnn.data import load_dataset
-    from gpucnn.trainer import Trainer, make_optimizer
+    from gpucnn.trainer import TrainingInterrupted
 
-    data = load_dataset("digits", limit_train=96, limit_test=40)
-    c = data.input_shape[0]
-
-    def trainer(run_dir=None):
-        gpucnn.manual_seed(0)
-        model = gpucnn.Sequential(
-            gpucnn.Conv2d(c, 4, 3, padding=1, bias=False), gpucnn.BatchNorm2d(4), gpucnn.ReLU(),
-            gpucnn.Residual(gpucnn.Sequential(gpucnn.Conv2d(4, 4, 3, padding=1, bias=False),
-                                              gpucnn.BatchNorm2d(4))),
-            gpucnn.AdaptiveAvgPool2d(1), gpucnn.Flatten(), gpucnn.Dropout(0.3),
-            gpucnn.Linear(4, data.num_classes))
-        opt = make_optimizer("sgd", model.parameters(), 0.05)
-        return Trainer(model, opt, data.train, data.test, batch_size=32, seed=0, run_dir=run_dir,
-                       progress=False, log=lambda *_: None)
-
-    full = trainer()
+    data = load_dataset("digits", limit_train=96, limit_test=40)      # 3 steps per epoch
+    full = _bn_dropout_trainer(data)
     full.fit(2)
-    first = trainer(tmp_path / "run")
-    first.fit(1)
+    if stop == "epoch-end":
+        _bn_dropout_trainer(data, tmp_path / "run").fit(1)
+    else:
+        with pytest.raises(TrainingInterrupted, match="global step 4"):
+            _bn_dropout_trainer(data, tmp_path / "run", interrupt_at=5).fit(2)
     gpucnn.manual_seed(12345)       # whatever the generator did meanwhile, the checkpoint wins
-    resumed = trainer(tmp_path / "run")
+    resumed = _bn_dropout_trainer(data, tmp_path / "run")
     resumed.restore(tmp_path / "run" / CHECKPOINT_NAME)
     resumed.fit(2)
     a, b = full.model.state_dict(), resumed.model.state_dict()
