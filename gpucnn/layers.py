@@ -246,7 +246,8 @@ class Module:
         return params[0].dtype if params else getattr(self, "_dtype", np.dtype(np.float32))
 
     def to(self, device=None, dtype=None):
-        """Move parameters (and gradients) to ``device`` and/or cast to ``dtype``; returns self."""
+        """Move parameters (and gradients) and float buffers to ``device`` and/or cast to ``dtype``;
+        returns self.  Integer buffers (``num_batches_tracked``) stay int64 on the host."""
         target = None
         if device is not None and not isinstance(device, str) and dtype is None:
             try:  # .to(numpy.float64), as PyTorch's .to(torch.float64)
