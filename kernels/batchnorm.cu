@@ -43,7 +43,9 @@ __global__ void channel_mean(const double* __restrict__ partial, T* __restrict__
 
 // One thread per (channel c, part p), t = c*P + p: sums in double, in increasing element
 // order, d*d with d = x - mean[c] (computed in T) over the elements e = p, p + P, ... (e < N*S)
-// of channel c, element e being x[e / S, c, e % S]; writes partial[t].
+// of channel c, element e being x[e / S, c, e % S]; writes partial[t].  As bias.cu's
+// channel_sum_partial: (e / S, e % S) is divided out once, then advanced by (P / S, P % S)
+// with a carry, so the inner loop has no integer division.
 template <typename T>
 __global__ void channel_sqdev_partial(const T* __restrict__ x, const T* __restrict__ mean,
                                       double* __restrict__ partial,
@@ -51,15 +53,24 @@ __global__ void channel_sqdev_partial(const T* __restrict__ x, const T* __restri
 {
     const long long M = N * S;
     const long long step = (long long)gridDim.x * blockDim.x;
+    const long long P_n = P / S;
+    const long long P_s = P - P_n * S;                   // 0 <= P_s < S
     for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < C * P; t += step) {
         const long long c = t / P;
         const long long p = t - c * P;
         const T mu = mean[c];
+        long long n = p / S;
+        long long s = p - n * S;
         double sum = 0.0;
         for (long long e = p; e < M; e += P) {
-            const long long n = e / S;
-            const double d = (double)(x[(n * C + c) * S + (e - n * S)] - mu);
+            const double d = (double)(x[(n * C + c) * S + s] - mu);
             sum += d * d;
+            n += P_n;
+            s += P_s;
+            if (s >= S) {
+                s -= S;
+                n += 1;
+            }
         }
         partial[t] = sum;
     }
@@ -67,6 +78,8 @@ __global__ void channel_sqdev_partial(const T* __restrict__ x, const T* __restri
 
 // One thread per element i of x (N, C, S), c = (i / S) % C:
 // y[i] = (x[i] - mean[c]) * scale + bias[c],  scale = weight[c] / sqrt(var[c] + eps).
+// As bias.cu's bias_forward: the channel is divided out once per thread, then each grid step
+// moves (s, c) on by (step % S, (step / S) % C) with carries (no division in the loop).
 template <typename T>
 __global__ void batchnorm_forward(const T* __restrict__ x, const T* __restrict__ mean,
                                   const T* __restrict__ var, const T* __restrict__ weight,
@@ -74,16 +87,30 @@ __global__ void batchnorm_forward(const T* __restrict__ x, const T* __restrict__
                                   long long total, long long C, long long S, T eps)
 {
     const long long step = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
-        const long long c = (i / S) % C;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const long long step_rows = step / S;
+    const long long step_s = step - step_rows * S;       // 0 <= step_s < S
+    const long long step_c = step_rows % C;              // 0 <= step_c < C
+    const long long row = i / S;                         // n*C + c
+    long long s = i - row * S;
+    long long c = row % C;
+    for (; i < total; i += step) {
         const T scale = weight[c] / sqrt_t(var[c] + eps);
         y[i] = (x[i] - mean[c]) * scale + bias[c];
+        s += step_s;
+        c += step_c;
+        if (s >= S) {                                    // carry into the next row
+            s -= S;
+            c += 1;
+        }
+        if (c >= C) c -= C;                              // c < 2C here
     }
 }
 
 // One thread per (channel c, part p), t = c*P + p: over the elements e = p, p + P, ... of
-// channel c (as channel_sqdev_partial), sums in double dy and dy * (x - mean[c]) (the
-// difference computed in T); writes partial_dy[t] and partial_dyxmu[t].
+// channel c (walked as in channel_sqdev_partial), sums in double dy and dy * (x - mean[c])
+// (the difference computed in T); writes partial_dy[t] and partial_dyxmu[t].
 template <typename T>
 __global__ void batchnorm_backward_partial(const T* __restrict__ dy, const T* __restrict__ x,
                                            const T* __restrict__ mean,
@@ -93,17 +120,26 @@ __global__ void batchnorm_backward_partial(const T* __restrict__ dy, const T* __
 {
     const long long M = N * S;
     const long long step = (long long)gridDim.x * blockDim.x;
+    const long long P_n = P / S;
+    const long long P_s = P - P_n * S;                   // 0 <= P_s < S
     for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < C * P; t += step) {
         const long long c = t / P;
         const long long p = t - c * P;
         const T mu = mean[c];
+        long long n = p / S;
+        long long s = p - n * S;
         double s1 = 0.0, s2 = 0.0;
         for (long long e = p; e < M; e += P) {
-            const long long n = e / S;
-            const long long k = (n * C + c) * S + (e - n * S);
+            const long long k = (n * C + c) * S + s;
             const double g = (double)dy[k];
             s1 += g;
             s2 += g * (double)(x[k] - mu);
+            n += P_n;
+            s += P_s;
+            if (s >= S) {
+                s -= S;
+                n += 1;
+            }
         }
         partial_dy[t] = s1;
         partial_dyxmu[t] = s2;
@@ -142,6 +178,7 @@ __global__ void batchnorm_backward_reduce(const double* __restrict__ partial_dy,
 //   batch_stats != 0:  dx[i] = ((dy[i] - dbias[c]*inv_m) - (x[i] - mean[c]) * k2) * a,
 //                      k2 = invstd * dweight[c] * inv_m         (the full training backward)
 //   batch_stats == 0:  dx[i] = dy[i] * a                          (running statistics)
+// (s, c) advance with carries as in batchnorm_forward.
 template <typename T>
 __global__ void batchnorm_backward_data(const T* __restrict__ dy, const T* __restrict__ x,
                                         const T* __restrict__ mean, const T* __restrict__ var,
@@ -152,8 +189,15 @@ __global__ void batchnorm_backward_data(const T* __restrict__ dy, const T* __res
                                         T inv_m, long long batch_stats)
 {
     const long long step = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
-        const long long c = (i / S) % C;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const long long step_rows = step / S;
+    const long long step_s = step - step_rows * S;
+    const long long step_c = step_rows % C;
+    const long long row = i / S;
+    long long s = i - row * S;
+    long long c = row % C;
+    for (; i < total; i += step) {
         const T invstd = T(1) / sqrt_t(var[c] + eps);
         const T a = weight[c] * invstd;
         if (batch_stats) {
@@ -163,6 +207,13 @@ __global__ void batchnorm_backward_data(const T* __restrict__ dy, const T* __res
         } else {
             dx[i] = dy[i] * a;
         }
+        s += step_s;
+        c += step_c;
+        if (s >= S) {
+            s -= S;
+            c += 1;
+        }
+        if (c >= C) c -= C;
     }
 }
 
