@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from .parallel import elementwise, split_sum
+
 #: splitmix64 constants (Steele, Lea, Flood: "Fast splittable pseudorandom number generators")
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -35,13 +37,21 @@ def add(a, b):
     return np.add(a, b)
 
 
+# The batch axis is split over the worker threads (parallel.elementwise): per-range channel
+# sums are added in range order (split_sum), element-wise passes write their own rows.
 def batchnorm_stats(x):
     x3 = _view3(x)
-    m = x3.shape[0] * x3.shape[2]
-    mean = _channel_sum(x3) / x.dtype.type(m)
-    d = x3 - mean[:, None]
-    np.multiply(d, d, out=d)
-    var = _channel_sum(d) / x.dtype.type(m)
+    n, _, s = x3.shape
+    mean = split_sum(elementwise(n, x3[0].size, lambda a, b: _channel_sum(x3[a:b])))
+    mean /= x.dtype.type(n * s)
+    mc = mean[:, None]
+
+    def squares(a, b):
+        d = x3[a:b] - mc
+        np.multiply(d, d, out=d)
+        return _channel_sum(d)
+    var = split_sum(elementwise(n, x3[0].size, squares))
+    var /= x.dtype.type(n * s)
     return mean, var
 
 
@@ -52,30 +62,52 @@ def _scale(weight, var, eps):
 
 def batchnorm_forward(x, mean, var, weight, bias, eps):
     x3 = _view3(x)
-    y = np.subtract(x3, mean[:, None])
-    y *= _scale(weight, var, eps)[:, None]
-    y += bias[:, None]
+    y = np.empty(x3.shape, dtype=x.dtype)
+    mc, sc, bc = mean[:, None], _scale(weight, var, eps)[:, None], bias[:, None]
+
+    def part(a, b):
+        ya = y[a:b]
+        np.subtract(x3[a:b], mc, out=ya)
+        ya *= sc
+        ya += bc
+    elementwise(x3.shape[0], x3[0].size, part)
     return y.reshape(x.shape)
 
 
 def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats):
     t = x.dtype.type
     x3, dy3 = _view3(x), _view3(dy)
+    n, c, s = x3.shape
     invstd = t(1) / np.sqrt(var + t(eps))
     a = weight * invstd
-    xmu = x3 - mean[:, None]
-    dbias = _channel_sum(dy3)
-    dweight = _channel_sum(dy3 * xmu) * invstd
+    mc = mean[:, None]
+
+    def sums(lo, hi):
+        xmu = x3[lo:hi] - mc
+        xmu *= dy3[lo:hi]
+        return np.stack([_channel_sum(dy3[lo:hi]), _channel_sum(xmu)])
+    both = split_sum(elementwise(n, c * s, sums))
+    dbias = both[0].copy()
+    dweight = both[1] * invstd
+    dx = np.empty(x3.shape, dtype=x.dtype)
     if batch_stats:
-        inv_m = t(1.0 / (x3.shape[0] * x3.shape[2]))
-        k1 = dbias * inv_m
-        k2 = invstd * dweight * inv_m
-        xmu *= k2[:, None]
-        dx = np.subtract(dy3, k1[:, None])
-        dx -= xmu
-        dx *= a[:, None]
+        inv_m = t(1.0 / (n * s))
+        k1 = (dbias * inv_m)[:, None]
+        k2 = (invstd * dweight * inv_m)[:, None]
+        ac = a[:, None]
+
+        def part(lo, hi):
+            d, xmu = dx[lo:hi], x3[lo:hi] - mc
+            xmu *= k2
+            np.subtract(dy3[lo:hi], k1, out=d)
+            d -= xmu
+            d *= ac
     else:
-        dx = dy3 * a[:, None]
+        ac = a[:, None]
+
+        def part(lo, hi):
+            np.multiply(dy3[lo:hi], ac, out=dx[lo:hi])
+    elementwise(n, c * s, part)
     return dx.reshape(x.shape), dweight, dbias
 
 
