@@ -31,6 +31,8 @@ NVRTC_OPTIONS = ("-std=c++14", "--fmad=false")
 #: file -> the kernel templates it defines (each ``template <typename T>``).
 KERNELS = {
     "conv2d.cu": ("im2col", "col2im", "swap_axes01"),
+    "conv2d_igemm.cu": ("conv2d_igemm_forward", "conv2d_igemm_backward_data",
+                        "conv2d_igemm_backward_weight", "igemm_split_sum"),
     "bias.cu": ("bias_forward", "channel_sum_partial", "row_sum"),
     "pool2d.cu": ("maxpool2d_forward", "maxpool2d_backward", "maxpool2d_backward_disjoint",
                   "avgpool2d_forward", "avgpool2d_backward", "avgpool2d_backward_disjoint"),
