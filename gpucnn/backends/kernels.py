@@ -44,6 +44,11 @@ KERNELS = {
     "optim.cu": ("sgd_update", "adam_update"),
 }
 
+#: Kernels launched with a fixed block (256 threads) and an exact grid of output tiles, not
+#: the grid-stride BLOCK / MAX_BLOCKS launch (they stage tiles in shared memory).
+TILED = frozenset({"conv2d_igemm_forward", "conv2d_igemm_backward_data",
+                   "conv2d_igemm_backward_weight", "conv2d_igemm_forward_tf32"})
+
 #: numpy dtype name -> C++ type the templates are instantiated with.
 CTYPES = {"float32": "float", "float64": "double"}
 
