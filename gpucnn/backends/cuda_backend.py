@@ -191,8 +191,7 @@ class CudaBackend:
         dims = self._conv_geometry(x.shape, w.shape, stride, padding)
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = dims
         y = self.xp.empty((n, o, oh, ow), dtype=dt)
-        if self._use_tf32(dt):
-            self._tf32_forward(x, w, y, dims)
+        if self._use_tf32(dt) and self._tf32_forward(x, w, y, dims):
             return y
         self._igemm_launch("conv2d_igemm_forward", dt, self._igemm_grid(o, n * oh * ow),
                            x, w, y, *map(I64, (n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow)))
@@ -229,22 +228,34 @@ class CudaBackend:
                          I64(o * cols), I64(slices))
         return dw
 
-    # TF32 (float32 forward on compute capability >= 8.0, when gpucnn.backends.cuda.allow_tf32)
+    # TF32: the float32 forward on the tensor cores when gpucnn.backends.cuda.allow_tf32 is
+    # True and the device has compute capability >= 8.0 (kernels/conv2d_igemm_tf32.cu).  If that
+    # file cannot be compiled (it needs the CUDA toolkit's <mma.h>), one warning, then float32.
+    _compute_capability = None
+    _tf32_unavailable = None
+
     def _use_tf32(self, dt):
-        if not (cuda_flags.allow_tf32 and dt == np.float32):
+        if not cuda_flags.allow_tf32 or dt != np.float32 or self._tf32_unavailable:
             return False
         cc = self._compute_capability
         if cc is None:
             get = getattr(self.loader, "compute_capability", None)
             cc = self._compute_capability = int(get()) if get is not None else 0
-        return cc >= 80
-
-    _compute_capability = None
+        return cc >= _K.NEEDS_CUDA_HEADERS["conv2d_igemm_tf32.cu"]
 
     def _tf32_forward(self, x, w, y, dims):
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = dims
-        self.loader.get("conv2d_igemm_tf32.cu", "conv2d_igemm_forward_tf32", x.dtype)(
-            self._igemm_grid(o, n * oh * ow), (_IGEMM_THREADS,), (x, w, y, *map(I64, dims)))
+        try:
+            kernel = self.loader.get("conv2d_igemm_tf32.cu", "conv2d_igemm_forward_tf32", x.dtype)
+        except _K.KernelCompileError as exc:
+            import warnings
+            self._tf32_unavailable = str(exc)
+            warnings.warn("gpucnn: allow_tf32 is set but the TF32 convolution kernel does not "
+                          f"compile here ({' '.join(str(exc).split())[:300]}); using float32",
+                          RuntimeWarning, stacklevel=3)
+            return False
+        kernel(self._igemm_grid(o, n * oh * ow), (_IGEMM_THREADS,), (x, w, y, *map(I64, dims)))
+        return True
 
     def _im2col_forward(self, x, w, stride, padding):
         dt = x.dtype

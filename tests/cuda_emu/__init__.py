@@ -237,7 +237,8 @@ def build_module(source, name_expressions, std="c++14", include_dirs=()) -> path
     includes = [source.parent, *map(pathlib.Path, include_dirs)]
     wrapper = _wrapper_source(source, exprs)
     h = hashlib.sha256()
-    for part in (HEADER.read_bytes(), RUNTIME.read_bytes(), source.read_bytes(), wrapper.encode(),
+    for part in (*(hdr.read_bytes() for hdr in sorted(HERE.glob("*.h"))),  # cuda_emu.h, mma.h
+                 RUNTIME.read_bytes(), source.read_bytes(), wrapper.encode(),
                  repr((KERNEL_FLAGS, LINK_FLAGS, std)).encode(), _compiler_version().encode()):
         h.update(part)
         h.update(b"\0")
@@ -664,6 +665,12 @@ class EmulatedLoader:
     Compiles each kernel file once per process (and once per content hash on disk), with every
     kernel template the backend lists instantiated for float and double.
     """
+
+    #: what ``compute_capability()`` reports (the TF32 kernels need >= 80; tests may lower it)
+    emulated_compute_capability = 90
+
+    def compute_capability(self) -> int:
+        return int(self.emulated_compute_capability)
 
     def __init__(self, kernel_dir=None):
         from gpucnn.backends import kernels as K
