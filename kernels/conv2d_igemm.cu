@@ -15,7 +15,8 @@
 // is walked in steps of 16: each thread loads 4 elements of the A tile and 4 of the B tile into
 // registers (the loads of step s+1 are issued before the arithmetic of step s), stores them in
 // shared memory (As[16][64], Bs[16][64]), and after a barrier accumulates its 4 x 4 outputs
-// (rows ty + 16i, columns tx + 16j: register blocking, conflict-free shared reads).
+// (rows ty + 16i, columns tx + 16j: register blocking, conflict-free shared reads); threads
+// whose rows all lie past M (a layer with fewer than 64 channels) skip the arithmetic.
 // Determinism: every output element is one thread's sum over k in ascending order, one fused
 // multiply-add per term (explicit fma: one rounding per term, whatever --fmad says); no atomics.
 // Backward weight splits its long reduction (N*OH*OW) into S fixed slices of `chunk` terms
@@ -122,7 +123,7 @@ __global__ void conv2d_igemm_forward(const T* __restrict__ x, const T* __restric
         for (int u = 0; u < 4; ++u) Bs[bk + 4 * u][bn] = rb[u];
         __syncthreads();
         if (k0 + IG_BK < K) load(k0 + IG_BK);   // in flight during this step's arithmetic
-        igemm_step<T>(As, Bs, acc, tx, ty);
+        if (m0 + ty < O) igemm_step<T>(As, Bs, acc, tx, ty);   // else all 4 rows are past O
         __syncthreads();
     }
 #pragma unroll
@@ -207,7 +208,7 @@ __global__ void conv2d_igemm_backward_data(const T* __restrict__ dy, const T* __
         for (int u = 0; u < 4; ++u) Bs[bk + 4 * u][bn] = rb[u];
         __syncthreads();
         if (k0 + IG_BK < K) load(k0 + IG_BK);
-        igemm_step<T>(As, Bs, acc, tx, ty);
+        if (m0 + ty < C) igemm_step<T>(As, Bs, acc, tx, ty);   // else all 4 rows are past C
         __syncthreads();
     }
 #pragma unroll
@@ -293,7 +294,7 @@ __global__ void conv2d_igemm_backward_weight(const T* __restrict__ dy, const T* 
         for (int u = 0; u < 4; ++u) Bs[lk][lr + 16 * u] = rb[u];
         __syncthreads();
         if (k0 + IG_BK < kend) load(k0 + IG_BK);
-        igemm_step<T>(As, Bs, acc, tx, ty);
+        if (m0 + ty < O) igemm_step<T>(As, Bs, acc, tx, ty);   // else all 4 rows are past O
         __syncthreads();
     }
     T* out = part + s * O * NC;
