@@ -171,3 +171,46 @@ def test_kernel_files_need_headers_only_where_listed():
     for file in kernels.KERNELS:
         src = kernels.read_source(file)
         assert ("#include" in src) == (file in kernels.NEEDS_CUDA_HEADERS), file
+
+
+def test_benchmark_part3_runs_on_a_fake_device(emu, monkeypatch):
+    """benchmarks/bench_kernels.py's implicit-GEMM table, with CuPy faked over NumPy and the
+    emulated backend (no timing meaning; it checks the code paths that only a GPU runs)."""
+    import sys
+    import types
+    sys.path.insert(0, "benchmarks")
+    try:
+        import bench_kernels
+    finally:
+        sys.path.remove("benchmarks")
+
+    class Event:
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class Device:
+        id = 0
+        compute_capability = "90"
+        attributes = {"ClockRate": 1_980_000}
+
+        def synchronize(self):
+            pass
+    cuda = types.SimpleNamespace(
+        Device=Device, Event=Event, get_elapsed_time=lambda a, b: 1.0,
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"multiProcessorCount": 132}))
+    cp = types.SimpleNamespace(cuda=cuda, asarray=np.asarray, asnumpy=np.asarray)
+    monkeypatch.setitem(sys.modules, "torch", None)          # no cuDNN columns
+    rows, peaks = bench_kernels.igemm_layers(
+        emu, cp, reps=1, batch=2, layers=[("tiny", 3, 6, 6, 4, 3, 2, 1)])
+    assert [r["op"] for r in rows] == ["forward", "backward_data", "backward_weight"]
+    assert {"igemm_tflops", "im2col_tflops"} <= rows[0].keys() and "igemm_tf32_tflops" in rows[0]
+    assert "igemm_tf32_tflops" not in rows[1]
+    assert rows[0]["igemm_tf32_max_rel_diff"] < tolerances.tf32_rtol(27)
+    assert rows[2]["im2col_max_rel_diff"] < 1e-5
+    assert abs(peaks["fp32_tflops"] - 132 * 128 * 2 * 1.98 / 1e3) < 1e-9
+    assert abs(peaks["tf32_tflops"] - 132 * 2048 * 1.98 / 1e3) < 1e-9
+    assert emu.conv_algorithm == "igemm"
+    bench_kernels.print_igemm(rows, peaks)
