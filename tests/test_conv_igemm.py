@@ -1,4 +1,5 @@
-"""The implicit-GEMM convolution (kernels/conv2d_igemm.cu, conv2d_igemm_tf32.cu) on the emulator.
+"""The implicit-GEMM convolution (kernels/conv2d_igemm.cu, conv2d_igemm_tf32.cu) on the emulator
+and, where there is one, on a GPU (``-m gpu``; the TF32 kernel needs compute capability >= 8.0).
 
 The parity suite (tests/test_parity.py) already runs every convolution case through the default
 algorithm, implicit GEMM.  Here: the im2col path kept behind ``conv_algorithm = "im2col"``
@@ -15,16 +16,16 @@ from gpucnn.backends import kernels
 from tests.backend_registry import entry
 from tests.test_parity import CASES, _check, _host
 
-pytestmark = pytest.mark.emulated
-
 DTYPES = (np.float32, np.float64)
 CONV = [c for c in CASES if c.primitive.startswith("conv2d") and not c.large]
 FORWARD = [c for c in CONV if c.primitive == "conv2d_forward"]
 
 
-@pytest.fixture(scope="module")
-def emu():
-    backend, reason = entry("emulated").get()
+@pytest.fixture(scope="module", params=[pytest.param("emulated", marks=pytest.mark.emulated),
+                                        pytest.param("cuda", marks=pytest.mark.gpu)])
+def emu(request):
+    """The CUDA backend's class on the emulator, or on the GPU."""
+    backend, reason = entry(request.param).get()
     if backend is None:
         pytest.skip(reason)
     return backend
@@ -75,9 +76,9 @@ def test_igemm_is_the_default(case, dtype, emu, numpy_backend, launches):
 
 def test_unknown_algorithm_is_refused(emu, monkeypatch):
     monkeypatch.setattr(emu.unchecked, "conv_algorithm", "winograd")
-    x = np.zeros((1, 1, 3, 3), np.float32)
+    x = emu.asarray(np.zeros((1, 1, 3, 3), np.float32))
     with pytest.raises(ValueError, match="GPUCNN_CONV"):
-        emu.conv2d_forward(x, np.zeros((1, 1, 1, 1), np.float32), (1, 1), (0, 0))
+        emu.conv2d_forward(x, emu.asarray(np.zeros((1, 1, 1, 1), np.float32)), (1, 1), (0, 0))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -114,6 +115,8 @@ def tf32(monkeypatch):
 def test_tf32_forward_within_the_tf32_tolerance(case, emu, tf32, launches):
     """allow_tf32: the wmma kernel runs, is within 2**-10 * sqrt(K) of the float64 reference,
     and (on inputs that are not TF32-exact) outside the float32 tolerance: the TF32 path ran."""
+    if not emu.unchecked._use_tf32(np.dtype(np.float32)):
+        pytest.skip("no TF32 on this device (compute capability < 8.0) or its kernel does not compile")
     got = _host(emu, case.run(emu, np.float32))[0]
     ref = case.reference(np.float64)[0]
     w = case.args["w"]
@@ -138,12 +141,15 @@ def test_tf32_leaves_float64_backward_and_old_gpus_alone(emu, numpy_backend, tf3
     assert not launches.get(("conv2d_igemm_tf32.cu", "conv2d_igemm_forward_tf32")), launches
 
 
-def test_tf32_rounding_of_the_wmma_stand_in(emu, tf32):
+def test_tf32_rounding_of_the_wmma_stand_in(emu, tf32, launches):
     """Inputs exact in TF32 (small integers): the TF32 result is exact."""
+    if not emu.unchecked._use_tf32(np.dtype(np.float32)):
+        pytest.skip("no TF32 on this device")
     rng = np.random.default_rng(5)
-    x = rng.integers(-4, 5, (2, 3, 9, 7)).astype(np.float32)
-    w = rng.integers(-4, 5, (5, 3, 3, 3)).astype(np.float32)
+    x = emu.asarray(rng.integers(-4, 5, (2, 3, 9, 7)).astype(np.float32))
+    w = emu.asarray(rng.integers(-4, 5, (5, 3, 3, 3)).astype(np.float32))
     got = emu.to_numpy(emu.conv2d_forward(x, w, (1, 1), (1, 1)))
+    assert launches.get(("conv2d_igemm_tf32.cu", "conv2d_igemm_forward_tf32")), launches
     import gpucnn.backends.cuda as flags
     flags.allow_tf32 = False
     want = emu.to_numpy(emu.conv2d_forward(x, w, (1, 1), (1, 1)))
@@ -178,6 +184,8 @@ def test_benchmark_part3_runs_on_a_fake_device(emu, monkeypatch):
     emulated backend (no timing meaning; it checks the code paths that only a GPU runs)."""
     import sys
     import types
+    if emu.name != "emulated":
+        pytest.skip("runs on the emulated backend only")
     sys.path.insert(0, "benchmarks")
     try:
         import bench_kernels
