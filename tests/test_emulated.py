@@ -546,3 +546,51 @@ def test_every_kernel_instantiation_runs_on_the_emulator(cpu):
             for dt in (np.float32, np.float64):
                 _check(_host(emu, c.run(emu, dt)), _host(cpu, c.run(cpu, dt)), c.primitive, dt, repr(c))
     assert expected - launched() == set(), f"never launched: {sorted(expected - launched())}"
+
+
+# ------------------------------------------------------------------------------------------------
+# the nvcuda::wmma stand-in (tests/cuda_emu/mma.h)
+WMMA_TOY = pathlib.Path(__file__).parent / "cuda_emu" / "toy" / "wmma_toy.cu"
+
+
+@pytest.fixture(scope="module")
+def wmma_toy():
+    return EmulatedModule(WMMA_TOY, ["wmma_tile", "wmma_divergent", "wmma_missing_barrier"])
+
+
+def _tf32(v):
+    """Round to nearest (ties away) to a 10-bit mantissa, as __float_to_tf32."""
+    b = np.asarray(v, np.float32).view(np.uint32)
+    return ((b + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def test_wmma_tile_is_a_tf32_product(wmma_toy):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((16, 8)).astype(np.float32)
+    b = rng.standard_normal((8, 16)).astype(np.float32)
+    c = np.full((16, 16), np.nan, np.float32)
+    wmma_toy.get_function("wmma_tile")((1,), (32,), (a, b, c, np.int64(0)))
+    want = _tf32(a).astype(np.float64) @ _tf32(b).astype(np.float64) + 1.0
+    assert np.abs(c - want).max() <= 1e-5 * np.abs(want).max()
+    full = a.astype(np.float64) @ b.astype(np.float64) + 1.0
+    assert np.abs(c - full).max() > 1e-5 * np.abs(full).max()      # it did round to TF32
+
+
+def test_wmma_misaligned_tile_pointer_is_reported(wmma_toy):
+    a = np.zeros(16 * 8 + 1, np.float32)
+    b = np.zeros((8, 16), np.float32)
+    c = np.zeros((16, 16), np.float32)
+    with pytest.raises(KernelMemoryError, match="misaligned"):
+        wmma_toy.get_function("wmma_tile")((1,), (32,), (a, b, c, np.int64(1)))
+
+
+def test_wmma_divergent_lane_is_reported(wmma_toy):
+    a, b, c = np.zeros((16, 8), np.float32), np.zeros((8, 16), np.float32), np.zeros((16, 16), np.float32)
+    with pytest.raises(KernelSyncError, match="lane"):
+        wmma_toy.get_function("wmma_divergent")((1,), (32,), (a, b, c))
+
+
+def test_wmma_load_without_barrier_is_a_race(wmma_toy):
+    a, b, c = np.ones((16, 8), np.float32), np.zeros((8, 16), np.float32), np.zeros((16, 16), np.float32)
+    with pytest.raises(KernelRaceError, match="As"):
+        wmma_toy.get_function("wmma_missing_barrier")((1,), (32,), (a, b, c))

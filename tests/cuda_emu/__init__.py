@@ -147,7 +147,8 @@ class _Report(ctypes.Structure):
 (_OUT_OF_BOUNDS, _FAULT_NEAR_ARRAY, _NULL_POINTER, _BARRIER_EXIT, _BARRIER_MISMATCH, _TRAP, _BAD_LAUNCH, _RACE,
  _WARP_MISMATCH, _WARP_INACTIVE_SOURCE, _WARP_BAD_ARG, _STACK_OVERFLOW, _TIMEOUT, _WILD_ACCESS, _MISALIGNED) = range(1, 16)
 _WARP_OPS = {1: "__shfl_sync", 2: "__shfl_up_sync", 3: "__shfl_down_sync", 4: "__shfl_xor_sync",
-             5: "__ballot_sync", 6: "__any_sync", 7: "__all_sync", 8: "__syncwarp"}
+             5: "__ballot_sync", 6: "__any_sync", 7: "__all_sync", 8: "__syncwarp",
+             9: "an nvcuda::wmma *_sync call"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,7 +338,8 @@ class EmulatedModule:
             raise EmulatorError(f"{self.label}: dynamic shared memory (extern __shared__) is not emulated")
         # Fibers only where a barrier can happen; otherwise a block's threads run in a plain loop.
         self.fiber_mode = bool(re.search(
-            r"__syncthreads|__syncwarp|__shfl\w*_sync|__ballot_sync|__any_sync|__all_sync|__activemask", code))
+            r"__syncthreads|__syncwarp|__shfl\w*_sync|__ballot_sync|__any_sync|__all_sync|__activemask"
+            r"|\b(?:load_matrix|mma|store_matrix)_sync\b", code))  # wmma: warp rendezvous
         self.signatures = {e: kernel_signature(self.source, e) for e in self.name_expressions}
         self.lib_path = build_module(self.path, self.name_expressions, std=std, include_dirs=include_dirs)
         self.lib = ctypes.CDLL(str(self.lib_path))

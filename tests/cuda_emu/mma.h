@@ -8,9 +8,9 @@
 // are only ever filled, loaded, multiplied and stored as a whole (code that touches x[i] applies
 // the same elementwise operation to every element, e.g. __float_to_tf32).
 //  * load_matrix_sync / mma_sync / store_matrix_sync are warp-collective: each one first meets
-//    the other 31 lanes in a vote (__all_sync over the full mask), so a lane that is not
-//    converged with its warp (a divergent branch, an exited lane) is reported as on a GPU
-//    (KernelSyncError).  The vote does not order memory: a lane reading a tile that another
+//    the other 31 lanes at the same call (a rendezvous over the full mask that compares source
+//    lines), so a lane that is not converged with its warp (a divergent branch, an exited lane,
+//    another wmma call) is reported (KernelSyncError).  It does not order memory: a lane reading a tile that another
 //    lane wrote with no __syncthreads()/__syncwarp() between is still a reported race.
 //  * load_matrix_sync reads the whole tile in every lane (through the instrumented kernel code
 //    path: bounds, races, and the 256-bit pointer alignment and ldm % 4 that wmma requires);
@@ -47,8 +47,9 @@ inline unsigned lane_id() {
     const unsigned t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
     return t % 32;
 }
-// every lane of the warp must arrive (a full-mask vote; it does not order memory)
-inline void converge(int line) { (void)::cuda_emu::warp_vote(line, 7, 0xffffffffu, 1); }
+// every lane of the warp must arrive at this same call (the runtime's WMMA rendezvous, op 9,
+// compares the source lines; it does not order memory)
+inline void converge(int line) { (void)cuda_emu_warp_op(9, 0xffffffffu, 0, line, 32, line); }
 
 inline void check_pointer(const volatile void* p, unsigned ldm, int line) {
     cuda_emu_check_cast(p, 32, line);   // wmma needs 256-bit aligned tile pointers
