@@ -96,7 +96,18 @@ __global__ void conv2d_igemm_forward(const T* __restrict__ x, const T* __restric
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) acc[i][jj] = T(0);
     }
-    // this thread's 4 + 4 tile elements of K step kb
+    // The B loader's rows k = kb + bk + 4u as taps (c, p, q): divided once here, then advanced
+    // by one K step (16 = dc*KK + dp*KW + dq) per load with carries (no division in the loop).
+    long long bc[4], bp[4], bq[4];
+    const long long dc = IG_BK / KK, dp = (IG_BK - dc * KK) / KW, dq = IG_BK - dc * KK - dp * KW;
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        const long long k = bk + 4 * u;
+        bc[u] = k / KK;
+        bp[u] = (k - bc[u] * KK) / KW;
+        bq[u] = k - bc[u] * KK - bp[u] * KW;
+    }
+    // this thread's 4 + 4 tile elements of K step kb (called for kb = 0, 16, 32, ... in order)
     auto load = [&](long long kb) {
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
@@ -106,13 +117,14 @@ __global__ void conv2d_igemm_forward(const T* __restrict__ x, const T* __restric
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
             const long long k = kb + bk + 4 * u;
-            T v = T(0);
-            if (jin && k < K) {
-                const long long c = k / KK, r = k - c * KK, p = r / KW;
-                const long long h = h0 + p, ww = w0 + (r - p * KW);
-                if (h >= 0 && h < H && ww >= 0 && ww < W) v = xn[(c * H + h) * W + ww];
-            }
-            rb[u] = v;
+            const long long h = h0 + bp[u], ww = w0 + bq[u];
+            rb[u] = (jin && k < K && h >= 0 && h < H && ww >= 0 && ww < W)
+                        ? xn[(bc[u] * H + h) * W + ww] : T(0);
+            bq[u] += dq;
+            bp[u] += dp;
+            bc[u] += dc;
+            if (bq[u] >= KW) { bq[u] -= KW; bp[u] += 1; }
+            if (bp[u] >= KH) { bp[u] -= KH; bc[u] += 1; }
         }
     };
     load(0);
@@ -179,25 +191,39 @@ __global__ void conv2d_igemm_backward_data(const T* __restrict__ dy, const T* __
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) acc[i][jj] = T(0);
     }
+    // the B loader's rows k = kb + bk + 4u as taps (o, p, q), advanced per load as in the forward
+    long long bo[4], bp[4], bq[4];
+    const long long dc = IG_BK / KK, dp = (IG_BK - dc * KK) / KW, dq = IG_BK - dc * KK - dp * KW;
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        const long long k = bk + 4 * u;
+        bo[u] = k / KK;
+        bp[u] = (k - bo[u] * KK) / KW;
+        bq[u] = k - bo[u] * KK - bp[u] * KW;
+    }
+    const bool unit_stride = SH == 1 && SW == 1;
+    // this thread's 4 + 4 tile elements of K step kb (called for kb = 0, 16, 32, ... in order)
     auto load = [&](long long kb) {
+        const long long ka = kb + ak;
+        const long long ao = ka / KK;
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-            const long long m = m0 + am + 16 * u, k = kb + ak;
-            const long long o = k / KK;
-            ra[u] = (m < C && k < K) ? w[(o * C + m) * KK + (k - o * KK)] : T(0);
+            const long long m = m0 + am + 16 * u;
+            ra[u] = (m < C && ka < K) ? w[(ao * C + m) * KK + (ka - ao * KK)] : T(0);
         }
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
             const long long k = kb + bk + 4 * u;
-            T v = T(0);
-            if (jin && k < K) {
-                const long long o = k / KK, r = k - o * KK, p = r / KW, q = r - p * KW;
-                const long long ohs = hp - p, ows = wp - q;
-                const long long oh = ohs / SH, ow = ows / SW;
-                if (ohs >= 0 && ows >= 0 && oh * SH == ohs && ow * SW == ows && oh < OH && ow < OW)
-                    v = dyn[(o * OH + oh) * OW + ow];
-            }
-            rb[u] = v;
+            const long long ohs = hp - bp[u], ows = wp - bq[u];     // oh*SH, ow*SW if the tap is used
+            const long long oh = unit_stride ? ohs : ohs / SH;
+            const long long ow = unit_stride ? ows : ows / SW;
+            rb[u] = (jin && k < K && ohs >= 0 && ows >= 0 && oh * SH == ohs && ow * SW == ows &&
+                     oh < OH && ow < OW) ? dyn[(bo[u] * OH + oh) * OW + ow] : T(0);
+            bq[u] += dq;
+            bp[u] += dp;
+            bo[u] += dc;
+            if (bq[u] >= KW) { bq[u] -= KW; bp[u] += 1; }
+            if (bp[u] >= KH) { bp[u] -= KH; bo[u] += 1; }
         }
     };
     load(0);

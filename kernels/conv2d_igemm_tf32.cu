@@ -70,7 +70,17 @@ struct Tf32ConvForward<float> {
         }
         const float* xn = x + img * C * H * W;
         float ra[4], rb[4];
-        auto load = [&](long long kb) {
+        // the B loader's rows k = kb + bk + 4u as taps (c, p, q), advanced by 16 per load
+        long long bc[4], bp[4], bq[4];
+        const long long dc = TF_BK / KK, dp = (TF_BK - dc * KK) / KW, dq = TF_BK - dc * KK - dp * KW;
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const long long k = bk + 4 * u;
+            bc[u] = k / KK;
+            bp[u] = (k - bc[u] * KK) / KW;
+            bq[u] = k - bc[u] * KK - bp[u] * KW;
+        }
+        auto load = [&](long long kb) {   // kb = 0, 16, 32, ... in order
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
                 const long long m = m0 + am + 16 * u, k = kb + ak;
@@ -79,13 +89,14 @@ struct Tf32ConvForward<float> {
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
                 const long long k = kb + bk + 4 * u;
-                float v = 0.0f;
-                if (jin && k < K) {
-                    const long long c = k / KK, r = k - c * KK, p = r / KW;
-                    const long long h = h0 + p, ww = w0 + (r - p * KW);
-                    if (h >= 0 && h < H && ww >= 0 && ww < W) v = xn[(c * H + h) * W + ww];
-                }
-                rb[u] = v;
+                const long long h = h0 + bp[u], ww = w0 + bq[u];
+                rb[u] = (jin && k < K && h >= 0 && h < H && ww >= 0 && ww < W)
+                            ? xn[(bc[u] * H + h) * W + ww] : 0.0f;
+                bq[u] += dq;
+                bp[u] += dp;
+                bc[u] += dc;
+                if (bq[u] >= KW) { bq[u] -= KW; bp[u] += 1; }
+                if (bp[u] >= KH) { bp[u] -= KH; bc[u] += 1; }
             }
         };
         wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2];
