@@ -339,6 +339,10 @@ def igemm_layers(B, cp, reps, batch=128, peak_fp32=None, peak_tf32=None, layers=
                         t = torch_time(theirs[op], tf32)
                         row[f"{label}_ms"] = t * 1e3
                         row[f"{label}_tflops"] = flops / t / 1e12
+                if "cudnn_ms" in row:        # the target: <= 1.2x cuDNN per layer
+                    row["igemm_vs_cudnn"] = row["igemm_ms"] / row["cudnn_ms"]
+                if "cudnn_tf32_ms" in row and "igemm_tf32_ms" in row:
+                    row["igemm_tf32_vs_cudnn_tf32"] = row["igemm_tf32_ms"] / row["cudnn_tf32_ms"]
                 if fp32_peak:
                     row["igemm_pct_fp32_peak"] = 100 * row["igemm_tflops"] / fp32_peak
                 if tf32_peak and "igemm_tf32_tflops" in row:
@@ -355,12 +359,19 @@ def print_igemm(rows, peaks):
           f"{peaks['fp32_tflops'] or float('nan'):.1f}, TF32 tensor "
           f"{peaks['tf32_tflops'] or float('nan'):.1f}; {peaks['device']}):")
     cols = ("igemm", "im2col", "cudnn", "igemm_tf32", "cudnn_tf32")
-    print(f"  {'layer':22} {'op':16} " + " ".join(f"{c:>11}" for c in cols) + f" {'% FP32 pk':>9}")
+    print(f"  {'layer':22} {'op':16} " + " ".join(f"{c:>11}" for c in cols)
+          + f" {'% FP32 pk':>9} {'igemm/cuDNN':>11}")
     for r in rows:
         vals = " ".join(f"{r[c + '_tflops']:11.2f}" if c + "_tflops" in r else f"{'-':>11}"
                         for c in cols)
         pct = r.get("igemm_pct_fp32_peak")
-        print(f"  {r['layer']:22} {r['op']:16} {vals} {pct if pct is not None else float('nan'):8.1f}%")
+        ratio = r.get("igemm_vs_cudnn")
+        print(f"  {r['layer']:22} {r['op']:16} {vals} "
+              f"{pct if pct is not None else float('nan'):8.1f}% "
+              f"{ratio if ratio is not None else float('nan'):10.2f}x")
+    ratios = [r["igemm_vs_cudnn"] for r in rows if "igemm_vs_cudnn" in r]
+    if ratios:
+        print(f"  worst igemm/cuDNN ratio {max(ratios):.2f}x (target <= 1.2x)")
     if not peaks["torch"]:
         print("  (PyTorch with CUDA not importable: no cuDNN columns)")
 
