@@ -481,6 +481,7 @@ def test_off_by_one_bounds_check_is_an_out_of_bounds_read(tmp_path):
     # `h <= H` lets the bottom padding row read the row after the plane; for the last plane
     # that is past the end of x, and the emulator says which kernel, argument and thread.
     emu = _plant(tmp_path, "conv2d.cu", "im2col", "h < H", "h <= H")
+    emu.conv_algorithm = "im2col"            # (the default is the implicit GEMM)
     x = np.ones((1, 2, 4, 4), np.float32)
     w = np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(KernelMemoryError, match=r"kernel im2col<float> \(conv2d.cu\).*out-of-bounds read of 4 bytes"
@@ -527,24 +528,35 @@ def test_dynamic_shared_memory_is_refused_clearly(tmp_path):
         EmulatedModule(src, ["k"])
 
 
-def test_every_kernel_instantiation_runs_on_the_emulator(cpu):
+def test_every_kernel_instantiation_runs_on_the_emulator(cpu, monkeypatch):
     # The parity cases, both dtypes, through the CUDA backend's own code, until every
     # (file, kernel, dtype) the backend can ask for has been launched at least once: a kernel no
     # primitive reaches on the parity shapes (or a new one without a parity case) fails here.
+    # Convolution runs through both algorithms, backward weight's reduction split in slices of
+    # 16, and the float32 forward in TF32 (its float64 instantiation traps: never launched).
     from gpucnn.backends import kernels as K
+    import gpucnn.backends.cuda as cuda_flags
     from tests.test_parity import CASES, _check, _host
     emu = make_emulated_backend()
+    emu.igemm_min_slice = 16
     expected = {(f, name, dt) for f, name, dt, _ in K.instantiations()}
+    expected.discard(("conv2d_igemm_tf32.cu", "conv2d_igemm_forward_tf32", "float64"))
 
     def launched():
         return {key for key, kern in emu.loader._kernels.items() if kern.launches}
 
-    for c in CASES:
-        if expected <= launched():
-            break
-        if not c.large:
-            for dt in (np.float32, np.float64):
-                _check(_host(emu, c.run(emu, dt)), _host(cpu, c.run(cpu, dt)), c.primitive, dt, repr(c))
+    for algo in ("igemm", "im2col"):
+        emu.conv_algorithm = algo
+        for c in CASES:
+            if expected <= launched():
+                break
+            if not c.large and (algo == "igemm" or c.primitive.startswith("conv2d")):
+                for dt in (np.float32, np.float64):
+                    _check(_host(emu, c.run(emu, dt)), _host(cpu, c.run(cpu, dt)), c.primitive, dt, repr(c))
+    monkeypatch.setattr(cuda_flags, "allow_tf32", True)
+    emu.conv_algorithm = "igemm"
+    c = next(c for c in CASES if c.primitive == "conv2d_forward")
+    assert np.isfinite(_host(emu, c.run(emu, np.float32))[0]).all()
     assert expected - launched() == set(), f"never launched: {sorted(expected - launched())}"
 
 

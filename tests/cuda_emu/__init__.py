@@ -55,7 +55,10 @@ CXX = os.environ.get("CXX", "g++")
 #: -ffp-contract=off mirrors the NVRTC option --fmad=false (no fused multiply-add), whatever the host.
 #: -fno-tree-sra keeps a vector struct (Pair<float>, float4, ...) loaded or stored as one access, so the
 #: alignment check sees its size instead of its fields'.
-KERNEL_FLAGS = ("-O1", "-fPIC", "-ffp-contract=off", "-fno-tree-sra", "-fsanitize=thread",
+#: -fno-gnu-unique: a __shared__ variable of a kernel template is a static of an inline function,
+#: which g++ would make a process-wide "unique" symbol: two modules of one kernel file (a planted-bug
+#: copy next to the original) would then share one copy, each module's race shadow covering only its own.
+KERNEL_FLAGS = ("-O1", "-fPIC", "-ffp-contract=off", "-fno-tree-sra", "-fno-gnu-unique", "-fsanitize=thread",
                 "--param", "tsan-instrument-func-entry-exit=0")
 RUNTIME_FLAGS = ("-std=c++14", "-O2", "-fPIC", "-fvisibility=hidden")
 LINK_FLAGS = ("-shared", "-Wl,-z,defs", "-Wl,-Bsymbolic")
