@@ -33,7 +33,7 @@ from . import backends
 from .layers import (AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential,
                      Sigmoid, Tanh)
 
-__all__ = ["save_safetensors", "load_safetensors", "export_onnx", "export_checkpoint",
+__all__ = ["save_safetensors", "load_safetensors", "read_safetensors", "export_onnx", "export_checkpoint",
            "ExportError", "CONVERTERS", "DEFAULT_OPSET", "MIN_OPSET", "FORMATS"]
 
 DEFAULT_OPSET = 17
