@@ -385,3 +385,13 @@ def test_pytorch_round_trip_both_ways(which, tmp_path):
         assert model.state_dict()[k].tobytes() == v.numpy().tobytes(), k
     with torch.no_grad():
         assert_matches(model(x), fresh(torch.from_numpy(x)).numpy())
+
+
+def test_import_gpucnn_does_not_load_the_export_packages():
+    import subprocess
+    code = ("import sys, gpucnn; gpucnn.save_safetensors; "
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'safetensors') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
