@@ -58,7 +58,7 @@ def _require(module, what):
 
 
 def _atomic_write_bytes(path, data):
-    from .train import atomic_write
+    from .checkpoint import atomic_write
     return atomic_write(path, lambda f: f.write(data))
 
 
@@ -353,7 +353,8 @@ def export_checkpoint(checkpoint, fmt, out=None, *, overwrite=False, opset=DEFAU
         _require("onnx", "gpucnn export --format onnx")
     else:
         _require("safetensors.numpy", "gpucnn export --format safetensors")
-    from .train import load_checkpoint, load_model
+    from .checkpoint import load_checkpoint
+    from .runs import load_model
     ckpt = load_checkpoint(checkpoint)
     out = Path(out) if out is not None else ckpt.path.parent / f"model{FORMATS[fmt]}"
     if out.is_dir():
