@@ -80,7 +80,7 @@ def save_safetensors(model, path, metadata=None):
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"save_safetensors: metadata must map str to str, got {k!r}: {type(v).__name__}")
         meta[k] = v
-    tensors = {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
+    tensors = {k: np.require(v, requirements="C") for k, v in model.state_dict().items()}  # keeps 0-d
     if not tensors:
         raise ExportError(f"save_safetensors: {type(model).__name__} has no parameters to save")
     data = st.save(tensors, metadata=meta)
@@ -143,7 +143,7 @@ class _Graph:
     def constant(self, name, array, dtype=np.float32):
         """An initializer from ``array`` (weights go in as float32)."""
         name = self.name(name)
-        a = np.ascontiguousarray(backends.asnumpy(array), dtype=dtype)
+        a = np.require(backends.asnumpy(array), dtype=dtype, requirements="C")
         self.initializers.append(self.numpy_helper.from_array(a, name))
         return name
 
