@@ -191,6 +191,8 @@ class CudaBackend:
         dims = self._conv_geometry(x.shape, w.shape, stride, padding)
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = dims
         y = self.xp.empty((n, o, oh, ow), dtype=dt)
+        if y.size == 0:
+            return y
         if self._use_tf32(dt) and self._tf32_forward(x, w, y, dims):
             return y
         self._igemm_launch("conv2d_igemm_forward", dt, self._igemm_grid(o, n * oh * ow),
@@ -205,6 +207,8 @@ class CudaBackend:
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
             x_shape, w.shape, stride, padding)
         dx = self.xp.empty((n, c, h, wd), dtype=dt)
+        if dx.size == 0:
+            return dx
         self._igemm_launch("conv2d_igemm_backward_data", dt, self._igemm_grid(c, n * h * wd),
                            dy, w, dx, *map(I64, (n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow)))
         return dx
