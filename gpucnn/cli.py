@@ -1,7 +1,7 @@
 """The ``gpucnn`` command (also ``python -m gpucnn``).
 
 Subcommands: ``train`` (default data: the bundled digits), ``evaluate``,
-``predict``, ``info`` and ``check``.  Errors print one line on stderr and exit
+``predict``, ``export``, ``info`` and ``check``.  Errors print one line on stderr and exit
 non-zero; ``--debug`` prints the traceback as well.
 """
 from __future__ import annotations
@@ -125,6 +125,32 @@ def cmd_predict(args):
     return 0
 
 
+# =========================================================================== export
+
+def cmd_export(args):
+    from .export import export_checkpoint
+    out, model, ckpt = export_checkpoint(args.checkpoint, args.format, args.out,
+                                         overwrite=args.force, opset=args.opset)
+    print(f"{ckpt.path} -> {out} ({args.format}, {sum(p.data.size for p in model.parameters())} "
+          f"parameters)")
+    return 0
+
+
+def _add_export_parser(sub, common):
+    from .export import DEFAULT_OPSET, FORMATS
+    x = sub.add_parser("export", parents=[common], help="write a run's model as safetensors or ONNX",
+                       description="Export a checkpoint's weights to safetensors (PyTorch state_dict "
+                       "keys) or its whole network to ONNX (dynamic batch). Needs "
+                       'pip install "gpucnn[export]".')
+    x.add_argument("--checkpoint", required=True, metavar="RUN", help="checkpoint.npz or its run folder")
+    x.add_argument("--format", required=True, choices=tuple(FORMATS))
+    x.add_argument("--out", metavar="FILE", help="default: model.safetensors / model.onnx beside the checkpoint")
+    x.add_argument("--force", action="store_true", help="replace an existing output file")
+    x.add_argument("--opset", type=_positive_int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset (default {DEFAULT_OPSET})")
+    x.set_defaults(func=cmd_export)
+
+
 # =========================================================================== info
 
 def _device_lines():
@@ -180,6 +206,15 @@ def _cupy_lines(cuda_usable):
     return lines, cupy if cuda_usable else None
 
 
+_MISSING_HEADERS = ("not compiled: it includes <mma.h>, and no CUDA toolkit include directory "
+                    "was found (set CUDA_PATH); allow_tf32 then runs the float32 kernel")
+
+
+def _needs_missing_headers(kernels, file):
+    """A file that includes a CUDA toolkit header when no toolkit include directory is found."""
+    return file in getattr(kernels, "NEEDS_CUDA_HEADERS", {}) and not kernels.cuda_include_dirs()
+
+
 def _kernel_lines(cupy):
     try:
         from .backends import kernels
@@ -195,6 +230,9 @@ def _kernel_lines(cupy):
     lines = [f"kernels ({where}):"]
     loader = kernels.CupyKernelLoader(cupy)
     for file in files:
+        if _needs_missing_headers(kernels, file):
+            lines.append(f"  {file}: {_MISSING_HEADERS}")
+            continue
         results = []
         for dt in ("float32", "float64"):
             try:
@@ -223,12 +261,16 @@ def _nvrtc_only_lines(kernels, where, files):
              f"(no GPU, so not loaded):"]
     for file in files:
         exprs = [e for (f, _, _, e) in kernels.instantiations() if f == file]
+        if _needs_missing_headers(kernels, file):
+            lines.append(f"  {file}: {_MISSING_HEADERS}")
+            continue
         try:
             err, prog = nvrtc.nvrtcCreateProgram(kernels.read_source(file).encode(), file.encode(), 0, [], [])
             try:
                 for expr in exprs:
                     nvrtc.nvrtcAddNameExpression(prog, expr.encode())
-                opts = [o.encode() for o in kernels.NVRTC_OPTIONS] + [f"-arch=compute_{arch}".encode()]
+                opts = ([o.encode() for o in kernels.nvrtc_options(file)]
+                        + [f"-arch=compute_{arch}".encode()])
                 (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
                 if err == ok:
                     result = f"ok ({len(exprs)} instantiations)"
@@ -352,6 +394,8 @@ def build_parser():
                    help="invert grey images (auto: when the background is light)")
     p.add_argument("--no-resize", action="store_true", help="fail instead of resizing other sizes")
     p.set_defaults(func=cmd_predict)
+
+    _add_export_parser(sub, common)
 
     i = sub.add_parser("info", parents=[common], help="versions, device choice, GPU, kernel compilation")
     i.set_defaults(func=cmd_info)
