@@ -6,6 +6,7 @@ from .backends import asnumpy
 from .blocks import (AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Identity, Residual,
                      ShortcutA)
 from .errors import NonFiniteError
+from .export import export_onnx, load_safetensors, save_safetensors
 from .layers import (AvgPool2d, Buffer, Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter,
                      ReLU, Sequential, Sigmoid, Tanh)
 from .losses import CrossEntropyLoss, MSELoss
@@ -19,5 +20,6 @@ __all__ = [
     "Linear", "Flatten", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
     "Buffer", "BatchNorm1d", "BatchNorm2d", "Dropout", "AdaptiveAvgPool2d", "Identity",
     "Residual", "ShortcutA",
-    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError", "__version__",
+    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError",
+    "save_safetensors", "load_safetensors", "export_onnx", "__version__",
 ]
