@@ -589,3 +589,27 @@ def test_resnet20_option_a_has_the_papers_parameter_count():
     assert net.backward(loss_fn.backward(), input_grad=False) is None
     assert all(p.grad is not None and np.any(p.grad) for p in net.parameters())
     assert sum(1 for k in net.state_dict() if k.endswith("num_batches_tracked")) == 19
+
+
+def test_safetensors_of_a_batchnorm_network_loads_into_pytorch(tmp_path):
+    """Buffers travel with the weights: PyTorch's keys, num_batches_tracked as int64."""
+    pytest.importorskip("safetensors")
+    torch = pytest.importorskip("torch")
+    import safetensors.torch
+
+    def ours():
+        return gpucnn.Sequential(gpucnn.Conv2d(3, 4, 3, bias=False), gpucnn.BatchNorm2d(4),
+                                 gpucnn.ReLU())
+    m = ours()
+    for s in range(3):
+        m(_rand(99 + s, (2, 3, 5, 5)).astype(np.float32))
+    path = gpucnn.save_safetensors(m, tmp_path / "bn.safetensors")
+    back = ours()
+    gpucnn.load_safetensors(back, path)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[k], v)
+    t = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4),
+                            torch.nn.ReLU())
+    t.load_state_dict(safetensors.torch.load_file(str(path)))
+    assert int(t[1].num_batches_tracked) == 3
+    np.testing.assert_array_equal(t[1].running_var.numpy(), m.state_dict()["1.running_var"])
