@@ -7,6 +7,7 @@ from .layers import (AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, Para
                      Sequential, Sigmoid, Tanh)
 from .losses import CrossEntropyLoss, MSELoss
 from .optim import SGD, Adam
+from .lr_scheduler import CosineAnnealingLR, LinearLR, MultiStepLR, StepLR
 from .random import get_rng_state, manual_seed, set_rng_state
 
 __version__ = "0.1.0"
@@ -14,5 +15,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Module", "Parameter", "Conv2d", "MaxPool2d", "AvgPool2d", "Sigmoid", "ReLU", "Tanh",
     "Linear", "Flatten", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
+    "StepLR", "MultiStepLR", "CosineAnnealingLR", "LinearLR",
     "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "__version__",
 ]
