@@ -366,6 +366,39 @@ def _(B, dt):
     return dst
 
 
+# ---------------------------------------------------------------------------- augmentation
+# (N, C, H, W, (OH, OW), (PH, PW)); offsets and flips drawn on the host from a fixed seed
+CROP_SHAPES = [
+    ("cifar-like", (5, 3, 8, 8, (8, 8), (2, 2))),
+    ("rect-smaller-crop", (4, 2, 7, 9, (5, 6), (1, 3))),
+    ("no-padding", (3, 1, 6, 5, (4, 3), (0, 0))),
+    ("crop-larger-than-input", (2, 3, 4, 5, (7, 9), (2, 3))),
+]
+
+for _ident, _shape in CROP_SHAPES:
+    @case("crop_flip", _ident)
+    def _(B, dt, shape=_shape):
+        n, c, h, w, (oh, ow), (ph, pw) = shape
+        rng = np.random.default_rng(140)
+        top = rng.integers(0, h + 2 * ph - oh + 1, n)
+        left = rng.integers(0, w + 2 * pw - ow + 1, n)
+        flip = rng.random(n) < 0.5
+        flip[:2] = (True, False)
+        return B.crop_flip(B.asarray(_rand(141, (n, c, h, w), dt)), top, left, flip,
+                           (oh, ow), (ph, pw))
+
+
+@case("channel_normalize", "nchw")
+def _(B, dt):
+    return B.channel_normalize(B.asarray(_rand(142, (3, 4, 5, 6), dt)),
+                               [0.1, -0.2, 0.3, 0.0], [0.25, 1.5, 0.3, 2.0])
+
+
+@case("channel_normalize", "2d")
+def _(B, dt):
+    return B.channel_normalize(B.asarray(_rand(143, (7, 3), dt)), [0.5, 0.4, 0.3], [0.2, 0.2, 0.3])
+
+
 # ---------------------------------------------------------------------------------- tests
 def test_every_primitive_has_cases():
     covered = {c.primitive for c in CASES}

@@ -77,6 +77,17 @@ Optimizer updates (in place; same formulas as torch.optim)
     adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay) -> None
         g = grad + weight_decay*param; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g
         param -= (lr / (1 - b1**step)) * m / (sqrt(v) / sqrt(1 - b2**step) + eps)
+
+Augmentation (the random numbers are drawn on the host, by gpucnn.transforms, and passed in)
+    crop_flip(x, top, left, flip, size, padding) -> y          x (N,C,H,W) float, y (N,C,OH,OW)
+        size = (OH, OW), padding = (PH, PW) (ints accepted for both); top, left (N,) integers,
+        flip (N,) bool or 0/1, host or device arrays.  With jj = OW-1-j if flip[n] else j:
+        y[n,c,i,j] = x[n,c, top[n]+i-PH, left[n]+jj-PW] if that lies inside x, else 0,
+        i.e. a crop of the zero-padded image whose corner is (top, left) in padded
+        coordinates, then mirrored left-right.  top must lie in [0, H+2PH-OH] and left in
+        [0, W+2PW-OW] (ValueError otherwise).
+    channel_normalize(x, mean, std) -> y = (x - mean[c]) / std[c]   x (N,C,...) float;
+        mean, std: C finite values (std non-zero), cast to x's dtype first
 """
 from __future__ import annotations
 
@@ -95,6 +106,7 @@ PRIMITIVES = (
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "mse_forward", "mse_backward",
     "sgd_update", "adam_update",
+    "crop_flip", "channel_normalize",
 )
 
 DEVICES = ("auto", "cpu", "cuda")

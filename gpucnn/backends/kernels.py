@@ -40,6 +40,7 @@ KERNELS = {
     "loss.cu": ("softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
                 "squared_error_partial", "mse_backward"),
     "optim.cu": ("sgd_update", "adam_update"),
+    "augment.cu": ("crop_flip", "channel_normalize"),
 }
 
 #: numpy dtype name -> C++ type the templates are instantiated with.

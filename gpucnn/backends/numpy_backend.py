@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import augment as _augment
+
 
 # ------------------------------------------------------------------ threads
 def _default_threads():
@@ -836,6 +838,13 @@ class NumpyBackend:
                 buf += g
             g = g + t(momentum) * buf if nesterov else buf
         param -= t(lr) * g
+
+    # ---- augmentation (gpucnn/backends/augment.py)
+    def crop_flip(self, x, top, left, flip, size, padding):
+        return _augment.crop_flip(x, top, left, flip, size, padding)
+
+    def channel_normalize(self, x, mean, std):
+        return _augment.channel_normalize(x, mean, std)
 
     def adam_update(self, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
         t = param.dtype.type
