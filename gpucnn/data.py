@@ -31,9 +31,11 @@ __all__ = [
     "load_digits", "load_mnist", "load_cifar10", "load_dataset",
     "read_idx", "read_cifar10_batch", "stratified_split", "normalize",
     "NORMALIZATION", "CIFAR10_CLASSES", "load_image", "resize_image",
+    "load_folder_dataset", "load_image_folder",
+    "Compose", "RandomCrop", "RandomHorizontalFlip", "Normalize",
 ]
 
-DATASETS = ("digits", "mnist", "cifar10")
+DATASETS = ("digits", "mnist", "cifar10", "folder")
 
 #: (per-channel mean, per-channel std) applied after scaling pixels to [0, 1].
 NORMALIZATION = {
@@ -417,6 +419,7 @@ def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=
     * mnist: the standard train/t10k files; ``t10k_split=N`` uses only t10k
       (first N train, rest test).
     * cifar10: the five binary training batches and the test batch.
+    * folder: class folders of PNG/JPEG images (:func:`load_folder_dataset`).
 
     ``limit_train`` / ``limit_test`` keep only the first images of each split
     (quick experiments).  Images become ``dtype`` (N, C, H, W), scaled to [0, 1]
@@ -424,6 +427,9 @@ def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    if name == "folder":
+        return load_folder_dataset(data_dir, test_fraction=test_fraction, split_seed=split_seed,
+                                   limit_train=limit_train, limit_test=limit_test, dtype=dtype)
     extra = {}
     if name == "digits":
         images, labels = load_digits()
@@ -457,6 +463,55 @@ def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=
     mean, std = NORMALIZATION[name]
     return Dataset(name=name, train=as_set(train), test=as_set(test), classes=classes,
                    mean=mean, std=std, source=source, extra=extra)
+
+
+# --------------------------------------------------------------------------- image folders (h8)
+
+def uint8_to_normalized(raw, mean, std, dtype=np.float32, pixel_max=255.0):
+    """uint8 images (N, C, ...) -> ``normalize(raw * (1/pixel_max), mean, std)`` in ``dtype``,
+    bit for bit, through a 256-entry table per channel (one gather, no float temporaries)."""
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8 or raw.ndim < 2:
+        raise DataError(f"uint8_to_normalized: expected uint8 images (N, C, ...), got "
+                        f"{raw.dtype} {raw.shape}")
+    c = raw.shape[1]
+    levels = np.arange(256, dtype=dtype).reshape(1, 1, 256) * dtype(1.0 / pixel_max)
+    table = normalize(np.broadcast_to(levels, (1, c, 256)), mean, std, dtype)[0]   # (C, 256)
+    flat = table.reshape(-1)
+    offsets = (np.arange(c, dtype=np.uint16) * 256).reshape((1, c) + (1,) * (raw.ndim - 2))
+    out = np.empty(raw.shape, dtype=dtype)
+    for i in range(0, len(raw), 512):        # chunks that stay in cache
+        np.take(flat, raw[i:i + 512].astype(np.uint16) + offsets, out=out[i:i + 512])
+    return out
+
+
+def load_folder_dataset(data_dir, *, test_fraction=0.2, split_seed=0, limit_train=None,
+                        limit_test=None, image_size=None, cache_dir=None, dtype=np.float32) -> Dataset:
+    """An image folder (or a .tar/.tar.gz of one) as a :class:`Dataset`
+    (:func:`gpucnn.datasets_folder.load_image_folder`: layouts, cache, errors).
+
+    Pixels are scaled to [0, 1] and normalised with the per-channel mean and std of the
+    training images (stored in ``Dataset.mean``/``std`` for ``gpucnn predict``).
+    """
+    from .datasets_folder import load_image_folder
+    if data_dir is None:
+        raise DataError("dataset 'folder' needs a data folder (--data-dir DIR)")
+    f = load_image_folder(data_dir, size=image_size, test_fraction=test_fraction,
+                          split_seed=split_seed, cache_dir=cache_dir)
+    train, test = f.train, f.test
+    if limit_train is not None:
+        train = (train[0][:int(limit_train)], train[1][:int(limit_train)])
+    if limit_test is not None:
+        test = (test[0][:int(limit_test)], test[1][:int(limit_test)])
+
+    def as_set(pair):
+        return ImageSet(uint8_to_normalized(pair[0], f.mean, f.std, dtype),
+                        np.asarray(pair[1], dtype=np.int64))
+
+    extra = dict(f.extra, layout=f.layout, cache=f.cache, from_cache=f.from_cache,
+                 load_seconds=round(f.seconds, 3))
+    return Dataset(name="folder", train=as_set(train), test=as_set(test), classes=f.classes,
+                   mean=f.mean, std=f.std, source=f.source, extra=extra)
 
 
 # --------------------------------------------------------------------------- single images (predict)
@@ -576,3 +631,8 @@ def load_image(path, input_shape, *, invert="auto", resize=True):
         arr = 1.0 - arr
         notes.append("inverted (dark ink on light background)" if invert == "auto" else "inverted")
     return np.clip(arr, 0.0, 1.0), notes
+
+
+# --------------------------------------------------------------------------- re-exports (h8)
+from .datasets_folder import load_image_folder  # noqa: E402
+from .transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip  # noqa: E402
