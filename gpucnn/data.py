@@ -475,8 +475,8 @@ def uint8_to_normalized(raw, mean, std, dtype=np.float32, pixel_max=255.0):
         raise DataError(f"uint8_to_normalized: expected uint8 images (N, C, ...), got "
                         f"{raw.dtype} {raw.shape}")
     c = raw.shape[1]
-    levels = np.arange(256, dtype=dtype).reshape(1, 1, 256) * dtype(1.0 / pixel_max)
-    table = normalize(np.broadcast_to(levels, (1, c, 256)), mean, std, dtype)[0]   # (C, 256)
+    levels = np.arange(256, dtype=dtype).reshape(1, 1, 256, 1) * dtype(1.0 / pixel_max)
+    table = normalize(np.broadcast_to(levels, (1, c, 256, 1)), mean, std, dtype)[0, :, :, 0]
     flat = table.reshape(-1)
     offsets = (np.arange(c, dtype=np.uint16) * 256).reshape((1, c) + (1,) * (raw.ndim - 2))
     out = np.empty(raw.shape, dtype=dtype)
