@@ -634,5 +634,10 @@ def load_image(path, input_shape, *, invert="auto", resize=True):
 
 
 # --------------------------------------------------------------------------- re-exports (h8)
-from .datasets_folder import load_image_folder  # noqa: E402
+def load_image_folder(root, **kwargs):
+    """:func:`gpucnn.datasets_folder.load_image_folder` (uint8 arrays, class names, cache)."""
+    from .datasets_folder import load_image_folder as _load
+    return _load(root, **kwargs)
+
+
 from .transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip  # noqa: E402

@@ -91,6 +91,37 @@ def _is_image(name: str) -> bool:
 
 # ----------------------------------------------------------------------------- listing
 
+def _ustar_members(data: bytes):
+    """``[(name, data offset, size, mtime, is regular file)]`` of a plain ustar/v7 archive
+    in memory -- 20x faster than ``tarfile`` for many small members -- or None when it holds
+    anything else (pax headers, GNU long names, base-256 sizes): ``tarfile`` then reads it."""
+    out, pos, n = [], 0, len(data)
+    try:
+        while pos + 512 <= n:
+            hdr = data[pos:pos + 512]
+            if hdr.count(0) == 512:                      # end-of-archive block
+                break
+            kind = hdr[156:157]
+            if kind not in (b"0", b"\0", b"5") or hdr[124] & 0x80:
+                return None
+            chksum = int(hdr[148:156].split(b"\0")[0].strip() or b"0", 8)
+            if chksum != sum(hdr[:148]) + 256 + sum(hdr[156:]):
+                return None
+            name = hdr[:100].split(b"\0")[0]
+            if hdr[257:262] == b"ustar":
+                prefix = hdr[345:500].split(b"\0")[0]
+                if prefix:
+                    name = prefix + b"/" + name
+            size = int(hdr[124:136].split(b"\0")[0].strip() or b"0", 8)
+            mtime = int(hdr[136:148].split(b"\0")[0].strip() or b"0", 8)
+            out.append((name.decode("utf-8", "surrogateescape"), pos + 512, size, mtime,
+                        kind in (b"0", b"\0")))
+            pos += 512 + (size + 511) // 512 * 512
+    except ValueError:
+        return None
+    return out
+
+
 class _Source:
     """A tree of files: a folder on disk or the members of a tar archive.
 
@@ -110,12 +141,16 @@ class _Source:
                 data = root.read_bytes()
                 if data[:2] == b"\x1f\x8b":
                     data = gzip.decompress(data)
-                with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-                    for m in tar:
-                        name = _member_name(m.name)
-                        if m.isfile() and _is_image(name.rsplit("/", 1)[-1]):
-                            self.files[name] = (m.size, m.mtime)
-                            self._spans[name] = (m.offset_data, m.size)
+                members = _ustar_members(data)
+                if members is None:          # pax / GNU long names / anything unusual
+                    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+                        members = [(m.name, m.offset_data, m.size, m.mtime, m.isfile())
+                                   for m in tar]
+                for raw_name, off, size, mtime, is_file in members:
+                    name = _member_name(raw_name)
+                    if is_file and _is_image(name.rsplit("/", 1)[-1]):
+                        self.files[name] = (size, mtime)
+                        self._spans[name] = (off, size)
             except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
                 raise DataError(f"{root}: cannot read the archive ({type(exc).__name__}: {exc})") from None
             self._raw = data

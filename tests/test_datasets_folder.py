@@ -260,3 +260,27 @@ def test_shared_cifar_archive_layout():
                                           "dog", "frog", "horse", "ship", "truck")
     assert f.train[0].shape == (50000, 3, 32, 32) and f.test[0].shape == (10000, 3, 32, 32)
     np.testing.assert_array_equal(np.bincount(f.test[1]), [1000] * 10)
+
+
+def test_fast_tar_reader_matches_tarfile_and_falls_back(tmp_path, cache):
+    import gpucnn.datasets_folder as F
+    long = "a" * 60
+    for split in ("train", "test"):
+        for c in (long + "x", long + "y"):            # paths over 100 bytes: pax headers
+            _write(tmp_path / "d" / split / c / ("f" * 50 + ".png"), _img(len(c)))
+    plain = tmp_path / "plain.tar"
+    make_tree(tmp_path / "p")
+    with tarfile.open(plain, "w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.add(tmp_path / "p", arcname="p")
+    data = plain.read_bytes()
+    with tarfile.open(plain) as tar:
+        want = [(m.name, m.offset_data, m.size, m.mtime, m.isfile()) for m in tar if m.isfile()]
+    got = [m for m in F._ustar_members(data) if m[4]]
+    assert got == want
+    pax = tmp_path / "pax.tar.gz"
+    with tarfile.open(pax, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(tmp_path / "d", arcname="d")
+    import gzip
+    assert F._ustar_members(gzip.decompress(pax.read_bytes())) is None
+    f = load_image_folder(pax, cache_dir=cache)
+    assert f.classes == (long + "x", long + "y") and f.train[0].shape == (2, 3, 6, 5)
