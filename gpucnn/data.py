@@ -467,21 +467,27 @@ def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=
 
 # --------------------------------------------------------------------------- image folders (h8)
 
-def uint8_to_normalized(raw, mean, std, dtype=np.float32, pixel_max=255.0):
+def uint8_to_normalized(raw, mean, std, dtype=np.float32, pixel_max=255.0, chunk=256):
     """uint8 images (N, C, ...) -> ``normalize(raw * (1/pixel_max), mean, std)`` in ``dtype``,
-    bit for bit, through a 256-entry table per channel (one gather, no float temporaries)."""
+    bit for bit, computed in place chunk by chunk (no whole-set float temporaries)."""
     raw = np.asarray(raw)
     if raw.dtype != np.uint8 or raw.ndim < 2:
         raise DataError(f"uint8_to_normalized: expected uint8 images (N, C, ...), got "
                         f"{raw.dtype} {raw.shape}")
     c = raw.shape[1]
-    levels = np.arange(256, dtype=dtype).reshape(1, 1, 256, 1) * dtype(1.0 / pixel_max)
-    table = normalize(np.broadcast_to(levels, (1, c, 256, 1)), mean, std, dtype)[0, :, :, 0]
-    flat = table.reshape(-1)
-    offsets = (np.arange(c, dtype=np.uint16) * 256).reshape((1, c) + (1,) * (raw.ndim - 2))
+    if len(mean) != c or len(std) != c:
+        raise DataError(f"uint8_to_normalized: images have {c} channels but mean/std have "
+                        f"{len(mean)}/{len(std)}")
+    shape = (1, c) + (1,) * (raw.ndim - 2)
+    m = np.asarray(mean, dtype=dtype).reshape(shape)
+    s = np.asarray(std, dtype=dtype).reshape(shape)
+    scale = dtype(1.0 / pixel_max)
     out = np.empty(raw.shape, dtype=dtype)
-    for i in range(0, len(raw), 512):        # chunks that stay in cache
-        np.take(flat, raw[i:i + 512].astype(np.uint16) + offsets, out=out[i:i + 512])
+    for i in range(0, len(raw), chunk):
+        o = out[i:i + chunk]
+        np.multiply(raw[i:i + chunk], scale, out=o, dtype=dtype)
+        o -= m
+        o /= s
     return out
 
 

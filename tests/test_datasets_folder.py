@@ -284,3 +284,16 @@ def test_fast_tar_reader_matches_tarfile_and_falls_back(tmp_path, cache):
     assert F._ustar_members(gzip.decompress(pax.read_bytes())) is None
     f = load_image_folder(pax, cache_dir=cache)
     assert f.classes == (long + "x", long + "y") and f.train[0].shape == (2, 3, 6, 5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_uint8_to_normalized_is_normalize_bit_for_bit(dtype):
+    from gpucnn.data import normalize, uint8_to_normalized
+    raw = np.random.default_rng(0).integers(0, 256, (300, 3, 4, 5), dtype=np.uint8)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    want = normalize(raw.astype(dtype) * dtype(1 / 255.0), mean, std, dtype)
+    got = uint8_to_normalized(raw, mean, std, dtype)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(DataError, match="images have 3 channels but mean/std have 1/1"):
+        uint8_to_normalized(raw, (0.5,), (0.2,))
