@@ -163,6 +163,20 @@ def _cases():
         yield ("adam_update", label, run_adam,
                lambda dt, step=step, wd=wd: reference.adam_step(pp(dt), pg(dt), am_(dt), av_(dt), step, 1e-2, (0.9, 0.999), 1e-8, wd))
 
+    # augmentation: (N, C, H, W), (OH, OW), (PH, PW), offsets and flips
+    for label, xs, size, pad, top, left, flip in (
+            ("pad2-flip", (3, 2, 5, 6), (5, 6), (2, 2), (0, 4, 2), (3, 0, 4), (1, 0, 1)),
+            ("rect-crop", (2, 3, 4, 7), (3, 5), (1, 0), (2, 1), (2, 0), (0, 1))):
+        ax_ = lambda dt, xs=xs: _rand(24, xs, dt)
+        yield ("crop_flip", label,
+               lambda B, dt, ax_=ax_, a=(top, left, flip, size, pad):
+               (B.crop_flip(B.asarray(ax_(dt)), np.array(a[0]), np.array(a[1]), np.array(a[2]), a[3], a[4]),),
+               lambda dt, ax_=ax_, a=(top, left, flip, size, pad): (reference.crop_flip(ax_(dt), *a),))
+    nm, ns = (0.5, -0.25, 0.125), (0.25, 2.0, 0.5)
+    yield ("channel_normalize", "nchw",
+           lambda B, dt: (B.channel_normalize(B.asarray(_rand(25, (2, 3, 4, 5), dt)), nm, ns),),
+           lambda dt: (reference.channel_normalize(_rand(25, (2, 3, 4, 5), dt), nm, ns),))
+
     yield ("asarray", "roundtrip", lambda B, dt: (B.to_numpy(B.asarray(pp(np.float64), dtype=dt)),),
            lambda dt: (pp(np.float64).astype(dt).astype(np.float64),))
     yield ("to_numpy", "values", lambda B, dt: (B.to_numpy(B.asarray(pg(dt))),), lambda dt: (pg(dt),))

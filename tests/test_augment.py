@@ -6,23 +6,14 @@ import numpy as np
 import pytest
 
 import gpucnn
+from gpucnn import reference
 from gpucnn import transforms as T
 from gpucnn.backends import cpu_backend
 
 
 def crop_flip_loop(x, top, left, flip, size, padding):
-    """The definition, one element at a time."""
-    n, c, h, w = x.shape
-    (oh, ow), (ph, pw) = size, padding
-    y = np.empty((n, c, oh, ow), dtype=x.dtype)
-    for a in range(n):
-        for ch in range(c):
-            for i in range(oh):
-                for j in range(ow):
-                    jj = ow - 1 - j if flip[a] else j
-                    r, s = top[a] + i - ph, left[a] + jj - pw
-                    y[a, ch, i, j] = x[a, ch, r, s] if 0 <= r < h and 0 <= s < w else 0
-    return y
+    """The definition, one element at a time (gpucnn.reference), back in x's dtype."""
+    return reference.crop_flip(x, top, left, flip, size, padding).astype(x.dtype)
 
 
 SHAPES = [((4, 3, 6, 6), (6, 6), (2, 2)), ((3, 2, 5, 7), (3, 4), (0, 1)),
