@@ -43,25 +43,14 @@ import numbers
 from bisect import bisect_right
 from collections import Counter
 
+from .validation import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, Rule
+
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LinearLR"]
 
 
-def _int(value, name, owner, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _real(value, name, owner, low=None, high=None, low_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
-    if (low is not None and (value <= low if low_open else value < low)) or \
-            (high is not None and value > high):
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-        hi = "" if high is None else f"<= {high}"
-        raise ValueError(f"{owner}: {name} must be {' and '.join(s for s in (lo, hi) if s)}, "
-                         f"got {value!r}")
-    return float(value)
+_LAST_EPOCH = Rule(int, -1)
+_FACTOR_START = Rule(float, 0, 1, low_open=True)
+_FACTOR_END = Rule(float, 0, 1)
 
 
 class LRScheduler:
@@ -78,9 +67,7 @@ class LRScheduler:
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
             raise TypeError(f"{name}: expected a gpucnn optimizer (with a numeric .lr), "
                             f"got {type(optimizer).__name__}")
-        if isinstance(last_epoch, bool) or not isinstance(last_epoch, numbers.Integral) \
-                or last_epoch < -1:
-            raise ValueError(f"{name}: last_epoch must be an integer >= -1, got {last_epoch!r}")
+        last_epoch = _LAST_EPOCH(last_epoch, "last_epoch", name)
         self.optimizer = optimizer
         if last_epoch == -1:
             if getattr(optimizer, "initial_lr", None) is None:
@@ -117,7 +104,7 @@ class LRScheduler:
             self.last_epoch += 1
             values = self.get_lr()
         else:
-            self.last_epoch = _int(epoch, "epoch", f"{type(self).__name__}.step", 0)
+            self.last_epoch = NON_NEGATIVE_INT(epoch, "epoch", f"{type(self).__name__}.step")
             values = self._get_closed_form_lr()
         self.optimizer.lr = float(values[0])
         self._last_lr = [float(self.optimizer.lr)]
@@ -165,8 +152,8 @@ class StepLR(LRScheduler):
     _hyper = ("step_size", "gamma")
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
-        self.step_size = _int(step_size, "step_size", "StepLR", 1)
-        self.gamma = _real(gamma, "gamma", "StepLR", 0.0)
+        self.step_size = POSITIVE_INT(step_size, "step_size", "StepLR")
+        self.gamma = NON_NEGATIVE(gamma, "gamma", "StepLR")
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
@@ -190,8 +177,8 @@ class MultiStepLR(LRScheduler):
         except TypeError:
             raise ValueError(f"MultiStepLR: milestones must be a list of step counts, "
                              f"got {milestones!r}") from None
-        self.milestones = Counter(_int(m, "each milestone", "MultiStepLR", 0) for m in ms)
-        self.gamma = _real(gamma, "gamma", "MultiStepLR", 0.0)
+        self.milestones = Counter(NON_NEGATIVE_INT(m, "each milestone", "MultiStepLR") for m in ms)
+        self.gamma = NON_NEGATIVE(gamma, "gamma", "MultiStepLR")
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
@@ -211,8 +198,8 @@ class CosineAnnealingLR(LRScheduler):
     _hyper = ("T_max", "eta_min")
 
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
-        self.T_max = _int(T_max, "T_max", "CosineAnnealingLR", 1)
-        self.eta_min = _real(eta_min, "eta_min", "CosineAnnealingLR", 0.0)
+        self.T_max = POSITIVE_INT(T_max, "T_max", "CosineAnnealingLR")
+        self.eta_min = NON_NEGATIVE(eta_min, "eta_min", "CosineAnnealingLR")
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
@@ -240,9 +227,9 @@ class LinearLR(LRScheduler):
 
     def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5,
                  last_epoch=-1):
-        self.start_factor = _real(start_factor, "start_factor", "LinearLR", 0.0, 1.0, low_open=True)
-        self.end_factor = _real(end_factor, "end_factor", "LinearLR", 0.0, 1.0)
-        self.total_iters = _int(total_iters, "total_iters", "LinearLR", 1)
+        self.start_factor = _FACTOR_START(start_factor, "start_factor", "LinearLR")
+        self.end_factor = _FACTOR_END(end_factor, "end_factor", "LinearLR")
+        self.total_iters = POSITIVE_INT(total_iters, "total_iters", "LinearLR")
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):

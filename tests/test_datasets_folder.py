@@ -150,12 +150,15 @@ def test_resize_with_size(tmp_path, cache):
 def test_load_dataset_folder(tmp_path, cache, monkeypatch):
     monkeypatch.setenv("GPUCNN_CACHE_DIR", str(cache))
     make_tree(tmp_path / "d")
-    ds = load_dataset("folder", tmp_path / "d", limit_train=6)
+    ds = load_dataset("folder", tmp_path / "d", limit_train=6, split_seed=5)
     assert ds.name == "folder" and ds.classes == CLASSES and ds.input_shape == (3, 6, 5)
     assert ds.train.images.dtype == np.float32 and len(ds.train) == 6 and len(ds.test) == 6
     f = load_image_folder(tmp_path / "d")
     assert f.from_cache and str(cache) in f.cache
-    x01 = f.train[0][:6].astype(np.float64) / 255
+    order = np.random.default_rng(5).permutation(9)[:6]
+    assert sorted(np.bincount(ds.train.labels, minlength=3)) != [0, 0, 6]
+    np.testing.assert_array_equal(ds.train.labels, f.train[1][order])
+    x01 = f.train[0][order].astype(np.float64) / 255
     want = (x01 - np.array(f.mean).reshape(1, 3, 1, 1)) / np.array(f.std).reshape(1, 3, 1, 1)
     np.testing.assert_allclose(ds.train.images, want, rtol=1e-5, atol=1e-5)
     assert ds.mean == f.mean and ds.extra["layout"] == "train/test"
@@ -297,3 +300,18 @@ def test_uint8_to_normalized_is_normalize_bit_for_bit(dtype):
     np.testing.assert_array_equal(got, want)
     with pytest.raises(DataError, match="images have 3 channels but mean/std have 1/1"):
         uint8_to_normalized(raw, (0.5,), (0.2,))
+
+
+def test_cli_trains_and_predicts_on_a_folder(tmp_path, monkeypatch, capsys):
+    from gpucnn.cli import main
+    monkeypatch.setenv("GPUCNN_CACHE_DIR", str(tmp_path / "cache"))
+    make_tree(tmp_path / "d", size=(8, 8))
+    out = tmp_path / "run"
+    rc = main(["train", "--data", "folder", "--data-dir", str(tmp_path / "d"), "--out", str(out),
+               "--epochs", "1", "--model", "mlp", "--device", "cpu", "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "image folder" in text and "9 train / 6 test" in text, text
+    assert main(["evaluate", "--checkpoint", str(out)]) == 0
+    img = tmp_path / "d" / "test" / "dog" / "000.png"
+    assert main(["predict", "--checkpoint", str(out), str(img)]) == 0
+    assert any(c in capsys.readouterr().out for c in CLASSES)

@@ -155,21 +155,22 @@ def test_second_scheduler_shares_base_lr():
     assert s2.base_lrs == [0.1]
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda o: StepLR(o, step_size=0), "step_size must be an integer >= 1"),
-    (lambda o: StepLR(o, step_size=2.5), "step_size"),
-    (lambda o: StepLR(o, step_size=2, gamma=float("nan")), "gamma must be a finite"),
-    (lambda o: MultiStepLR(o, milestones=5), "milestones must be a list"),
-    (lambda o: MultiStepLR(o, milestones=[3, -1]), "each milestone"),
-    (lambda o: CosineAnnealingLR(o, T_max=0), "T_max"),
-    (lambda o: CosineAnnealingLR(o, T_max=5, eta_min=-1), "eta_min must be >= 0"),
-    (lambda o: LinearLR(o, start_factor=0), "start_factor must be > 0"),
-    (lambda o: LinearLR(o, end_factor=1.5), "end_factor must be >= 0.0 and <= 1.0"),
-    (lambda o: LinearLR(o, total_iters=0), "total_iters"),
-    (lambda o: StepLR(o, step_size=2, last_epoch=-2), "last_epoch"),
+@pytest.mark.parametrize("make,exc,match", [
+    (lambda o: StepLR(o, step_size=0), ValueError, "StepLR: step_size must be a positive integer, got 0"),
+    (lambda o: StepLR(o, step_size=2.5), TypeError, "step_size must be a positive integer"),
+    (lambda o: StepLR(o, step_size=2, gamma=float("nan")), ValueError, "gamma must be a non-negative number"),
+    (lambda o: MultiStepLR(o, milestones=5), ValueError, "milestones must be a list"),
+    (lambda o: MultiStepLR(o, milestones=[3, -1]), ValueError, "each milestone must be a non-negative integer"),
+    (lambda o: CosineAnnealingLR(o, T_max=0), ValueError, "T_max must be a positive integer"),
+    (lambda o: CosineAnnealingLR(o, T_max=5, eta_min=-1), ValueError, "eta_min must be a non-negative number"),
+    (lambda o: LinearLR(o, start_factor=0), ValueError, r"start_factor must be in \(0, 1\]"),
+    (lambda o: LinearLR(o, end_factor=1.5), ValueError, r"end_factor must be in \[0, 1\]"),
+    (lambda o: LinearLR(o, total_iters=0), ValueError, "total_iters must be a positive integer"),
+    (lambda o: StepLR(o, step_size=2, last_epoch=-2), ValueError, "last_epoch must be an integer >= -1"),
+    (lambda o: StepLR(o, step_size=2).step(-3), ValueError, "StepLR.step: epoch must be a non-negative"),
 ])
-def test_bad_arguments(make, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments(make, exc, match):
+    with pytest.raises(exc, match=match):
         make(_opt())
 
 
