@@ -120,8 +120,9 @@ class LRScheduler:
             sd[k] = sorted(v.elements()) if isinstance(v, Counter) else v
         return sd
 
-    def load_state_dict(self, state_dict):
-        """Restore :meth:`state_dict`'s output and set ``optimizer.lr`` to its last rate."""
+    def check_state_dict(self, state_dict):
+        """The parsed values of a :meth:`state_dict` output; ValueError (naming what is wrong)
+        when it is not the state of this kind of schedule.  Changes nothing."""
         name = type(self).__name__
         if not isinstance(state_dict, dict) or state_dict.get("type") != name:
             got = state_dict.get("type") if isinstance(state_dict, dict) else type(state_dict).__name__
@@ -130,13 +131,25 @@ class LRScheduler:
                    if k not in state_dict]
         if missing:
             raise ValueError(f"{name}.load_state_dict: the state lacks {', '.join(missing)}")
-        self.last_epoch = int(state_dict["last_epoch"])
-        self.base_lrs = [float(v) for v in state_dict["base_lrs"]]
-        self._step_count = int(state_dict["_step_count"])
-        self._last_lr = [float(v) for v in state_dict["_last_lr"]]
-        for k in self._hyper:
-            v = state_dict[k]
-            setattr(self, k, Counter(int(m) for m in v) if k == "milestones" else v)
+        try:
+            values = {"last_epoch": int(state_dict["last_epoch"]),
+                      "base_lrs": [float(v) for v in state_dict["base_lrs"]],
+                      "_step_count": int(state_dict["_step_count"]),
+                      "_last_lr": [float(v) for v in state_dict["_last_lr"]]}
+            for k in self._hyper:
+                v = state_dict[k]
+                values[k] = Counter(int(m) for m in v) if k == "milestones" else type(getattr(self, k))(v)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name}.load_state_dict: malformed state ({exc})") from None
+        if len(values["_last_lr"]) != 1 or len(values["base_lrs"]) != 1:
+            raise ValueError(f"{name}.load_state_dict: expected one learning rate (one parameter "
+                             f"group), got {len(values['_last_lr'])}")
+        return values
+
+    def load_state_dict(self, state_dict):
+        """Restore :meth:`state_dict`'s output and set ``optimizer.lr`` to its last rate."""
+        for k, v in self.check_state_dict(state_dict).items():
+            setattr(self, k, v)
         self.optimizer.lr = self._last_lr[0]
         if getattr(self.optimizer, "initial_lr", None) is None:
             self.optimizer.initial_lr = self.base_lrs[0]

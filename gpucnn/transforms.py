@@ -64,6 +64,22 @@ class _Random:
         """The generator drawn from (the global one, looked up at each call, when None)."""
         return _random.resolve(self._rng)
 
+    def get_rng_state(self):
+        """The private generator's state (JSON-able), or None when drawing from the global one."""
+        return None if self._rng is None else self._rng.bit_generator.state
+
+    def set_rng_state(self, state):
+        if self._rng is None:
+            if state is not None:
+                raise ValueError(f"{type(self).__name__}.set_rng_state: this transform draws from "
+                                 "gpucnn's global generator, got a private generator's state")
+            return
+        try:
+            self._rng.bit_generator.state = state
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{type(self).__name__}.set_rng_state: not a generator state "
+                             f"({exc})") from None
+
 
 class RandomCrop(_Random):
     """Crop each image of the batch at a random place after zero-padding it by ``padding``.
@@ -160,6 +176,21 @@ class Compose:
         for i, t in enumerate(self.transforms):
             if not callable(t):
                 raise TypeError(f"Compose: transform {i} ({t!r}) is not callable")
+
+    def get_rng_state(self):
+        """One entry per transform: its private generator's state, or None (a transform
+        without randomness, or one drawing from the global generator)."""
+        return [t.get_rng_state() if hasattr(t, "get_rng_state") else None for t in self.transforms]
+
+    def set_rng_state(self, states):
+        if not isinstance(states, (list, tuple)) or len(states) != len(self.transforms):
+            raise ValueError(f"Compose.set_rng_state: expected {len(self.transforms)} states, "
+                             f"got {states!r:.80}")
+        for t, st in zip(self.transforms, states):
+            if hasattr(t, "set_rng_state"):
+                t.set_rng_state(st)
+            elif st is not None:
+                raise ValueError(f"Compose.set_rng_state: {t!r} has no generator")
 
     def __call__(self, x):
         ts, i = self.transforms, 0
