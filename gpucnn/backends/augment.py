@@ -1,10 +1,13 @@
-"""Augmentation primitives: the argument checks both backends share, and the NumPy versions.
+"""Augmentation primitives: their argument checks, the conversions both backends share, and
+the NumPy versions.
 
 ``crop_flip`` and ``channel_normalize`` (semantics in the seam's docstring,
-``gpucnn/backends/__init__.py``).  The checks return plain Python ints and host arrays of
-the kernel's types (int64 offsets, uint8 flip flags) so that the CUDA backend passes
-exactly what ``kernels/augment.cu`` declares.  The NumPy versions are vectorised: one
-gather over a strided window view (no Python loop over images).
+``gpucnn/backends/__init__.py``).  ``check_*`` raise the one-line errors (run once, at the
+seam, by ``checked.py``); ``prepare_*`` trust their arguments and return plain Python ints
+and host arrays of the kernel's types (int64 offsets, uint8 flip flags, per-channel
+constants in x's dtype), so that the CUDA backend passes exactly what
+``kernels/augment.cu`` declares.  The NumPy versions are vectorised: one gather over a
+strided window view (no Python loop over images).
 """
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ def _host_vector(a, n, what, name):
 
 
 def check_crop_flip(x, top, left, flip, size, padding, what="crop_flip"):
-    """Validate; return ``(n, c, h, w, oh, ow, ph, pw, top int64, left int64, flip uint8)``
-    with host arrays for the three per-image vectors."""
+    """Validate (TypeError / ValueError naming the argument); returns what
+    :func:`prepare_crop_flip` returns."""
     if np.dtype(x.dtype) not in _FLOATS:
         raise TypeError(f"{what}: expected a float32 or float64 array, got {np.dtype(x.dtype)}")
     if x.ndim != 4:
@@ -66,7 +69,8 @@ def check_crop_flip(x, top, left, flip, size, padding, what="crop_flip"):
 
 
 def check_channel_normalize(x, mean, std, what="channel_normalize"):
-    """Validate; return ``(c, mean, std)`` as host arrays of x's dtype."""
+    """Validate (TypeError / ValueError naming the argument); returns what
+    :func:`prepare_channel_normalize` returns."""
     if np.dtype(x.dtype) not in _FLOATS:
         raise TypeError(f"{what}: expected a float32 or float64 array, got {np.dtype(x.dtype)}")
     if x.ndim < 2:
@@ -88,9 +92,33 @@ def check_channel_normalize(x, mean, std, what="channel_normalize"):
     return c, out[0], out[1]
 
 
+def _host(a):
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def _pair_unchecked(v):
+    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+
+
+def prepare_crop_flip(x, top, left, flip, size, padding):
+    """``(n, c, h, w, oh, ow, ph, pw, top int64, left int64, flip uint8)``, host arrays for the
+    three per-image vectors (arguments already checked)."""
+    n, c, h, w = (int(s) for s in x.shape)
+    oh, ow = _pair_unchecked(size)
+    ph, pw = _pair_unchecked(padding)
+    return (n, c, h, w, oh, ow, ph, pw, _host(top).astype(np.int64, copy=False),
+            _host(left).astype(np.int64, copy=False), (_host(flip) != 0).astype(np.uint8))
+
+
+def prepare_channel_normalize(x, mean, std):
+    """``(c, mean, std)``: the constants as host arrays of x's dtype (arguments already checked)."""
+    return (int(x.shape[1]), np.asarray(_host(mean), dtype=np.float64).astype(x.dtype),
+            np.asarray(_host(std), dtype=np.float64).astype(x.dtype))
+
+
 def crop_flip(x, top, left, flip, size, padding):
     """NumPy ``crop_flip``: a window view of the zero-padded batch, one gather, one flip."""
-    n, c, h, w, oh, ow, ph, pw, top, left, flip = check_crop_flip(x, top, left, flip, size, padding)
+    n, c, h, w, oh, ow, ph, pw, top, left, flip = prepare_crop_flip(x, top, left, flip, size, padding)
     x = np.ascontiguousarray(x)
     if ph or pw:
         xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
@@ -107,6 +135,6 @@ def crop_flip(x, top, left, flip, size, padding):
 
 def channel_normalize(x, mean, std):
     """NumPy ``channel_normalize``: ``(x - mean[c]) / std[c]`` in x's dtype."""
-    c, mean, std = check_channel_normalize(x, mean, std)
+    c, mean, std = prepare_channel_normalize(x, mean, std)
     shape = (1, c) + (1,) * (x.ndim - 2)
     return (x - mean.reshape(shape)) / std.reshape(shape)
