@@ -31,7 +31,7 @@ def cmd_train(args):
     from .trainer import TrainingDiverged, TrainingInterrupted
     overrides = {k: getattr(args, k) for k in (
         "data_dir", "t10k_split", "limit_train", "limit_test", "model", "epochs", "batch_size",
-        "lr", "lr_decay", "optimizer", "seed", "device", "dtype")}
+        "lr", "lr_decay", "optimizer", "seed", "device", "dtype", "schedule", "augment")}
     if args.data is not None:
         overrides["data"] = args.data  # with --resume: allowed only when it matches the checkpoint
     try:
@@ -303,6 +303,11 @@ def build_parser():
     t.add_argument("--lr", type=_positive_float, help="learning rate")
     t.add_argument("--lr-decay", type=_decay, metavar="G",
                    help="multiply the learning rate by G after every epoch (0 < G <= 1)")
+    t.add_argument("--schedule", choices=("none", "cosine", "multistep"),
+                   help="learning-rate schedule over the whole run, stepped every iteration: cosine "
+                        "(to 0) or multistep (/10 at 50%% and 75%%); replaces --lr-decay")
+    t.add_argument("--augment", action="store_true", default=None,
+                   help="random crops (images padded by 1/8 of their size) and horizontal flips")
     t.add_argument("--optimizer", choices=("sgd", "adam"))
     t.add_argument("--seed", type=_nonneg_int, help="seed for initialisation and shuffling (default 0)")
     t.add_argument("--device", choices=DEVICES, help="default auto (a GPU when usable)")

@@ -104,3 +104,55 @@ def test_schedule_mismatch_and_bad_arguments(tmp_path, digits):
         Trainer(model, opt, digits.train, scheduler=StepLR(opt, 2), scheduler_interval="batch")
     with pytest.raises(TypeError, match="transform must be callable"):
         Trainer(model, opt, digits.train, transform=3)
+
+
+# ----------------------------------------------------------------------------- gpucnn train
+
+SMALL = dict(data="digits", limit_train=192, limit_test=64, batch_size=32, device="cpu",
+             progress=False, log=lambda *_: None)
+
+
+def test_run_training_with_schedule_and_augment_resumes_exactly(tmp_path):
+    from gpucnn.runs import run_training
+    full = run_training(out=tmp_path / "full", epochs=2, schedule="multistep", augment=True,
+                        optimizer="sgd", lr=0.05, **SMALL)
+    ck = load_checkpoint(full.checkpoint)
+    assert ck.config["schedule"] == "multistep" and ck.config["augment"] is True
+    assert ck.config["lr_decay"] == 1.0
+    assert ck.state["scheduler"]["milestones"] == [6, 9]        # 12 iterations in all
+    assert full.trainer.optimizer.lr == pytest.approx(0.05 * 0.01)
+    assert len(ck.state["transform_rng"]) == 2
+
+    def stop(trainer, info):
+        if info["global_step"] == 8:
+            raise KeyboardInterrupt
+    with pytest.raises(TrainingInterrupted):
+        run_training(out=tmp_path / "cut", epochs=2, schedule="multistep", augment=True,
+                     optimizer="sgd", lr=0.05, on_step=stop, **SMALL)
+    resumed = run_training(resume=tmp_path / "cut" / CHECKPOINT_NAME, progress=False,
+                           log=lambda *_: None)
+    assert same(full.trainer, resumed.trainer)
+    no_aug = run_training(out=tmp_path / "plain", epochs=2, schedule="multistep",
+                          optimizer="sgd", lr=0.05, **SMALL)
+    assert not same(full.trainer, no_aug.trainer)
+
+
+def test_schedule_config_errors(tmp_path):
+    from gpucnn.runs import TrainConfig
+    with pytest.raises(ValueError, match="lr_decay 0.5 and schedule 'cosine' would both set"):
+        TrainConfig(schedule="cosine", lr_decay=0.5).resolved()
+    with pytest.raises(ValueError, match="schedule must be one of none, cosine, multistep"):
+        TrainConfig(schedule="linear").resolved()
+    assert TrainConfig(data="mnist", schedule="cosine").resolved().lr_decay == 1.0
+    assert TrainConfig(data="mnist").resolved().lr_decay == 0.3
+
+
+def test_cli_schedule_and_augment(tmp_path, capsys):
+    from gpucnn.cli import main
+    rc = main(["train", "--out", str(tmp_path / "r"), "--epochs", "1", "--model", "mlp",
+               "--schedule", "cosine", "--augment", "--limit-train", "64", "--limit-test", "32",
+               "--device", "cpu", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "(cosine schedule per iteration), random crops and flips" in out, out
+    ck = load_checkpoint(tmp_path / "r" / CHECKPOINT_NAME)
+    assert ck.state["scheduler"]["type"] == "CosineAnnealingLR" and ck.state["scheduler"]["T_max"] == 2
