@@ -1,16 +1,21 @@
 """Datasets and mini-batches.
 
-Three sources, one shape of result:
+Four sources, one shape of result:
 
 * :func:`load_digits` -- the UCI optical handwritten digits (1,797 8x8 images,
   CC BY 4.0) that ship inside the package; no download, no scikit-learn.
 * :func:`load_mnist` -- the four standard MNIST IDX files from a folder, gzipped or not.
 * :func:`load_cifar10` -- the CIFAR-10 *binary* version (``cifar-10-batches-bin``,
   fixed 3,073-byte records; nothing is unpickled).
+* :func:`load_image_folder` -- your own PNG/JPEG images, one sub-folder per class
+  (``train/`` and ``test/``, or a seeded held-out split), or a ``.tar.gz`` of such a
+  folder; decoded once by Pillow into a cached uint8 array (``gpucnn.datasets_folder``).
 
 :func:`load_dataset` turns any of them into a :class:`Dataset`: float32 NCHW
-images, normalised with fixed per-dataset constants, int64 labels, a train and a
-test :class:`ImageSet`.  :class:`BatchIterator` walks an image set in seeded,
+images, normalised with fixed per-dataset constants (an image folder: its training
+images' own per-channel mean and std), int64 labels, a train and a test
+:class:`ImageSet`.  Batch augmentation (``RandomCrop``, ``RandomHorizontalFlip``,
+``Normalize``, ``Compose``) lives in :mod:`gpucnn.transforms` and is re-exported here.  :class:`BatchIterator` walks an image set in seeded,
 reproducible mini-batches; its generator state can be saved and restored, which is
 what makes ``gpucnn train --resume`` bitwise exact.
 
@@ -516,14 +521,16 @@ def load_folder_dataset(data_dir, *, test_fraction=0.2, split_seed=0, limit_trai
     if limit_test is not None:
         test = (test[0][:int(limit_test)], test[1][:int(limit_test)])
 
+    std = tuple(v if v > 0 else 1.0 for v in f.std)     # a constant channel: no division by 0
+
     def as_set(pair):
-        return ImageSet(uint8_to_normalized(pair[0], f.mean, f.std, dtype),
+        return ImageSet(uint8_to_normalized(pair[0], f.mean, std, dtype),
                         np.asarray(pair[1], dtype=np.int64))
 
     extra = dict(f.extra, layout=f.layout, cache=f.cache, from_cache=f.from_cache,
                  load_seconds=round(f.seconds, 3))
     return Dataset(name="folder", train=as_set(train), test=as_set(test), classes=f.classes,
-                   mean=f.mean, std=f.std, source=f.source, extra=extra)
+                   mean=f.mean, std=std, source=f.source, extra=extra)
 
 
 # --------------------------------------------------------------------------- single images (predict)

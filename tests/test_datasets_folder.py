@@ -315,3 +315,13 @@ def test_cli_trains_and_predicts_on_a_folder(tmp_path, monkeypatch, capsys):
     img = tmp_path / "d" / "test" / "dog" / "000.png"
     assert main(["predict", "--checkpoint", str(out), str(img)]) == 0
     assert any(c in capsys.readouterr().out for c in CLASSES)
+
+
+def test_constant_channel_does_not_divide_by_zero(tmp_path, cache, monkeypatch):
+    monkeypatch.setenv("GPUCNN_CACHE_DIR", str(cache))
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            _write(tmp_path / "d" / split / c / "0.png", np.full((4, 4), 7, np.uint8))
+    ds = load_dataset("folder", tmp_path / "d")
+    assert ds.std == (1.0,) and np.isfinite(ds.train.images).all()
+    assert (ds.train.images == 0).all()
