@@ -48,7 +48,7 @@ __all__ = ["IMAGE_EXTENSIONS", "FolderImages", "load_image_folder", "default_cac
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TEST_SPLIT_NAMES = ("test", "val")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass
@@ -241,7 +241,11 @@ def _decode(data: bytes, where: str, size):
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            grey = im.mode in ("1", "L", "LA", "La", "I", "I;16", "F")
+            grey = im.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+            if im.mode.startswith("I") or im.mode == "F":
+                # 16-bit grey: scale 0..65535 to 0..255 (Pillow's convert("L") would clip)
+                wide = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
             want = "L" if grey else "RGB"
             if im.mode != want:
                 im = im.convert(want)

@@ -325,3 +325,19 @@ def test_constant_channel_does_not_divide_by_zero(tmp_path, cache, monkeypatch):
     ds = load_dataset("folder", tmp_path / "d")
     assert ds.std == (1.0,) and np.isfinite(ds.train.images).all()
     assert np.abs(ds.train.images).max() < 1e-6
+
+
+def test_sixteen_bit_and_palette_and_alpha_images(tmp_path, cache):
+    make_tree(tmp_path / "d", mode="L", size=(4, 4))
+    wide = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000)
+    _write(tmp_path / "d" / "test" / "cat" / "000.png", wide)           # 16-bit grey PNG
+    f = load_image_folder(tmp_path / "d", cache_dir=cache)
+    np.testing.assert_array_equal(f.test[0][0, 0], np.rint(wide / 257.0).astype(np.uint8))
+    rgba = np.dstack([_img(1, (4, 4)), np.full((4, 4), 9, np.uint8)])
+    _write(tmp_path / "d" / "test" / "dog" / "000.png", rgba)
+    Image.fromarray(_img(2, (4, 4))).convert("P").save(tmp_path / "d" / "test" / "emu" / "000.png")
+    g = load_image_folder(tmp_path / "d", cache_dir=cache)
+    assert g.test[0].shape[1] == 3 and g.train[0].shape[1] == 3      # colour anywhere: RGB
+    np.testing.assert_array_equal(g.test[0][2], rgba[:, :, :3].transpose(2, 0, 1))
+    pal = np.asarray(Image.open(tmp_path / "d" / "test" / "emu" / "000.png").convert("RGB"))
+    np.testing.assert_array_equal(g.test[0][4], pal.transpose(2, 0, 1))
