@@ -64,9 +64,12 @@ PYEOF
         "$PY" -m pytest -q -rs -m "not emulated" -p no:cacheprovider --durations=8 \
         tests/test_parity.py tests/test_check.py tests/test_device_fallback.py \
         tests/test_forward.py tests/test_gradcheck.py tests/test_kernels_compile.py \
-        tests/test_cuda_views.py tests/test_cuda_loader.py tests/test_training_step.py
+        tests/test_cuda_views.py tests/test_cuda_loader.py tests/test_training_step.py \
+        tests/test_augment.py
     stage "kernel benchmark (bandwidth vs copy, conv vs cuDNN)" 90 \
         "$PY" benchmarks/bench_kernels.py --json "$DEST/bench_kernels.json"
+    stage "data benchmark (folder loading when ../shared is there; crop+flip and normalise)" 120 \
+        "$PY" benchmarks/bench_data.py
     if [ -f benchmarks/bench_train.py ]; then
         stage "training benchmark vs PyTorch" 120 \
             "$PY" benchmarks/bench_train.py --device cuda --quick --json "$DEST/bench_train.json"
