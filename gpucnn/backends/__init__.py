@@ -4,7 +4,8 @@ Layers never compute on arrays themselves. They ask the backend that owns their
 input (``backend_of(x)``) for a *primitive*.  Two backends implement the same
 list of primitives with the same signatures:
 
-* ``numpy_backend.NumpyBackend``  -- name ``"cpu"``, arrays are ``numpy.ndarray``
+* ``numpy.NumpyBackend``          -- name ``"cpu"``, arrays are ``numpy.ndarray``
+  (the package ``backends/numpy/``: one module per primitive family)
 * ``cuda_backend.CudaBackend``    -- name ``"cuda"``, arrays are ``cupy.ndarray``;
   CuPy allocates, our kernels in ``kernels/*.cu`` compute.
 
@@ -131,7 +132,7 @@ def cpu_backend():
     global _numpy_backend
     if _numpy_backend is None:
         from .checked import checked
-        from .numpy_backend import NumpyBackend
+        from .numpy import NumpyBackend
         _numpy_backend = checked(NumpyBackend())
     return _numpy_backend
 

@@ -1,18 +1,16 @@
-"""Augmentation primitives: their argument checks, the conversions both backends share, and
-the NumPy versions.
+"""Augmentation primitives: their argument checks and the conversions both backends share
+(the NumPy versions are in ``numpy/augment.py``, the kernels in ``kernels/augment.cu``).
 
 ``crop_flip`` and ``channel_normalize`` (semantics in the seam's docstring,
 ``gpucnn/backends/__init__.py``).  ``check_*`` raise the one-line errors (run once, at the
 seam, by ``checked.py``); ``prepare_*`` trust their arguments and return plain Python ints
 and host arrays of the kernel's types (int64 offsets, uint8 flip flags, per-channel
 constants in x's dtype), so that the CUDA backend passes exactly what
-``kernels/augment.cu`` declares.  The NumPy versions are vectorised: one gather over a
-strided window view (no Python loop over images).
+``kernels/augment.cu`` declares.
 """
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -114,27 +112,3 @@ def prepare_channel_normalize(x, mean, std):
     """``(c, mean, std)``: the constants as host arrays of x's dtype (arguments already checked)."""
     return (int(x.shape[1]), np.asarray(_host(mean), dtype=np.float64).astype(x.dtype),
             np.asarray(_host(std), dtype=np.float64).astype(x.dtype))
-
-
-def crop_flip(x, top, left, flip, size, padding):
-    """NumPy ``crop_flip``: a window view of the zero-padded batch, one gather, one flip."""
-    n, c, h, w, oh, ow, ph, pw, top, left, flip = prepare_crop_flip(x, top, left, flip, size, padding)
-    x = np.ascontiguousarray(x)
-    if ph or pw:
-        xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-        xp[:, :, ph:ph + h, pw:pw + w] = x
-    else:
-        xp = x
-    windows = sliding_window_view(xp, (oh, ow), axis=(2, 3))   # (N, C, H', W', OH, OW), a view
-    y = windows[np.arange(n), :, top, left]                      # (N, C, OH, OW), one copy
-    f = flip.astype(bool)
-    if f.any():
-        y[f] = y[f][..., ::-1]
-    return np.ascontiguousarray(y)
-
-
-def channel_normalize(x, mean, std):
-    """NumPy ``channel_normalize``: ``(x - mean[c]) / std[c]`` in x's dtype."""
-    c, mean, std = prepare_channel_normalize(x, mean, std)
-    shape = (1, c) + (1,) * (x.ndim - 2)
-    return (x - mean.reshape(shape)) / std.reshape(shape)
