@@ -18,6 +18,7 @@ from .backends import DEVICES
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, load_checkpoint
 from .data import DATASETS, Dataset, load_dataset
 from .plots import CURVES_PNG, HISTORY_CSV, HISTORY_JSON
+from .runlock import RunDirError, RunLock
 from .trainer import Trainer, make_optimizer
 from .validation import FRACTION, POSITIVE, POSITIVE_INT, one_of
 
@@ -85,6 +86,11 @@ class TrainConfig:
         FRACTION(cfg.lr_decay, "lr_decay", "TrainConfig")
         one_of(cfg.dtype, "dtype", ("float32", "float64"), "TrainConfig")
         one_of(cfg.device, "device", DEVICES, "TrainConfig")
+        if cfg.data == "digits" and cfg.data_dir is not None:   # would be silently ignored
+            raise ValueError("--data-dir does not apply to the bundled digits (they ship with "
+                             "gpucnn); it is for --data mnist or cifar10")
+        if cfg.t10k_split is not None and cfg.data != "mnist":
+            raise ValueError(f"--t10k-split applies to --data mnist only, not to {cfg.data}")
         return cfg
 
     def to_dict(self) -> dict:
@@ -193,6 +199,9 @@ def _new_run_dir(root, cfg):
             return candidate
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise RunDirError(f"cannot create a run folder under {root} ({exc.strerror or exc}); "
+                              f"choose another --runs-dir or --out") from None
     raise RuntimeError(f"cannot create a new run directory under {root}")
 
 
@@ -211,12 +220,12 @@ def _new_run(config, overrides, out):
     cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in overrides.items() if v is not None}})
     cfg = cfg.resolved()
     if out is None:
-        return cfg, None, True           # a fresh folder under runs_root, made once the model is built
+        return cfg, None, True           # a fresh folder under runs_root
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"--out {run_dir} exists and is not a folder")
     created_dir = not run_dir.exists()
-    _check_no_outputs(run_dir)
+    _check_no_outputs(run_dir)           # checked again once the folder is locked
     return cfg, run_dir, created_dir
 
 
@@ -239,10 +248,10 @@ def _resumed_run(ckpt, config, overrides, out):
         raise ValueError(f"checkpoint {ckpt.path} already has {done} epochs; pass --epochs N "
                          f"with N > {done} to train further")
     run_dir = Path(out) if out is not None else ckpt.path.parent
+    created_dir = not run_dir.exists()
     if run_dir.resolve() != ckpt.path.parent.resolve():
-        run_dir.mkdir(parents=True, exist_ok=True)
         _check_no_outputs(run_dir, resume_hint=False)
-    return cfg, run_dir, False
+    return cfg, run_dir, created_dir
 
 
 def _build(cfg):
@@ -276,6 +285,26 @@ def _describe(cfg, dataset, model, run_dir):
             f"({np.dtype(cfg.dtype).name}), run dir {run_dir}")
 
 
+def _trainer_for(cfg, run_dir, ckpt, progress, log, on_step):
+    """The data, model, optimizer and :class:`Trainer` of a run (restored from ``ckpt`` if given)."""
+    dataset, model, optimizer = _build(cfg)
+    steps = -(-len(dataset.train) // cfg.batch_size)
+    scheduler, interval = make_schedule(cfg.schedule, optimizer, cfg.epochs, steps)
+    transform = make_augment(dataset.input_shape, cfg.seed) if cfg.augment else None
+    trainer = Trainer(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
+                      seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
+                      progress=progress, log=log, on_step=on_step, lr_decay=cfg.lr_decay,
+                      title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
+                      extra_state={"dataset": _dataset_record(dataset)},
+                      scheduler=scheduler, scheduler_interval=interval, transform=transform)
+    if ckpt is not None:
+        trainer.restore(ckpt)
+        where = (f"epoch {trainer.epoch}" if not trainer.step_in_epoch
+                 else f"epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}")
+        log(f"resuming {ckpt.path} from {where} (of {cfg.epochs})")
+    return trainer, dataset, model
+
+
 def run_training(config=None, *, out=None, resume=None, runs_root="runs", progress=True, log=print,
                  on_step=None, **overrides) -> RunResult:
     """Run ``gpucnn train``: load the data, build model and optimizer, train, write the run directory.
@@ -295,32 +324,21 @@ def run_training(config=None, *, out=None, resume=None, runs_root="runs", progre
     ckpt = load_checkpoint(resume) if resume is not None else None
     cfg, run_dir, created_dir = (_resumed_run(ckpt, config, overrides, out) if ckpt is not None
                                  else _new_run(config, overrides, out))
-    dataset, model, optimizer = _build(cfg)
     if run_dir is None:
         run_dir = _new_run_dir(runs_root, cfg)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    steps = -(-len(dataset.train) // cfg.batch_size)
-    scheduler, interval = make_schedule(cfg.schedule, optimizer, cfg.epochs, steps)
-    transform = make_augment(dataset.input_shape, cfg.seed) if cfg.augment else None
-    trainer = Trainer(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
-                      seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
-                      progress=progress, log=log, on_step=on_step, lr_decay=cfg.lr_decay,
-                      title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
-                      extra_state={"dataset": _dataset_record(dataset)},
-                      scheduler=scheduler, scheduler_interval=interval, transform=transform)
-    if ckpt is not None:
-        trainer.restore(ckpt)
-        where = (f"epoch {trainer.epoch}" if not trainer.step_in_epoch
-                 else f"epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}")
-        log(f"resuming {ckpt.path} from {where} (of {cfg.epochs})")
-    log(_describe(cfg, dataset, model, run_dir))
+    # before any work: the folder is writable and no other run uses it (the lock proves both)
+    lock = RunLock(run_dir)
     try:
+        lock.acquire()
+        if ckpt is None or run_dir.resolve() != ckpt.path.parent.resolve():
+            _check_no_outputs(run_dir, resume_hint=ckpt is None)
+        trainer, dataset, model = _trainer_for(cfg, run_dir, ckpt, progress, log, on_step)
+        log(_describe(cfg, dataset, model, run_dir))
         trainer.fit(cfg.epochs)
-    except BaseException:
+    finally:
+        lock.release()
         if created_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a run that failed before writing anything leaves nothing behind
-        raise
     final = trainer.history[-1].get("test_acc") if trainer.history else None
     return RunResult(run_dir=run_dir, checkpoint=trainer.checkpoint_path, history=trainer.history,
                      test_accuracy=final, config=cfg, seconds=time.perf_counter() - started,
