@@ -123,6 +123,8 @@ Non-finite values (NaN, +-inf): IEEE arithmetic, the same on every backend
   exactly 0 (loss +inf if it is the label's).  Large finite logits (+-1000 in
   float32) are exact: the row maximum is taken over every logit before exp.
 * mse_forward: NaN -> NaN, +-inf -> +inf (inf - inf -> NaN).
+* crop_flip copies values, non-finite ones included (the padding is 0);
+  channel_normalize is elementwise IEEE ((NaN - m) / s is NaN, (+-inf - m) / s is +-inf).
 """
 from __future__ import annotations
 
