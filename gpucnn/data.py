@@ -418,7 +418,8 @@ def load_cifar10(data_dir):
 # --------------------------------------------------------------------------- one entry point
 
 def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=0,
-                 t10k_split=None, limit_train=None, limit_test=None, dtype=np.float32) -> Dataset:
+                 t10k_split=None, limit_train=None, limit_test=None, dtype=np.float32,
+                 image_size=None) -> Dataset:
     """Load ``"digits"`` (bundled), ``"mnist"`` or ``"cifar10"`` (from ``data_dir``) as a :class:`Dataset`.
 
     * digits: a stratified ``test_fraction`` split seeded by ``split_seed``
@@ -426,7 +427,8 @@ def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=
     * mnist: the standard train/t10k files; ``t10k_split=N`` uses only t10k
       (first N train, rest test).
     * cifar10: the five binary training batches and the test batch.
-    * folder: class folders of PNG/JPEG images (:func:`load_folder_dataset`).
+    * folder: class folders of PNG/JPEG images (:func:`load_folder_dataset`);
+      ``image_size=(H, W)`` (or an int) resizes every image that differs.
 
     ``limit_train`` / ``limit_test`` keep only the first images of each split
     (quick experiments).  Images become ``dtype`` (N, C, H, W), scaled to [0, 1]
@@ -439,9 +441,12 @@ def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=
                         "it is for --data mnist, cifar10 or folder")
     if t10k_split is not None and name != "mnist":
         raise DataError(f"--t10k-split applies to MNIST only, not to {name}")
+    if image_size is not None and name != "folder":
+        raise DataError(f"--image-size applies to image folders (--data folder) only, not to {name}")
     if name == "folder":
         return load_folder_dataset(data_dir, test_fraction=test_fraction, split_seed=split_seed,
-                                   limit_train=limit_train, limit_test=limit_test, dtype=dtype)
+                                   limit_train=limit_train, limit_test=limit_test, dtype=dtype,
+                                   image_size=image_size)
     extra = {}
     if name == "digits":
         images, labels = load_digits()

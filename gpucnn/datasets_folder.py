@@ -273,7 +273,7 @@ def _decode_all(src: _Source, rels, size, workers):
             if arr.shape[:2] != (h, w):
                 raise DataError(f"{src.where(rel)}: image is {arr.shape[0]}x{arr.shape[1]} but "
                                 f"{src.where(rels[0])} is {h}x{w}; images of one data set must "
-                                f"have one size (pass size=(H, W) to resize them all)")
+                                f"have one size (pass size=(H, W), or --image-size HxW, to resize them all)")
             grey[i] = g
             out[i] = arr[:, :, None] if arr.ndim == 2 else arr
 

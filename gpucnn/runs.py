@@ -62,6 +62,7 @@ class TrainConfig:
     dtype: str = "float32"
     schedule: str | None = None      # "none" (lr_decay), "cosine" or "multistep", per iteration
     augment: bool | None = None      # random crops (padding H/8) and horizontal flips
+    image_size: list | None = None   # --data folder: resize every image to [H, W]
 
     def resolved(self) -> "TrainConfig":
         if self.data not in DATASETS:
@@ -138,7 +139,8 @@ def make_augment(input_shape, seed):
 def dataset_for(cfg: TrainConfig, dtype=np.float32) -> Dataset:
     """Load the dataset a (resolved) configuration names."""
     return load_dataset(cfg.data, cfg.data_dir, t10k_split=cfg.t10k_split, limit_train=cfg.limit_train,
-                        limit_test=cfg.limit_test, dtype=dtype)
+                        limit_test=cfg.limit_test, dtype=dtype,
+                        image_size=tuple(cfg.image_size) if cfg.image_size else None)
 
 
 def load_model(checkpoint, device=None):

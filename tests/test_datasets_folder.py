@@ -211,7 +211,7 @@ def test_mixed_sizes_are_refused_naming_both_files(tmp_path, cache):
     make_tree(tmp_path / "d")
     _write(tmp_path / "d" / "train" / "emu" / "001.png", _img(3, size=(7, 5)))
     with pytest.raises(DataError, match=r"train/emu/001.png: image is 7x5 but .*train/cat/000.png "
-                                        r"is 6x5; .*pass size=\(H, W\) to resize"):
+                                        r"is 6x5; .*pass size=\(H, W\), or --image-size HxW, to resize"):
         load_image_folder(tmp_path / "d", cache_dir=cache)
 
 
@@ -341,3 +341,23 @@ def test_sixteen_bit_and_palette_and_alpha_images(tmp_path, cache):
     np.testing.assert_array_equal(g.test[0][2], rgba[:, :, :3].transpose(2, 0, 1))
     pal = np.asarray(Image.open(tmp_path / "d" / "test" / "emu" / "000.png").convert("RGB"))
     np.testing.assert_array_equal(g.test[0][4], pal.transpose(2, 0, 1))
+
+
+def test_cli_image_size_for_mixed_sizes(tmp_path, monkeypatch, capsys):
+    from gpucnn.cli import main
+    monkeypatch.setenv("GPUCNN_CACHE_DIR", str(tmp_path / "cache"))
+    make_tree(tmp_path / "d", size=(8, 8))
+    _write(tmp_path / "d" / "train" / "dog" / "001.png", _img(3, size=(12, 10)))
+    args = ["train", "--data", "folder", "--data-dir", str(tmp_path / "d"), "--epochs", "1",
+            "--model", "mlp", "--device", "cpu", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "a")]) != 0
+    err = capsys.readouterr().err
+    assert "train/dog/001.png: image is 12x10" in err and "--image-size HxW" in err, err
+    assert main(args + ["--out", str(tmp_path / "b"), "--image-size", "6x5"]) == 0
+    assert "(3, 6, 5)" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "b")]) == 0
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "c"), "--image-size", "0x3"])
+    assert "expected N or HxW with positive integers" in capsys.readouterr().err
+    with pytest.raises(DataError, match="--image-size applies to image folders"):
+        load_dataset("digits", image_size=4)
