@@ -3,10 +3,12 @@
 The public API follows PyTorch's names, argument orders and weight layouts.
 """
 from .backends import asnumpy
+from .blocks import (AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Identity, Residual,
+                     ShortcutA)
 from .errors import NonFiniteError
 from .export import export_onnx, load_safetensors, save_safetensors
-from .layers import (AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU,
-                     Sequential, Sigmoid, Tanh)
+from .layers import (AvgPool2d, Buffer, Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter,
+                     ReLU, Sequential, Sigmoid, Tanh)
 from .losses import CrossEntropyLoss, MSELoss
 from .optim import SGD, Adam
 from .lr_scheduler import CosineAnnealingLR, LinearLR, MultiStepLR, StepLR
@@ -18,6 +20,8 @@ __all__ = [
     "Module", "Parameter", "Conv2d", "MaxPool2d", "AvgPool2d", "Sigmoid", "ReLU", "Tanh",
     "Linear", "Flatten", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
     "StepLR", "MultiStepLR", "CosineAnnealingLR", "LinearLR",
+    "Buffer", "BatchNorm1d", "BatchNorm2d", "Dropout", "AdaptiveAvgPool2d", "Identity",
+    "Residual", "ShortcutA",
     "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError",
     "save_safetensors", "load_safetensors", "export_onnx", "__version__",
 ]
