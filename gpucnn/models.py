@@ -215,7 +215,7 @@ def vgg_bn(input_shape=(3, 32, 32), num_classes=10, widths=(64, 128, 256)):
 
 MODELS = {"lenet": lenet, "cifar": cifar, "mlp": mlp, "resnet20": resnet20, "resnet32": resnet32,
           "resnet44": resnet44, "resnet56": resnet56, "vgg_bn": vgg_bn}
-DEFAULT_MODEL = {"digits": "cifar", "mnist": "lenet", "cifar10": "cifar"}
+DEFAULT_MODEL = {"digits": "cifar", "mnist": "lenet", "cifar10": "cifar", "folder": "cifar"}
 
 
 def build_model(name, input_shape, num_classes):

@@ -43,6 +43,7 @@ KERNELS = {
     "loss.cu": ("softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
                 "squared_error_partial", "mse_backward"),
     "optim.cu": ("sgd_update", "adam_update"),
+    "augment.cu": ("crop_flip", "channel_normalize"),
     # issue 10 (gpucnn/backends/cuda_layers.py)
     "batchnorm.cu": ("channel_mean", "channel_sqdev_partial", "batchnorm_forward",
                      "batchnorm_backward_partial", "batchnorm_backward_reduce",
