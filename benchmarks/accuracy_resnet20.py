@@ -102,8 +102,9 @@ def train_torch(res, log):
             opt.step()
             if tsched is not None and interval == "step":
                 tsched.step()
-            losses.append(float(loss))
-            loss_sum += float(loss) * len(y)
+            value = loss.item()
+            losses.append(value)
+            loss_sum += value * len(y)
             correct += int((out.argmax(1) == yt).sum())
             seen += len(y)
         if tsched is not None and interval == "epoch":
