@@ -49,7 +49,8 @@ for _name in ("asarray", "to_numpy", "zeros", "all_finite", "accumulate",
               "sigmoid_forward", "sigmoid_backward", "relu_forward", "relu_backward",
               "tanh_forward", "tanh_backward",
               "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
-              "mse_forward", "mse_backward", "sgd_update", "adam_update"):
+              "mse_forward", "mse_backward", "sgd_update", "adam_update",
+              "bias_act_forward", "gather_rows", "gather_normalize"):
     TOLERANCES[_name] = {"float32": _FLOAT32.get(_name, 1e-6), "float64": FLOAT64_RTOL}
 del _name
 

@@ -31,15 +31,16 @@ NVRTC_OPTIONS = ("-std=c++14", "--fmad=false")
 #: file -> the kernel templates it defines (each ``template <typename T>``).
 KERNELS = {
     "conv2d.cu": ("im2col", "col2im", "swap_axes01"),
-    "bias.cu": ("bias_forward", "channel_sum_partial", "row_sum"),
+    "bias.cu": ("bias_forward", "channel_sum_partial", "row_sum", "bias_act_forward"),
     "pool2d.cu": ("maxpool2d_forward", "maxpool2d_backward", "maxpool2d_backward_disjoint",
                   "avgpool2d_forward", "avgpool2d_backward", "avgpool2d_backward_disjoint"),
     "activation.cu": ("sigmoid_forward", "sigmoid_backward", "relu_forward",
                       "relu_backward", "tanh_forward", "tanh_backward",
                       "accumulate", "nonfinite_flag"),
     "loss.cu": ("softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
-                "squared_error_partial", "mse_backward"),
+                "squared_error_partial", "mse_backward", "mean_to_scalar"),
     "optim.cu": ("sgd_update", "adam_update"),
+    "data.cu": ("gather_rows", "gather_normalize"),
 }
 
 #: numpy dtype name -> C++ type the templates are instantiated with.
