@@ -126,6 +126,10 @@ class Trainer:
         Capture the training step as a CUDA graph and replay it (``"auto"``, default: on the
         CUDA backend with device-resident data; True; False).  Bitwise equal to eager steps;
         the last, smaller batch runs eagerly.  Nothing changes on the CPU.
+    fuse
+        Keep parameters, gradients and optimizer state in one flat buffer each, so the
+        optimizer update is one launch (:meth:`gpucnn.optim.Optimizer.fuse`; bitwise the
+        per-parameter update).  Default True.
 
     ``fit(epochs)`` trains until ``epochs`` epochs are complete in total, so a
     trainer restored from a checkpoint (:meth:`restore`) continues where it
@@ -136,7 +140,7 @@ class Trainer:
                  run_dir=None, config=None, classes=None, progress=True, log=print,
                  on_step=None, on_epoch=None, eval_batch_size=500, extra_state=None, title=None,
                  lr_decay=1.0, read_every=None, read_interval=1.0, device_data="auto",
-                 graph="auto"):
+                 graph="auto", fuse=True):
         from .losses import CrossEntropyLoss
         self.model = model
         self.optimizer = optimizer
@@ -154,6 +158,8 @@ class Trainer:
         self._pending = []        # steps not yet read: (step, global_step, loss, correct, n)
         self._last_read = time.perf_counter()
         self._data_finite = None  # the training images were checked once (no per-step scan)
+        if fuse and hasattr(optimizer, "fuse") and getattr(optimizer, "_flat", None) is None:
+            optimizer.fuse()      # one update launch over one flat buffer (bitwise the same)
         from .graph import StepGraph
         self.graph = StepGraph.for_trainer(self, graph)
         self.run_dir = Path(run_dir) if run_dir is not None else None
