@@ -215,6 +215,33 @@ class SGD(Optimizer):
         return True
 
 
+    # ------------------------------------------ CUDA graph replay (gpucnn/graph.py)
+    def graph_ready(self):
+        """Whether the fused update can be captured now (fused, momentum buffers present)."""
+        if self._flat is None:
+            return False
+        return not self.momentum or all("momentum_buffer" in st for st in self.state)
+
+    def graph_table(self, rows):
+        """The per-replay values for the next ``rows`` replays: here the learning rate alone."""
+        return np.array([self.lr], dtype=self._flat.dtype), self.lr
+
+    def graph_update(self, table, row):
+        """The update as captured into the graph (lr read from ``table``)."""
+        flat = self._flat
+        buf = self._flat_state("momentum_buffer") if self.momentum else None
+        flat.B.sgd_update_indexed(flat.data, flat.grad, buf, table, self.momentum,
+                                  self.weight_decay, self.nesterov)
+
+    def graph_row(self, key):
+        """The table row the next replay reads, or None when a table built for ``key`` does
+        not hold it (the learning rate changed)."""
+        return 0 if key == self.lr else None
+
+    def graph_replayed(self):
+        """Host bookkeeping after one replay (SGD has none)."""
+
+
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction, as torch.optim.Adam."""
 
@@ -256,6 +283,39 @@ class Adam(Optimizer):
         flat.B.adam_update(flat.data, flat.grad, m, v, step, self.lr, b1, b2, self.eps,
                            self.weight_decay)
         return True
+
+
+    # ------------------------------------------ CUDA graph replay (gpucnn/graph.py)
+    def graph_ready(self):
+        """Fused, and every parameter past its first step (the state exists)."""
+        steps = {int(st.get("step", 0)) for st in self.state}
+        return self._flat is not None and len(steps) == 1 and steps.pop() >= 1
+
+    def graph_table(self, rows):
+        """(step_size, inv_sqrt_bc2) for the next ``rows`` steps, as adam_update computes them;
+        the key says what the table was built for (lr, first step)."""
+        first = int(self.state[0].get("step", 0)) + 1
+        b1, b2 = self.betas
+        B = self._flat.B
+        table = np.array([B.adam_table_row(self._flat.dtype, first + r, self.lr, b1, b2)
+                          for r in range(rows)], dtype=self._flat.dtype).reshape(-1)
+        return table, (self.lr, first)
+
+    def graph_update(self, table, row):
+        flat = self._flat
+        m = self._flat_state("exp_avg")
+        v = self._flat_state("exp_avg_sq")
+        b1, b2 = self.betas
+        flat.B.adam_update_indexed(flat.data, flat.grad, m, v, table, row, b1, b2, self.eps,
+                                   self.weight_decay)
+
+    def graph_row(self, key):
+        lr, first = key
+        return int(self.state[0].get("step", 0)) + 1 - first if lr == self.lr else None
+
+    def graph_replayed(self):
+        for st in self.state:
+            st["step"] = int(st.get("step", 0)) + 1
 
 
 class _Flat:

@@ -559,9 +559,13 @@ class Trainer:
         # line, instead of NumPy printing RuntimeWarnings
         with quiet_overflow():
             if self.graph is not None and self.graph.accepts(xb, yb):
-                loss, correct = self.graph.step(xb, yb)
-                self._commit_step(loss, correct, len(y), t0)
-                return loss
+                with self._no_interrupt():   # capture or replay: the update inside, all or nothing
+                    self._updating = True
+                    done = self.graph.step(xb, yb)
+                    self._updating = False
+                if done is not None:
+                    self._commit_step(done[0], done[1], len(y), t0)
+                    return done[0]
             try:
                 with _trusted_input(trusted):
                     out = model(xb)

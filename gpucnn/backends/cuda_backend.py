@@ -449,6 +449,34 @@ class CudaBackend:
                      t(weight_decay), t(lr / bc1), t(1.0 / math.sqrt(bc2)))
 
 
+    # ------------------------------------- graph-replayable updates (not seam primitives)
+    # gpucnn/graph.py captures the step once; these read the values that change between
+    # replays (lr, Adam's bias corrections) from device memory.  Bitwise the updates above.
+    def sgd_update_indexed(self, param, grad, buf, lr_table, momentum, weight_decay, nesterov):
+        dt = param.dtype
+        t = dt.type
+        use_buf = bool(momentum)
+        self._launch("optim.cu", "sgd_update_indexed", dt, param.size, param, grad,
+                     buf if use_buf else param, I64(param.size), lr_table, t(momentum),
+                     t(weight_decay), I64(bool(nesterov)), I64(use_buf))
+
+    def adam_update_indexed(self, param, grad, m, v, table, row, beta1, beta2, eps, weight_decay):
+        dt = param.dtype
+        t = dt.type
+        self._launch("optim.cu", "adam_update_indexed", dt, param.size, param, grad, m, v,
+                     I64(param.size), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps),
+                     t(weight_decay), table, row)
+
+    def advance_row(self, row, dtype):
+        self._launch("optim.cu", "advance_row", dtype, 1, row)
+
+    @staticmethod
+    def adam_table_row(dtype, step, lr, beta1, beta2):
+        """(step_size, inv_sqrt_bc2) of step ``step`` exactly as adam_update computes them."""
+        t = np.dtype(dtype).type
+        return t(lr / (1 - beta1 ** step)), t(1.0 / math.sqrt(1 - beta2 ** step))
+
+
 def _one_line(exc):
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

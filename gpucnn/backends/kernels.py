@@ -39,7 +39,8 @@ KERNELS = {
                       "accumulate", "nonfinite_flag"),
     "loss.cu": ("softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
                 "squared_error_partial", "mse_backward", "mean_to_scalar"),
-    "optim.cu": ("sgd_update", "adam_update"),
+    "optim.cu": ("sgd_update", "adam_update", "sgd_update_indexed", "adam_update_indexed",
+                 "advance_row"),
     "data.cu": ("gather_rows", "gather_normalize"),
 }
 
