@@ -19,13 +19,19 @@ from .data import BatchIterator
 DEVICE_DATA_FRACTION = 0.5
 
 
+def device_memory(backend):
+    """Whether ``backend`` keeps its arrays in device memory (CuPy), not in host memory (the
+    NumPy backend, the emulator of the CUDA kernels)."""
+    return hasattr(getattr(backend, "xp", np), "cuda")
+
+
 def fits_on_device(backend, nbytes, fraction=DEVICE_DATA_FRACTION):
     """Whether ``nbytes`` fit in ``fraction`` of the free memory of ``backend``'s device.
 
     Host-memory backends (the NumPy backend, the emulator) always fit: the data is there."""
-    xp = getattr(backend, "xp", np)
-    if xp is np:
+    if not device_memory(backend):
         return True
+    xp = backend.xp
     try:
         free, _total = xp.cuda.runtime.memGetInfo()
     except Exception:

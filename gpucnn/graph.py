@@ -66,12 +66,12 @@ class StepGraph:
             raise ValueError(f"Trainer: graph must be 'auto', True or False, got {option!r}")
         if option is False:
             return None
-        from .device_data import DeviceBatchIterator
+        from .device_data import DeviceBatchIterator, device_memory
         from .evaluation import model_backend
         backend = model_backend(trainer.model)
-        xp = getattr(backend, "xp", np)
-        if xp is np:
+        if not device_memory(backend):
             return None
+        xp = backend.xp
         why = None
         if not hasattr(xp.cuda, "Graph") or not hasattr(xp.cuda.Stream, "begin_capture"):
             why = "this CuPy has no stream capture (CuPy >= 11 is needed)"

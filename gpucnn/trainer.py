@@ -150,7 +150,8 @@ class Trainer:
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.iterator = self._make_iterator(device_data)
-        host = getattr(model_backend(model), "xp", np) is np
+        from .device_data import device_memory
+        host = not device_memory(model_backend(model))
         self.read_every = (1 if host else 50) if read_every is None else int(read_every)
         if self.read_every < 1:
             raise ValueError(f"Trainer: read_every must be >= 1, got {read_every!r}")
@@ -192,12 +193,12 @@ class Trainer:
 
     def _make_iterator(self, device_data):
         """The host BatchIterator, or a DeviceBatchIterator (same order) when the data goes to the device."""
-        from .device_data import DeviceBatchIterator, fits_on_device
+        from .device_data import DeviceBatchIterator, device_memory, fits_on_device
         if device_data not in ("auto", True, False):
             raise ValueError(f"Trainer: device_data must be 'auto', True or False, got {device_data!r}")
         images, labels = self.train_set.images, self.train_set.labels
         backend = model_backend(self.model)
-        on_gpu = getattr(backend, "xp", np) is not np
+        on_gpu = device_memory(backend)
         use = device_data is True or (device_data == "auto" and on_gpu and fits_on_device(
             backend, images.size * np.dtype(self.model.dtype).itemsize + labels.nbytes))
         if use:
