@@ -79,17 +79,17 @@ PYEOF
     # `gpucnn train --data mnist` end to end (issue 11's headline figure): the full 60k when
     # the IDX files are in $GPUCNN_MNIST_DIR (default data/mnist), else the t10k split
     MNIST_DIR="${GPUCNN_MNIST_DIR:-data/mnist}"
+    SPLIT=none
     if ls "$MNIST_DIR"/train-images* >/dev/null 2>&1; then
-        SPLIT=()
+        SPLIT=""
     elif ls "$MNIST_DIR"/t10k-images* >/dev/null 2>&1; then
-        SPLIT=(--t10k-split 8000)
-    else
-        SPLIT=none
+        SPLIT="--t10k-split 8000"
     fi
     if [ "$SPLIT" != none ]; then
         for g in "" --no-graph; do
-            stage "gpucnn train --data mnist ${SPLIT[*]} $g (images/s in the epoch lines)" 120 \
-                "$PY" -m gpucnn train --data mnist --data-dir "$MNIST_DIR" "${SPLIT[@]}" \
+            # shellcheck disable=SC2086  # $SPLIT and $g are zero or more words on purpose
+            stage "gpucnn train --data mnist $SPLIT $g (images/s in the epoch lines)" 120 \
+                "$PY" -m gpucnn train --data mnist --data-dir "$MNIST_DIR" $SPLIT \
                 --device cuda --epochs 3 --batch-size 256 --no-progress $g \
                 --out "$DEST/mnist_run${g:+_nograph}"
         done
