@@ -121,7 +121,9 @@ class Trainer:
         The epoch's figures do not depend on it: the same floats are added in the same order.
     device_data
         Keep the training set on the model's device and gather batches there (the same
-        order as the host iterator): ``"auto"`` (default) on a GPU when it fits, True, False.
+        order as the host iterator): ``"auto"`` (default) on a GPU when it fits (else batch
+        k+1 is copied from pinned host memory on a second stream while batch k computes),
+        True, False (plain host batches).
     graph
         Capture the training step as a CUDA graph and replay it (``"auto"``, default: on the
         CUDA backend with device-resident data; True; False).  Bitwise equal to eager steps;
@@ -204,6 +206,10 @@ class Trainer:
         if use:
             return DeviceBatchIterator(images, labels, self.batch_size, backend=backend,
                                        dtype=self.model.dtype, seed=self.seed)
+        if on_gpu and device_data == "auto":   # host data, GPU compute: overlap the copies
+            from .device_data import PrefetchBatchIterator
+            return PrefetchBatchIterator(images, labels, self.batch_size, backend=backend,
+                                         dtype=self.model.dtype, seed=self.seed)
         return BatchIterator(images, labels, self.batch_size, seed=self.seed)
 
     @staticmethod

@@ -166,3 +166,55 @@ def test_trainer_rejects_bad_options(data):
         make_trainer(data, device_data="yes")
     with pytest.raises(ValueError, match="graph"):
         make_trainer(data, graph="maybe")
+
+
+# ------------------------------------------------------------------------- on a GPU
+def _cuda():
+    from gpucnn import backends
+    backend, reason = backends._try_cuda()
+    if backend is None:
+        pytest.skip(reason)
+    return backend
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["device", "prefetch"])
+def test_gpu_iterators_give_the_host_batches(data, kind):
+    from gpucnn.device_data import PrefetchBatchIterator
+    B = _cuda()
+    x, y = data.train.images, data.train.labels
+    host = BatchIterator(x, y, 48, seed=3)
+    cls = DeviceBatchIterator if kind == "device" else PrefetchBatchIterator
+    dev = cls(x, y, 48, seed=3, backend=B)
+    for _ in range(2):
+        for (hx, hy), (dx, dy) in zip(host, dev):
+            assert np.array_equal(hx, B.to_numpy(dx)) and np.array_equal(hy, B.to_numpy(dy))
+
+
+@pytest.mark.gpu
+def test_gpu_training_is_the_same_with_data_on_the_device_or_prefetched(data):
+    _cuda()
+
+    def run(**kw):
+        nn.manual_seed(0)
+        model = lenet(data.input_shape, data.num_classes).to("cuda")
+        t = Trainer(model, make_optimizer("adam", model.parameters(), 1e-3), data.train, data.test,
+                    batch_size=32, seed=0, progress=False, log=lambda *_: None, **kw)
+        t.fit(2)
+        return t
+    plain = run(device_data=False, graph=False, read_every=1)
+    for kw in ({"device_data": True, "graph": False}, {"device_data": "auto", "graph": False},
+               {"device_data": True, "graph": True}):
+        assert_same_run(plain, run(**kw))
+
+
+@pytest.mark.gpu
+def test_gpu_nan_is_found_at_the_next_read(data, tmp_path):
+    _cuda()
+    nn.manual_seed(0)
+    model = lenet(data.input_shape, data.num_classes).to("cuda")
+    t = Trainer(model, make_optimizer("sgd", model.parameters(), 1e6), data.train, data.test,
+                batch_size=32, seed=0, run_dir=tmp_path, progress=False, log=lambda *_: None)
+    assert t.read_every == 50
+    with pytest.raises(TrainingDiverged):
+        t.fit(5)
