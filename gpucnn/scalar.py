@@ -37,6 +37,10 @@ class Scalar:
 
     __float__ = item
 
+    def __array__(self, dtype=None, copy=None):
+        """A host 0-d array (``np.asarray(losses)`` of a list of Scalars gives floats)."""
+        return np.asarray(self.item(), dtype=dtype)
+
     def __int__(self):
         return int(self.item())
 

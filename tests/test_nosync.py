@@ -53,6 +53,7 @@ def test_a_scalar_reads_as_the_float_it_holds():
     assert math.isnan(Scalar(np.array(np.nan))) and not math.isfinite(Scalar(np.array(np.inf)))
     assert as_scalar(1.25) == 1.25 and as_scalar(s) is s
     assert (s == "2.5") is False   # not a number: not equal, as float says
+    assert np.asarray([s, Scalar(np.array(1.0))]).tolist() == [2.5, 1.0]
 
 
 def test_losses_return_scalars_with_the_float_of_before(data):
