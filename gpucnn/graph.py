@@ -130,7 +130,7 @@ class StepGraph:
         opt = self.trainer.optimizer
         rows = len(self.trainer.iterator) + 1
         r = opt.graph_row(self._key) if self._key is not None else None
-        if r is not None and r == self._row_mirror and r < rows:
+        if r is not None and r < rows and (not opt.graph_uses_row or r == self._row_mirror):
             return
         table, self._key = opt.graph_table(rows)
         self._table[:table.size].set(table)
@@ -153,6 +153,9 @@ class StepGraph:
             # step writes, so the pool holds blocks of every size before capture (a capture
             # must not grow the pool) and the model is unchanged by it
             saved = _Snapshot(t)
+            # the side stream does not follow the compute stream by itself: wait for the
+            # batch copy, the snapshot and every earlier step before running on it
+            self.stream.wait_event(xp.cuda.get_current_stream().record())
             try:
                 with self.stream:
                     self._graph_body()
@@ -162,6 +165,7 @@ class StepGraph:
                 self._row.fill(0)
                 self._row_mirror = 0
                 xp.cuda.get_current_stream().synchronize()
+            self.stream.wait_event(xp.cuda.get_current_stream().record())
             with self.stream:
                 self.stream.begin_capture()
                 try:

@@ -233,6 +233,9 @@ class SGD(Optimizer):
         flat.B.sgd_update_indexed(flat.data, flat.grad, buf, table, self.momentum,
                                   self.weight_decay, self.nesterov)
 
+    #: whether the captured update reads a per-step row of the table (SGD: one lr row)
+    graph_uses_row = False
+
     def graph_row(self, key):
         """The table row the next replay reads, or None when a table built for ``key`` does
         not hold it (the learning rate changed)."""
@@ -308,6 +311,8 @@ class Adam(Optimizer):
         b1, b2 = self.betas
         flat.B.adam_update_indexed(flat.data, flat.grad, m, v, table, row, b1, b2, self.eps,
                                    self.weight_decay)
+
+    graph_uses_row = True
 
     def graph_row(self, key):
         lr, first = key
