@@ -90,7 +90,7 @@ class StepGraph:
     def accepts(self, xb, yb):
         """Whether this step can be replayed or captured (else it runs eagerly)."""
         t = self.trainer
-        if self.failed is not None or not t.model.training or isinstance(xb, np.ndarray):
+        if self.failed is not None or not t.model.training:
             return False
         if xb.shape[0] != t.batch_size or not t._trusted_data():
             return False
@@ -133,7 +133,7 @@ class StepGraph:
         if r is not None and r < rows and (not opt.graph_uses_row or r == self._row_mirror):
             return
         table, self._key = opt.graph_table(rows)
-        self._table[:table.size].set(table)
+        self._table[:table.size] = self.xp.asarray(table)      # one small copy, not per step
         self._row.fill(0)
         self._row_mirror = 0
 

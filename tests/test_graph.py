@@ -132,3 +132,143 @@ def test_graph_option_is_checked(data):
     with pytest.raises(ValueError, match="graph"):
         _trainer(data, "cpu", "sgd", graph="sometimes")
     assert GraphUnavailable.__mro__[1] is RuntimeError
+
+
+# ----------------------------------- the graph's bookkeeping, on a stand-in for CuPy
+class _FakeStream:
+    """CuPy's stream API on the CPU.  A "capture" runs the body (NumPy cannot record) and then
+    puts the flat buffers and the row counter back, so that, as in a real capture, nothing
+    has changed; the "graph" replays the body on the same static buffers."""
+
+    def __init__(self, non_blocking=False):
+        self.saved = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def record(self):
+        return self
+
+    def wait_event(self, event):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def begin_capture(self):
+        sg = _FakeCuda.current
+        flat = sg.trainer.optimizer._flat
+        self.saved = (flat.data.copy(), {k: v.copy() for k, v in flat.state.items()},
+                      sg._row.copy())
+
+    def end_capture(self):
+        sg = _FakeCuda.current
+        flat = sg.trainer.optimizer._flat
+        data, state, row = self.saved
+        flat.data[...] = data
+        for k, v in state.items():
+            flat.state[k][...] = v
+        sg._row[...] = row
+        return _FakeGraph(sg)
+
+
+class _FakeGraph:
+    def __init__(self, sg):
+        self.sg = sg
+
+    def launch(self, stream=None):
+        loss, correct = self.sg._graph_body()
+        self.sg.loss_static[...] = loss.array
+        self.sg.correct_static = np.asarray(correct)
+
+
+class _FakeCuda:
+    current = None
+    Graph = _FakeGraph
+    Stream = _FakeStream
+
+    class MemoryPool:
+        malloc = None
+
+    class runtime:
+        @staticmethod
+        def memGetInfo():
+            return 1 << 40, 1 << 40
+
+    @staticmethod
+    def using_allocator(_):
+        import contextlib
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def get_current_stream():
+        return _FakeStream()
+
+
+class _FakeCupy:
+    """numpy, plus a ``cuda`` namespace: the trainer takes it for device memory."""
+    cuda = _FakeCuda
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def _fake_backend():
+    from gpucnn.backends import numpy as npb
+    from gpucnn.backends.cuda_backend import CudaBackend
+    from gpucnn.backends.numpy import pointwise as pw
+
+    class FakeGpu(npb.NumpyBackend):
+        name = "cuda"
+        xp = _FakeCupy()
+        adam_table_row = staticmethod(CudaBackend.adam_table_row)
+
+        @staticmethod
+        def sgd_update_indexed(param, grad, buf, lr_table, momentum, wd, nesterov):
+            pw.sgd_update(param, grad, buf, float(lr_table[0]), momentum, wd, nesterov, False)
+
+        @staticmethod
+        def adam_update_indexed(param, grad, m, v, table, row, b1, b2, eps, wd):
+            t = param.dtype.type
+            step_size, inv = table[2 * row[0]], table[2 * row[0] + 1]
+            g = grad + t(wd) * param if wd else grad
+            m *= t(b1)
+            m += t(1 - b1) * g
+            v *= t(b2)
+            v += t(1 - b2) * (g * g)
+            denom = np.sqrt(v)
+            denom *= inv
+            denom += t(eps)
+            param -= step_size * (m / denom)
+
+        @staticmethod
+        def advance_row(row, dtype):
+            row[0] += 1
+
+    return FakeGpu()
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_graph_bookkeeping_replays_equal_eager_on_a_cpu_stand_in(data, opt, monkeypatch):
+    """Tables, rows, the Adam step count, the lr change each epoch, the last smaller batch and
+    eval: replaying through StepGraph gives the eager run bitwise (real capture: GPU test)."""
+    from gpucnn import backends
+    fake = _fake_backend()
+    orig_init = StepGraph.__init__
+
+    def init(self, trainer, xp):
+        orig_init(self, trainer, xp)
+        _FakeCuda.current = self
+    monkeypatch.setattr(StepGraph, "__init__", init)
+    with backends.override_backend(fake):
+        eager = _trainer(data, "cpu", opt, graph=False)
+        eager.fit(3)
+        graphed = _trainer(data, "cpu", opt, graph=True)
+        assert isinstance(graphed.graph, StepGraph) and graphed.read_every == 50
+        graphed.fit(3)
+    assert graphed.graph.failed is None, graphed.graph.failed
+    assert graphed.graph.replays == 3 * 6 - 1       # every full batch but the very first
+    _same(eager, graphed)
