@@ -9,11 +9,12 @@ from .layers import (AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, Para
 from .losses import CrossEntropyLoss, MSELoss
 from .optim import SGD, Adam
 from .random import get_rng_state, manual_seed, set_rng_state
+from .scalar import Scalar
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Module", "Parameter", "Conv2d", "MaxPool2d", "AvgPool2d", "Sigmoid", "ReLU", "Tanh",
     "Linear", "Flatten", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
-    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError", "__version__",
+    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError", "Scalar", "__version__",
 ]
