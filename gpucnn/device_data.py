@@ -48,11 +48,20 @@ class DeviceBatchIterator(BatchIterator):
     """
 
     def __init__(self, images, labels, batch_size=64, *, backend, dtype=np.float32, shuffle=True,
-                 seed=0, drop_last=False):
+                 seed=0, drop_last=False, normalize=None):
         super().__init__(images, labels, batch_size, shuffle=shuffle, seed=seed,
                          drop_last=drop_last)
         self.backend = backend
-        self.device_images = backend.asarray(np.ascontiguousarray(images), dtype=dtype)
+        self.dtype = np.dtype(dtype)
+        # uint8 images with normalize=(mean, std, pixel_max) stay uint8 on the device (a
+        # quarter of the memory) and are converted per batch by gather_normalize, with the
+        # roundings of data.normalize
+        self.normalize = None if normalize is None else (tuple(normalize[0]), tuple(normalize[1]),
+                                                         float(normalize[2]))
+        if self.normalize is not None and np.asarray(images).dtype != np.uint8:
+            raise ValueError("DeviceBatchIterator: normalize=(mean, std, pixel_max) needs uint8 images")
+        self.device_images = backend.asarray(np.ascontiguousarray(images),
+                                             dtype=np.uint8 if self.normalize else dtype)
         self.device_labels = backend.asarray(np.ascontiguousarray(labels), dtype=np.int64)
 
     def epoch(self, skip=0):
@@ -63,7 +72,12 @@ class DeviceBatchIterator(BatchIterator):
         labels_dev = self.device_labels[order_dev] if self.shuffle else self.device_labels
         for b in range(skip, len(self)):
             lo, hi = b * self.batch_size, min(n, (b + 1) * self.batch_size)
-            yield B.gather_rows(self.device_images, order_dev[lo:hi]), labels_dev[lo:hi]
+            idx = order_dev[lo:hi]
+            if self.normalize is None:
+                x = B.gather_rows(self.device_images, idx)
+            else:
+                x = B.gather_normalize(self.device_images, idx, *self.normalize, self.dtype)
+            yield x, labels_dev[lo:hi]
 
 
 class PrefetchBatchIterator(BatchIterator):

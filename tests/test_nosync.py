@@ -219,3 +219,24 @@ def test_gpu_nan_is_found_at_the_next_read(data, tmp_path):
     assert t.read_every == 50
     with pytest.raises(TrainingDiverged):
         t.fit(5)
+
+
+@pytest.mark.parametrize("where", ["cpu", pytest.param("emulated", marks=pytest.mark.emulated)])
+def test_uint8_data_normalised_on_the_device_equals_data_normalize(where):
+    from gpucnn import backends
+    from gpucnn.data import normalize
+    if where == "cpu":
+        B = backends.cpu_backend()
+    else:
+        from tests.cuda_emu import emulator_unavailable_reason, make_emulated_backend
+        if emulator_unavailable_reason():
+            pytest.skip(emulator_unavailable_reason())
+        B = backends.checked.checked(make_emulated_backend())
+    raw = np.random.default_rng(4).integers(0, 256, size=(23, 3, 4, 5)).astype(np.uint8)
+    labels = np.arange(23) % 10
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    host = BatchIterator(raw, labels, 8, seed=1)
+    dev = DeviceBatchIterator(raw, labels, 8, seed=1, backend=B, normalize=(mean, std, 255.0))
+    for (hx, hy), (dx, dy) in zip(host, dev):
+        want = normalize(hx.astype(np.float32) * np.float32(1 / 255.0), mean, std)
+        assert np.array_equal(np.asarray(dx), want) and np.array_equal(np.asarray(dy), hy)
