@@ -22,6 +22,14 @@ def _finite_loss(name, B, loss, output):
     return loss
 
 
+def check_finite(name, B, loss, output):
+    """Read ``loss`` (a device sync on a GPU) and raise NonFiniteError when it is not finite
+    because ``output`` holds NaN/inf -- what a loss does by itself on host arrays."""
+    if not math.isfinite(loss) and not B.all_finite(output):
+        raise NonFiniteError(f"{name}: the output contains NaN or infinity")
+    return loss
+
+
 class _Loss:
     def __init__(self):
         self._saved = None
