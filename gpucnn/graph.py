@@ -80,6 +80,10 @@ class StepGraph:
         elif getattr(trainer.optimizer, "_flat", None) is None or \
                 not hasattr(trainer.optimizer, "graph_update"):
             why = "the optimizer is not fused (Trainer(fuse=True), SGD or Adam)"
+        elif not graph_safe(trainer.model):
+            why = ("the model has layers a replay would get wrong (" +
+                   ", ".join(sorted(unsafe_layers(trainer.model))) + ": host-side randomness "
+                   "or state replaced per step)")
         if why is not None:
             if option is True:
                 raise GraphUnavailable(f"Trainer(graph=True): {why}")
@@ -210,3 +214,22 @@ class _Snapshot:
         self.flat.data[...] = self.data
         for k, v in self.state.items():
             self.flat.state[k][...] = v
+
+
+def _safe_types():
+    from . import layers as L
+    return (L.Sequential, L.Conv2d, L.Linear, L.MaxPool2d, L.AvgPool2d, L.ReLU, L.Sigmoid,
+            L.Tanh, L.Flatten)
+
+
+def unsafe_layers(model):
+    """Names of the layer types in ``model`` that a replayed graph is not known to get right:
+    a graph replays fixed kernels on fixed buffers, so a layer that draws on the host per
+    step (Dropout's mask) or replaces an array per step (running statistics assigned anew)
+    would replay stale values.  Such models train eagerly."""
+    safe = _safe_types()
+    return {type(m).__name__ for m in model.modules() if type(m) not in safe}
+
+
+def graph_safe(model):
+    return not unsafe_layers(model)

@@ -272,3 +272,16 @@ def test_graph_bookkeeping_replays_equal_eager_on_a_cpu_stand_in(data, opt, monk
     assert graphed.graph.failed is None, graphed.graph.failed
     assert graphed.graph.replays == 3 * 6 - 1       # every full batch but the very first
     _same(eager, graphed)
+
+
+def test_layers_a_replay_would_get_wrong_keep_the_trainer_eager():
+    from gpucnn.graph import graph_safe, unsafe_layers
+
+    class Noisy(nn.Module):          # stands for Dropout: a host draw per step
+        def forward(self, x):
+            return x
+
+        def backward(self, grad, input_grad=True):
+            return grad
+    assert graph_safe(nn.Sequential(nn.Linear(2, 3), nn.ReLU()))
+    assert unsafe_layers(nn.Sequential(nn.Linear(2, 3), Noisy())) == {"Noisy"}
