@@ -123,7 +123,7 @@ class GpucnnRunner:
     def __init__(self, net, batch, backend, x, y, sync):
         self.model = build_gpucnn(net).to(backend.name)
         self.loss_fn = gpucnn.CrossEntropyLoss()
-        self.opt = gpucnn.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.opt = gpucnn.SGD(self.model.parameters(), lr=0.01, momentum=0.9).fuse()
         self.x = backend.asarray(x)
         self.y = backend.asarray(y)
         self.sync = sync
@@ -255,6 +255,64 @@ def bench_one(net, batch, device, backend, steps, warmup, use_torch, torch_devic
     return res
 
 
+# ------------------------------------------------------ whole-epoch throughput
+def bench_throughput(net, batch, device, n, epochs, use_torch, torch_device, syncs):
+    """Training images/s over whole epochs through gpucnn's Trainer (data on the device, reads
+    every 50 steps; CUDA graph on and off) and a plain PyTorch eager loop on the same data,
+    also resident on the device.  One untimed epoch first (compilation, graph capture)."""
+    from gpucnn.trainer import Trainer
+    rng = np.random.default_rng(7)
+    images = rng.standard_normal((n,) + IN_SHAPE[net], dtype=np.float32)
+    labels = rng.integers(0, 10, size=n).astype(np.int64)
+    steps = -(-n // batch)
+    rows = []
+    for graph in ((True, False) if device == "cuda" else (False,)):
+        gpucnn.manual_seed(0)
+        model = build_gpucnn(net).to(device)
+        opt = gpucnn.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        tr = Trainer(model, opt, (images, labels), None, batch_size=batch, progress=False,
+                     log=lambda *_: None, graph=graph)
+        tr.fit(1)
+        syncs["gpucnn"]()
+        t0 = time.perf_counter()
+        tr.fit(1 + epochs)
+        syncs["gpucnn"]()
+        dt = time.perf_counter() - t0
+        g = tr.graph
+        rows.append({"framework": "gpucnn", "graph": graph, "net": net, "batch": batch, "n": n,
+                     "epochs": epochs, "images_per_s": epochs * n / dt,
+                     "step_ms": 1e3 * dt / (epochs * steps),
+                     "graph_replays": getattr(g, "replays", None),
+                     "graph_failed": getattr(g, "failed", None)})
+    if use_torch:
+        import torch
+        gpucnn.manual_seed(0)
+        tm = build_torch(net, build_gpucnn(net).state_dict(), torch_device)
+        topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+        lossf = torch.nn.CrossEntropyLoss()
+        xs, ys = torch.from_numpy(images).to(torch_device), torch.from_numpy(labels).to(torch_device)
+        gen = torch.Generator(device="cpu").manual_seed(0)
+
+        def epoch():
+            order = torch.randperm(n, generator=gen).to(torch_device)
+            for b in range(steps):
+                idx = order[b * batch:(b + 1) * batch]
+                topt.zero_grad(set_to_none=True)
+                lossf(tm(xs[idx]), ys[idx]).backward()
+                topt.step()
+        epoch()
+        syncs["torch"]()
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            epoch()
+        syncs["torch"]()
+        dt = time.perf_counter() - t0
+        rows.append({"framework": "torch", "graph": False, "net": net, "batch": batch, "n": n,
+                     "epochs": epochs, "images_per_s": epochs * n / dt,
+                     "step_ms": 1e3 * dt / (epochs * steps)})
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -269,6 +327,12 @@ def main(argv=None):
                          "framework's idle worker threads, which spin for a while after their "
                          "work, go to sleep instead of competing with the next timed step")
     ap.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
+    ap.add_argument("--throughput", type=int, metavar="N", default=None,
+                    help="also time whole epochs of N synthetic images through the Trainer "
+                         "(device-resident data; on cuda the CUDA graph on and off) against a "
+                         "PyTorch eager loop: images/s (default on cuda: 60000, LeNet = MNIST size; "
+                         "0 skips)")
+    ap.add_argument("--throughput-epochs", type=int, default=2, metavar="E")
     args = ap.parse_args(argv)
     steps = args.steps or (20 if args.quick else 30)
     warmup = args.warmup or (3 if args.quick else 5)
@@ -354,11 +418,27 @@ def main(argv=None):
             if use_torch:
                 line += f" / {r['first_loss_torch']:.6f}"
             print(line, flush=True)
+    throughput = []
+    n_tp = args.throughput if args.throughput is not None else (60000 if args.device == "cuda" else 0)
+    if n_tp > 0:
+        print(f"bench_train: whole epochs, {n_tp} synthetic images, {args.throughput_epochs} timed "
+              f"epoch(s) after one untimed")
+        print(f"{'net':6} {'batch':>5} {'framework':>10} {'graph':>6} {'images/s':>12} {'step ms':>9}")
+        for net in args.nets:
+            for batch in args.batch:
+                rows = bench_throughput(net, batch, args.device, n_tp, args.throughput_epochs,
+                                        use_torch, torch_device, syncs)
+                throughput.extend(rows)
+                for r in rows:
+                    note = f"  (capture failed: {r['graph_failed']})" if r.get("graph_failed") else ""
+                    print(f"{net:6} {batch:5d} {r['framework']:>10} {str(r['graph']):>6} "
+                          f"{r['images_per_s']:12,.0f} {r['step_ms']:9.3f}{note}", flush=True)
     if hasattr(os, "getloadavg"):
         print(f"bench_train: load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "gemm_floor_gflops": floor, "results": results}, f, indent=2)
+            json.dump({"info": info, "gemm_floor_gflops": floor, "results": results,
+                       "throughput": throughput}, f, indent=2)
         print(f"bench_train: wrote {args.json}")
     return 0
 

@@ -12,6 +12,7 @@ from .layers import (AvgPool2d, Buffer, Conv2d, Flatten, Linear, MaxPool2d, Modu
 from .losses import CrossEntropyLoss, MSELoss
 from .optim import SGD, Adam
 from .random import get_rng_state, manual_seed, set_rng_state
+from .scalar import Scalar
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,6 @@ __all__ = [
     "Linear", "Flatten", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
     "Buffer", "BatchNorm1d", "BatchNorm2d", "Dropout", "AdaptiveAvgPool2d", "Identity",
     "Residual", "ShortcutA",
-    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError",
+    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError", "Scalar",
     "save_safetensors", "load_safetensors", "export_onnx", "__version__",
 ]

@@ -43,7 +43,8 @@ def cmd_train(args):
         overrides["data"] = args.data  # with --resume: allowed only when it matches the checkpoint
     try:
         result = run_training(out=args.out, resume=args.resume, runs_root=args.runs_dir,
-                              progress=not args.no_progress and sys.stderr.isatty(), log=print, **overrides)
+                              progress=not args.no_progress and sys.stderr.isatty(), log=print,
+                              graph=False if args.no_graph else "auto", **overrides)
     except TrainingInterrupted as exc:
         print(f"gpucnn: {exc.message}", file=sys.stderr)
         return EXIT_TERMINATED if exc.signal == "SIGTERM" else EXIT_INTERRUPTED
@@ -370,6 +371,8 @@ def build_parser():
     t.add_argument("--out", metavar="DIR", help="run directory (default: a new folder under --runs-dir)")
     t.add_argument("--runs-dir", default="runs", metavar="DIR", help="where new run folders go (default runs/)")
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in CHECKPOINT")
+    t.add_argument("--no-graph", action="store_true",
+                   help="on a GPU, run every step eagerly instead of replaying it as one CUDA graph")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal)")
     t.set_defaults(func=cmd_train)
 

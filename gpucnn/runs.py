@@ -242,14 +242,14 @@ def _describe(cfg, dataset, model, run_dir):
             f"({np.dtype(cfg.dtype).name}), run dir {run_dir}")
 
 
-def _trainer_for(cfg, run_dir, ckpt, progress, log, on_step):
+def _trainer_for(cfg, run_dir, ckpt, progress, log, on_step, graph="auto"):
     """The data, model, optimizer and :class:`Trainer` of a run (restored from ``ckpt`` if given)."""
     dataset, model, optimizer = _build(cfg)
     trainer = Trainer(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
                       seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
                       progress=progress, log=log, on_step=on_step, lr_decay=cfg.lr_decay,
                       title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
-                      extra_state={"dataset": _dataset_record(dataset)})
+                      extra_state={"dataset": _dataset_record(dataset)}, graph=graph)
     if ckpt is not None:
         trainer.restore(ckpt)
         where = (f"epoch {trainer.epoch}" if not trainer.step_in_epoch
@@ -259,7 +259,7 @@ def _trainer_for(cfg, run_dir, ckpt, progress, log, on_step):
 
 
 def run_training(config=None, *, out=None, resume=None, runs_root="runs", progress=True, log=print,
-                 on_step=None, **overrides) -> RunResult:
+                 on_step=None, graph="auto", **overrides) -> RunResult:
     """Run ``gpucnn train``: load the data, build model and optimizer, train, write the run directory.
 
     ``config`` is a :class:`TrainConfig` (``overrides`` set its fields).  ``out``
@@ -285,7 +285,7 @@ def run_training(config=None, *, out=None, resume=None, runs_root="runs", progre
         lock.acquire()
         if ckpt is None or run_dir.resolve() != ckpt.path.parent.resolve():
             _check_no_outputs(run_dir, resume_hint=ckpt is None)
-        trainer, dataset, model = _trainer_for(cfg, run_dir, ckpt, progress, log, on_step)
+        trainer, dataset, model = _trainer_for(cfg, run_dir, ckpt, progress, log, on_step, graph)
         log(_describe(cfg, dataset, model, run_dir))
         trainer.fit(cfg.epochs)
     finally:
