@@ -65,7 +65,7 @@ PYEOF
         tests/test_parity.py tests/test_check.py tests/test_device_fallback.py \
         tests/test_forward.py tests/test_gradcheck.py tests/test_kernels_compile.py \
         tests/test_cuda_views.py tests/test_cuda_loader.py tests/test_training_step.py \
-        tests/test_conv_igemm.py tests/test_graph.py tests/test_nosync.py tests/test_fused.py
+        tests/test_conv_igemm.py tests/test_graph.py tests/test_nosync.py tests/test_fused.py tests/test_augment.py
     # (the parity tests above run the default convolution, implicit GEMM: kernels/conv2d_igemm.cu,
     # and test_conv_igemm.py its TF32 kernel, kernels/conv2d_igemm_tf32.cu; this keeps the old path)
     stage "GPU convolution parity through im2col + cuBLAS (GPUCNN_CONV=im2col)" 90 \
@@ -75,6 +75,8 @@ PYEOF
         "$PY" benchmarks/bench_kernels.py --json "$DEST/bench_kernels.json"
     stage "implicit-GEMM convolution per layer (vs im2col, cuDNN; TF32)" 150 \
         "$PY" benchmarks/bench_kernels.py --igemm-only --reps 10 --json "$DEST/bench_igemm.json"
+    stage "data benchmark (folder loading when ../shared is there; crop+flip and normalise)" 120 \
+        "$PY" benchmarks/bench_data.py
     if [ -f benchmarks/bench_train.py ]; then
         # step time vs PyTorch eager + cuDNN (TF32 off), LeNet and the CIFAR net at batch 64
         # and 256, then whole epochs (60k MNIST-sized images, data on the device) with the CUDA

@@ -11,6 +11,7 @@ from .layers import (AvgPool2d, Buffer, Conv2d, Flatten, Linear, MaxPool2d, Modu
                      ReLU, Sequential, Sigmoid, Tanh)
 from .losses import CrossEntropyLoss, MSELoss
 from .optim import SGD, Adam
+from .lr_scheduler import CosineAnnealingLR, LinearLR, MultiStepLR, StepLR
 from .random import get_rng_state, manual_seed, set_rng_state
 from .scalar import Scalar
 
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Module", "Parameter", "Conv2d", "MaxPool2d", "AvgPool2d", "Sigmoid", "ReLU", "Tanh",
     "Linear", "Flatten", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
+    "StepLR", "MultiStepLR", "CosineAnnealingLR", "LinearLR",
     "Buffer", "BatchNorm1d", "BatchNorm2d", "Dropout", "AdaptiveAvgPool2d", "Identity",
     "Residual", "ShortcutA",
     "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError", "Scalar",

@@ -38,7 +38,8 @@ def cmd_train(args):
     from .trainer import TrainingDiverged, TrainingInterrupted
     overrides = {k: getattr(args, k) for k in (
         "data_dir", "t10k_split", "limit_train", "limit_test", "model", "epochs", "batch_size",
-        "lr", "lr_decay", "optimizer", "seed", "device", "dtype")}
+        "lr", "lr_decay", "optimizer", "seed", "device", "dtype", "schedule", "augment",
+        "image_size")}
     if args.data is not None:
         overrides["data"] = args.data  # with --resume: allowed only when it matches the checkpoint
     try:
@@ -326,6 +327,20 @@ def cmd_check(args):
 
 # argparse types: the shared number rules, reading text (messages: "expected a positive integer, got '0'")
 _positive_int = POSITIVE_INT.parse
+
+
+def _image_size(text):
+    """``--image-size``: "N" or "HxW" with positive integers, as [H, W]."""
+    parts = text.lower().split("x")
+    try:
+        hw = [int(p) for p in parts]
+    except ValueError:
+        hw = []
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with positive integers, got {text!r}")
+    return hw
 _nonneg_int = NON_NEGATIVE_INT.parse
 _positive_float = POSITIVE.parse
 _decay = FRACTION.parse
@@ -353,7 +368,7 @@ def build_parser():
                        "8x8 handwritten digits. Unset options take per-dataset defaults.",
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--data", choices=DATASETS, default=None, help="dataset (default digits)")
-    t.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST IDX or CIFAR-10 binary files")
+    t.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST IDX or CIFAR-10 binary files, or (--data folder) an image folder: train/ and test/ (or val/) with one sub-folder per class, only class folders, or a .tar.gz of one")
     t.add_argument("--t10k-split", type=_positive_int, metavar="N",
                    help="MNIST from the t10k files alone: first N images train, the rest test")
     t.add_argument("--limit-train", type=_positive_int, metavar="N", help="use only the first N training images")
@@ -364,6 +379,14 @@ def build_parser():
     t.add_argument("--lr", type=_positive_float, help="learning rate")
     t.add_argument("--lr-decay", type=_decay, metavar="G",
                    help="multiply the learning rate by G after every epoch (0 < G <= 1)")
+    t.add_argument("--image-size", type=_image_size, metavar="HxW",
+                   help="--data folder: resize every image to H x W (or N x N for N); without it "
+                        "images of different sizes are refused")
+    t.add_argument("--schedule", choices=("none", "cosine", "multistep"),
+                   help="learning-rate schedule over the whole run, stepped every iteration: cosine "
+                        "(to 0) or multistep (/10 at 50%% and 75%%); replaces --lr-decay")
+    t.add_argument("--augment", action="store_true", default=None,
+                   help="random crops (images padded by 1/8 of their size) and horizontal flips")
     t.add_argument("--optimizer", choices=("sgd", "adam"))
     t.add_argument("--seed", type=_nonneg_int, help="seed for initialisation and shuffling (default 0)")
     t.add_argument("--device", choices=DEVICES, help="default auto (a GPU when usable)")

@@ -1,16 +1,21 @@
 """Datasets and mini-batches.
 
-Three sources, one shape of result:
+Four sources, one shape of result:
 
 * :func:`load_digits` -- the UCI optical handwritten digits (1,797 8x8 images,
   CC BY 4.0) that ship inside the package; no download, no scikit-learn.
 * :func:`load_mnist` -- the four standard MNIST IDX files from a folder, gzipped or not.
 * :func:`load_cifar10` -- the CIFAR-10 *binary* version (``cifar-10-batches-bin``,
   fixed 3,073-byte records; nothing is unpickled).
+* :func:`load_image_folder` -- your own PNG/JPEG images, one sub-folder per class
+  (``train/`` and ``test/``, or a seeded held-out split), or a ``.tar.gz`` of such a
+  folder; decoded once by Pillow into a cached uint8 array (``gpucnn.datasets_folder``).
 
 :func:`load_dataset` turns any of them into a :class:`Dataset`: float32 NCHW
-images, normalised with fixed per-dataset constants, int64 labels, a train and a
-test :class:`ImageSet`.  :class:`BatchIterator` walks an image set in seeded,
+images, normalised with fixed per-dataset constants (an image folder: its training
+images' own per-channel mean and std), int64 labels, a train and a test
+:class:`ImageSet`.  Batch augmentation (``RandomCrop``, ``RandomHorizontalFlip``,
+``Normalize``, ``Compose``) lives in :mod:`gpucnn.transforms` and is re-exported here.  :class:`BatchIterator` walks an image set in seeded,
 reproducible mini-batches; its generator state can be saved and restored, which is
 what makes ``gpucnn train --resume`` bitwise exact.
 
@@ -31,9 +36,11 @@ __all__ = [
     "load_digits", "load_mnist", "load_cifar10", "load_dataset",
     "read_idx", "read_cifar10_batch", "stratified_split", "normalize",
     "NORMALIZATION", "CIFAR10_CLASSES", "load_image", "resize_image",
+    "load_folder_dataset", "load_image_folder",
+    "Compose", "RandomCrop", "RandomHorizontalFlip", "Normalize",
 ]
 
-DATASETS = ("digits", "mnist", "cifar10")
+DATASETS = ("digits", "mnist", "cifar10", "folder")
 
 #: (per-channel mean, per-channel std) applied after scaling pixels to [0, 1].
 NORMALIZATION = {
@@ -411,7 +418,8 @@ def load_cifar10(data_dir):
 # --------------------------------------------------------------------------- one entry point
 
 def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=0,
-                 t10k_split=None, limit_train=None, limit_test=None, dtype=np.float32) -> Dataset:
+                 t10k_split=None, limit_train=None, limit_test=None, dtype=np.float32,
+                 image_size=None) -> Dataset:
     """Load ``"digits"`` (bundled), ``"mnist"`` or ``"cifar10"`` (from ``data_dir``) as a :class:`Dataset`.
 
     * digits: a stratified ``test_fraction`` split seeded by ``split_seed``
@@ -419,6 +427,8 @@ def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=
     * mnist: the standard train/t10k files; ``t10k_split=N`` uses only t10k
       (first N train, rest test).
     * cifar10: the five binary training batches and the test batch.
+    * folder: class folders of PNG/JPEG images (:func:`load_folder_dataset`);
+      ``image_size=(H, W)`` (or an int) resizes every image that differs.
 
     ``limit_train`` / ``limit_test`` keep only the first images of each split
     (quick experiments).  Images become ``dtype`` (N, C, H, W), scaled to [0, 1]
@@ -428,9 +438,15 @@ def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=
         raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     if name == "digits" and data_dir is not None:
         raise DataError("--data-dir does not apply to the bundled digits (they ship with gpucnn); "
-                        "it is for --data mnist or cifar10")
+                        "it is for --data mnist, cifar10 or folder")
     if t10k_split is not None and name != "mnist":
         raise DataError(f"--t10k-split applies to MNIST only, not to {name}")
+    if image_size is not None and name != "folder":
+        raise DataError(f"--image-size applies to image folders (--data folder) only, not to {name}")
+    if name == "folder":
+        return load_folder_dataset(data_dir, test_fraction=test_fraction, split_seed=split_seed,
+                                   limit_train=limit_train, limit_test=limit_test, dtype=dtype,
+                                   image_size=image_size)
     extra = {}
     if name == "digits":
         images, labels = load_digits()
@@ -464,6 +480,69 @@ def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=
     mean, std = NORMALIZATION[name]
     return Dataset(name=name, train=as_set(train), test=as_set(test), classes=classes,
                    mean=mean, std=std, source=source, extra=extra)
+
+
+# --------------------------------------------------------------------------- image folders (h8)
+
+def uint8_to_normalized(raw, mean, std, dtype=np.float32, pixel_max=255.0, chunk=256):
+    """uint8 images (N, C, ...) -> ``normalize(raw * (1/pixel_max), mean, std)`` in ``dtype``,
+    bit for bit, computed in place chunk by chunk (no whole-set float temporaries)."""
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8 or raw.ndim < 2:
+        raise DataError(f"uint8_to_normalized: expected uint8 images (N, C, ...), got "
+                        f"{raw.dtype} {raw.shape}")
+    c = raw.shape[1]
+    if len(mean) != c or len(std) != c:
+        raise DataError(f"uint8_to_normalized: images have {c} channels but mean/std have "
+                        f"{len(mean)}/{len(std)}")
+    shape = (1, c) + (1,) * (raw.ndim - 2)
+    m = np.asarray(mean, dtype=dtype).reshape(shape)
+    s = np.asarray(std, dtype=dtype).reshape(shape)
+    scale = dtype(1.0 / pixel_max)
+    out = np.empty(raw.shape, dtype=dtype)
+    for i in range(0, len(raw), chunk):
+        o = out[i:i + chunk]
+        np.multiply(raw[i:i + chunk], scale, out=o, dtype=dtype)
+        o -= m
+        o /= s
+    return out
+
+
+def load_folder_dataset(data_dir, *, test_fraction=0.2, split_seed=0, limit_train=None,
+                        limit_test=None, image_size=None, cache_dir=None, dtype=np.float32) -> Dataset:
+    """An image folder (or a .tar/.tar.gz of one) as a :class:`Dataset`
+    (:func:`gpucnn.datasets_folder.load_image_folder`: layouts, cache, errors).
+
+    Pixels are scaled to [0, 1] and normalised with the per-channel mean and std of the
+    training images (stored in ``Dataset.mean``/``std`` for ``gpucnn predict``).  Each split
+    is put in a seeded random order (``split_seed``), so that ``limit_train``/``limit_test``
+    keep a mix of classes rather than the first class folders.
+    """
+    from .datasets_folder import load_image_folder
+    if data_dir is None:
+        raise DataError("dataset 'folder' needs a data folder (--data-dir DIR)")
+    f = load_image_folder(data_dir, size=image_size, test_fraction=test_fraction,
+                          split_seed=split_seed, cache_dir=cache_dir)
+    # the folders list images class by class: a seeded shuffle makes the first N a mix of
+    # classes (--limit-train / --limit-test); training batches are shuffled anyway
+    rng = np.random.default_rng(split_seed)
+    train, test = ((x[p], y[p]) for (x, y), p in ((f.train, rng.permutation(len(f.train[1]))),
+                                                  (f.test, rng.permutation(len(f.test[1])))))
+    if limit_train is not None:
+        train = (train[0][:int(limit_train)], train[1][:int(limit_train)])
+    if limit_test is not None:
+        test = (test[0][:int(limit_test)], test[1][:int(limit_test)])
+
+    std = tuple(v if v > 0 else 1.0 for v in f.std)     # a constant channel: no division by 0
+
+    def as_set(pair):
+        return ImageSet(uint8_to_normalized(pair[0], f.mean, std, dtype),
+                        np.asarray(pair[1], dtype=np.int64))
+
+    extra = dict(f.extra, layout=f.layout, cache=f.cache, from_cache=f.from_cache,
+                 load_seconds=round(f.seconds, 3))
+    return Dataset(name="folder", train=as_set(train), test=as_set(test), classes=f.classes,
+                   mean=f.mean, std=std, source=f.source, extra=extra)
 
 
 # --------------------------------------------------------------------------- single images (predict)
@@ -589,3 +668,13 @@ def load_image(path, input_shape, *, invert="auto", resize=True):
         arr = 1.0 - arr
         notes.append("inverted (dark ink on light background)" if invert == "auto" else "inverted")
     return np.clip(arr, 0.0, 1.0), notes
+
+
+# --------------------------------------------------------------------------- re-exports (h8)
+def load_image_folder(root, **kwargs):
+    """:func:`gpucnn.datasets_folder.load_image_folder` (uint8 arrays, class names, cache)."""
+    from .datasets_folder import load_image_folder as _load
+    return _load(root, **kwargs)
+
+
+from .transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip  # noqa: E402

@@ -83,7 +83,7 @@ def mlp(input_shape=(1, 28, 28), num_classes=10, hidden=(256, 128)):
 
 
 MODELS = {"lenet": lenet, "cifar": cifar, "mlp": mlp}
-DEFAULT_MODEL = {"digits": "cifar", "mnist": "lenet", "cifar10": "cifar"}
+DEFAULT_MODEL = {"digits": "cifar", "mnist": "lenet", "cifar10": "cifar", "folder": "cifar"}
 
 
 def build_model(name, input_shape, num_classes):

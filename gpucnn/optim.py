@@ -6,6 +6,7 @@ import numpy as np
 
 from . import backends
 from .layers import Parameter
+from . import lr_scheduler  # noqa: F401  (gpucnn.optim.lr_scheduler.StepLR, as torch.optim)
 from .validation import NON_NEGATIVE, Rule
 
 _BETA = Rule(float, 0, 1, high_open=True)
@@ -139,13 +140,18 @@ class Optimizer:
             yield i, p, backends.backend_of(p.data)
 
     def state_dict(self):
-        """Hyper-parameters and per-parameter state as numbers and numpy arrays."""
+        """Hyper-parameters (their current values: a learning-rate schedule changes ``lr``;
+        ``initial_lr`` once a schedule has recorded it) and per-parameter state as numbers
+        and numpy arrays."""
+        hyper = {k: getattr(self, k, v) for k, v in self.defaults.items()}
+        if getattr(self, "initial_lr", None) is not None:
+            hyper["initial_lr"] = float(self.initial_lr)
         state = {}
         for i, s in enumerate(self.state):
             for k, v in s.items():
                 state[f"{i}.{k}"] = (np.array(backends.asnumpy(v), copy=True)
                                      if hasattr(v, "shape") else v)
-        return {"type": type(self).__name__, "defaults": dict(self.defaults), "state": state}
+        return {"type": type(self).__name__, "defaults": hyper, "state": state}
 
     def load_state_dict(self, sd):
         name = type(self).__name__

@@ -541,6 +541,56 @@ def arrays():
     return [Case(p, "basic") for p in ("asarray", "to_numpy", "zeros", "all_finite", "accumulate")]
 
 
+# --------------------------------------------------------------------------- augmentation
+def _crop_inputs(dt, x, size, padding):
+    """x, and per-image offsets and flips drawn from a fixed seed (image 0 flipped, 1 not)."""
+    n, _, h, w = x
+    rng = np.random.default_rng(140)
+    top = rng.integers(0, h + 2 * padding[0] - size[0] + 1, n)
+    left = rng.integers(0, w + 2 * padding[1] - size[1] + 1, n)
+    flip = rng.random(n) < 0.5
+    flip[:2] = (True, False)[:n]
+    return _rand(141, x, dt), top, left, flip
+
+
+@_recipe("crop_flip")
+def _(B, dt, x, size, padding):
+    xa, top, left, flip = _crop_inputs(dt, x, size, padding)
+    return (B.crop_flip(B.asarray(xa), top, left, flip, size, padding),)
+
+
+@_.ref
+def _(dt, x, size, padding):
+    xa, top, left, flip = _crop_inputs(dt, x, size, padding)
+    return (reference.crop_flip(xa, top, left, flip, size, padding),)
+
+
+def crop_flip(ident, x, size, padding):
+    return [Case("crop_flip", ident, dict(x=x, size=size, padding=padding))]
+
+
+_NORM = {3: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+         4: ((0.1, -0.2, 0.3, 0.0), (0.25, 1.5, 0.3, 2.0)),
+         1: ((0.1307,), (0.3081,))}
+
+
+@_recipe("channel_normalize")
+def _(B, dt, shape):
+    mean, std = _NORM[shape[1]]
+    return (B.channel_normalize(B.asarray(_rand(142, shape, dt)), mean, std),)
+
+
+@_.ref
+def _(dt, shape):
+    mean, std = _NORM[shape[1]]
+    return (reference.channel_normalize(_rand(142, shape, dt), mean, std),)
+
+
+def channel_normalize(ident, shape):
+    if shape[1] not in _NORM:
+        raise ValueError(f"channel_normalize cases have 1, 3 or 4 channels, got {shape}")
+    return [Case("channel_normalize", ident, dict(shape=shape))]
+
 # ------------------------------ issue 10: batch norm, dropout, residual blocks, smoothing
 def _bn_inputs(dt, shape, bad):
     """x with a per-channel offset, dy, weight, bias, a mean and a variance; ``bad`` (NaN or
@@ -799,6 +849,9 @@ CASES: list[Case] = [
     *adam("step1", 1),
     *adam("step7-wd", 7, weight_decay=0.01),
     *arrays(),
+    *crop_flip("pad2-flip", x=(3, 2, 5, 6), size=(5, 6), padding=(2, 2)),
+    *crop_flip("rect-crop", x=(2, 3, 4, 7), size=(3, 5), padding=(1, 0)),
+    *channel_normalize("nchw", (2, 3, 4, 5)),
     *batchnorm("nchw", (3, 2, 4, 5)),
     *batchnorm("2d", (7, 3)),
     *running("c5", 5, 0.1, 8),

@@ -38,6 +38,7 @@ __all__ = [
     "avgpool2d", "avgpool2d_backward", "sigmoid", "sigmoid_backward", "relu",
     "relu_backward", "tanh", "tanh_backward", "linear", "linear_backward",
     "softmax_cross_entropy", "mse", "sgd_step", "adam_step", "pool_out_size",
+    "crop_flip", "channel_normalize",
     "batchnorm", "batchnorm_backward", "batchnorm_running", "dropout_mask",
     "adaptive_avgpool2d", "subsample_pad", "subsample_pad_backward",
     "label_smoothing_cross_entropy",
@@ -427,6 +428,35 @@ def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, we
     return new_param, new_m, new_v
 
 
+
+# ----------------------------------------------------------------------------- augmentation
+
+def crop_flip(x, top, left, flip, size, padding):
+    """Per-image crop of the zero-padded image at (top, left) in padded coordinates, then a
+    left-right mirror where ``flip``: one element at a time, in float64."""
+    x = _f64(x)
+    n, c, h, w = x.shape
+    oh, ow = pair(size)
+    ph, pw = pair(padding)
+    y = np.zeros((n, c, oh, ow))
+    for a in range(n):
+        for ch in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    jj = ow - 1 - j if flip[a] else j
+                    r, s = int(top[a]) + i - ph, int(left[a]) + jj - pw
+                    if 0 <= r < h and 0 <= s < w:
+                        y[a, ch, i, j] = x[a, ch, r, s]
+    return y
+
+
+def channel_normalize(x, mean, std):
+    """``(x - mean[c]) / std[c]`` for each channel c of axis 1, in float64."""
+    x = _f64(x)
+    y = np.empty_like(x)
+    for ch in range(x.shape[1]):
+        y[:, ch] = (x[:, ch] - float(mean[ch])) / float(std[ch])
+    return y
 
 # --------------------------------------------------------------------------
 # Issue 10: batch normalisation, dropout, adaptive average pooling, the

@@ -32,6 +32,7 @@ DEFAULTS = {
     "digits": {"model": "cifar", "epochs": 15, "batch_size": 32, "lr": 1e-3, "lr_decay": 1.0, "optimizer": "adam"},
     "mnist": {"model": "lenet", "epochs": 3, "batch_size": 32, "lr": 2e-3, "lr_decay": 0.3, "optimizer": "adam"},
     "cifar10": {"model": "cifar", "epochs": 10, "batch_size": 64, "lr": 1e-3, "lr_decay": 1.0, "optimizer": "adam"},
+    "folder": {"model": "cifar", "epochs": 10, "batch_size": 64, "lr": 1e-3, "lr_decay": 1.0, "optimizer": "adam"},
 }
 
 
@@ -59,11 +60,21 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
+    schedule: str | None = None      # "none" (lr_decay), "cosine" or "multistep", per iteration
+    augment: bool | None = None      # random crops (padding H/8) and horizontal flips
+    image_size: list | None = None   # --data folder: resize every image to [H, W]
 
     def resolved(self) -> "TrainConfig":
         if self.data not in DATASETS:
             raise ValueError(f"unknown dataset {self.data!r}; expected one of {', '.join(DATASETS)}")
         values = asdict(self)
+        values["schedule"] = one_of(values["schedule"] or "none", "schedule", SCHEDULES, "TrainConfig")
+        values["augment"] = bool(values["augment"])
+        if values["schedule"] != "none":
+            if values["lr_decay"] not in (None, 1, 1.0):
+                raise ValueError(f"TrainConfig: lr_decay {values['lr_decay']:g} and schedule "
+                                 f"{values['schedule']!r} would both set the learning rate; use one")
+            values["lr_decay"] = 1.0
         for k, v in DEFAULTS[self.data].items():
             if values[k] is None:
                 values[k] = v
@@ -96,10 +107,40 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+#: ``--schedule`` choices: learning-rate schedules stepped after every iteration, their length
+#: the run's ``epochs`` x iterations per epoch (when it is planned; a resume keeps it).
+SCHEDULES = ("none", "cosine", "multistep")
+
+
+def make_schedule(name, optimizer, epochs, steps_per_epoch):
+    """``(scheduler or None, interval)`` for ``--schedule``: ``"cosine"`` anneals to 0 over
+    the whole run; ``"multistep"`` divides the rate by 10 at 50 % and 75 % of it (He et al.'s
+    32k and 48k of 64k iterations)."""
+    from .lr_scheduler import CosineAnnealingLR, MultiStepLR
+    total = max(1, int(epochs) * int(steps_per_epoch))
+    if name == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=total), "step"
+    if name == "multistep":
+        return MultiStepLR(optimizer, [max(1, total // 2), max(1, total * 3 // 4)], 0.1), "step"
+    one_of(name, "schedule", SCHEDULES, "make_schedule")
+    return None, "epoch"
+
+
+def make_augment(input_shape, seed):
+    """``--augment``: a random crop of the image padded by H/8 (4 for 32x32) and a horizontal
+    flip, each image on its own, from generators seeded by ``seed``."""
+    from .transforms import Compose, RandomCrop, RandomHorizontalFlip
+    _, h, w = (int(v) for v in input_shape)
+    return Compose([RandomCrop((h, w), padding=(max(1, h // 8), max(1, w // 8)),
+                               rng=np.random.default_rng([int(seed), 1])),
+                    RandomHorizontalFlip(rng=np.random.default_rng([int(seed), 2]))])
+
+
 def dataset_for(cfg: TrainConfig, dtype=np.float32) -> Dataset:
     """Load the dataset a (resolved) configuration names."""
     return load_dataset(cfg.data, cfg.data_dir, t10k_split=cfg.t10k_split, limit_train=cfg.limit_train,
-                        limit_test=cfg.limit_test, dtype=dtype)
+                        limit_test=cfg.limit_test, dtype=dtype,
+                        image_size=tuple(cfg.image_size) if cfg.image_size else None)
 
 
 def load_model(checkpoint, device=None):
@@ -236,6 +277,10 @@ def _dataset_record(dataset):
 
 def _describe(cfg, dataset, model, run_dir):
     decay = f" (x{cfg.lr_decay:g} per epoch)" if cfg.lr_decay != 1 else ""
+    if cfg.schedule != "none":
+        decay += f" ({cfg.schedule} schedule per iteration)"
+    if cfg.augment:
+        decay += ", random crops and flips"
     return (f"training {cfg.model} on {dataset.source}: {len(dataset.train)} train / "
             f"{len(dataset.test)} test images {dataset.input_shape}, {cfg.optimizer} lr {cfg.lr:g}"
             f"{decay}, batch {cfg.batch_size}, {cfg.epochs} epochs, device {model.device} "
@@ -245,11 +290,15 @@ def _describe(cfg, dataset, model, run_dir):
 def _trainer_for(cfg, run_dir, ckpt, progress, log, on_step, graph="auto"):
     """The data, model, optimizer and :class:`Trainer` of a run (restored from ``ckpt`` if given)."""
     dataset, model, optimizer = _build(cfg)
+    steps = -(-len(dataset.train) // cfg.batch_size)
+    scheduler, interval = make_schedule(cfg.schedule, optimizer, cfg.epochs, steps)
+    transform = make_augment(dataset.input_shape, cfg.seed) if cfg.augment else None
     trainer = Trainer(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
                       seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
                       progress=progress, log=log, on_step=on_step, lr_decay=cfg.lr_decay,
                       title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
-                      extra_state={"dataset": _dataset_record(dataset)}, graph=graph)
+                      extra_state={"dataset": _dataset_record(dataset)},
+                      scheduler=scheduler, scheduler_interval=interval, transform=transform, graph=graph)
     if ckpt is not None:
         trainer.restore(ckpt)
         where = (f"epoch {trainer.epoch}" if not trainer.step_in_epoch

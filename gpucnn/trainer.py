@@ -29,7 +29,8 @@ from .data import BatchIterator
 from .errors import NonFiniteError, quiet_overflow
 from .evaluation import as_imageset, evaluate, model_backend, to_model_device
 from .plots import CURVES_PNG, plot_history, write_history
-from .validation import FRACTION
+from . import random as _random
+from .validation import FRACTION, one_of
 
 __all__ = ["Trainer", "fit", "make_optimizer", "TrainingDiverged", "TrainingInterrupted"]
 
@@ -106,6 +107,16 @@ class Trainer:
         Epoch ``e`` (0-based) trains with ``lr * lr_decay**e`` (``lr``: the
         optimizer's at construction).  It depends only on the epoch, never on
         the planned total, so stopping and resuming changes nothing.
+    scheduler, scheduler_interval
+        A learning-rate schedule over ``optimizer`` (:mod:`gpucnn.lr_scheduler`), stepped
+        after every ``"epoch"`` (default) or after every optimizer ``"step"``; it replaces
+        ``lr_decay`` (which must then stay 1).  Its state is saved in every checkpoint.
+    transform
+        Augmentation applied to each *training* batch after it is moved to the model's
+        device (e.g. ``gpucnn.transforms.Compose([RandomCrop(32, padding=4),
+        RandomHorizontalFlip()])``); never to the test set.  The states of its private
+        generators and of gpucnn's global generator are saved in every checkpoint, so a
+        resumed run draws the same crops and flips.
     on_step, on_epoch
         Optional callbacks ``on_step(trainer, info)`` after every completed step
         (``info``: epoch, step, global_step, loss -- a :class:`~gpucnn.scalar.Scalar`;
@@ -142,8 +153,8 @@ class Trainer:
     def __init__(self, model, optimizer, train, test=None, *, loss_fn=None, batch_size=64, seed=0,
                  run_dir=None, config=None, classes=None, progress=True, log=print,
                  on_step=None, on_epoch=None, eval_batch_size=500, extra_state=None, title=None,
-                 lr_decay=1.0, read_every=None, read_interval=1.0, device_data="auto",
-                 graph="auto", fuse=True):
+                 lr_decay=1.0, scheduler=None, scheduler_interval="epoch", transform=None,
+                 read_every=None, read_interval=1.0, device_data="auto", graph="auto", fuse=True):
         from .losses import CrossEntropyLoss
         self.model = model
         self.optimizer = optimizer
@@ -176,6 +187,18 @@ class Trainer:
         self.extra_state = dict(extra_state or {})
         self.lr_decay = FRACTION(lr_decay, "lr_decay", "Trainer")
         self.base_lr = getattr(optimizer, "lr", None)
+        if scheduler is not None:
+            if getattr(scheduler, "optimizer", None) is not optimizer:
+                raise ValueError("Trainer: the scheduler was built over another optimizer")
+            if self.lr_decay != 1.0:
+                raise ValueError("Trainer: lr_decay and a scheduler would both set the learning "
+                                 "rate; use one of them")
+        self.scheduler = scheduler
+        self.scheduler_interval = one_of(scheduler_interval, "scheduler_interval",
+                                         ("epoch", "step"), "Trainer")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"Trainer: transform must be callable, got {type(transform).__name__}")
+        self.transform = transform
         self.title = title
         self.history = []
         self.epoch = 0            # completed epochs
@@ -183,6 +206,7 @@ class Trainer:
         self.global_step = 0      # completed steps in all
         self._epoch_start_rng = None
         self._rng_after_step = None   # gpucnn's generator after the last completed step
+        self._transform_rng_after_step = None   # the transform's generators, likewise
         self._stats = self._fresh_stats()
         self._saved_step = None   # global_step of the checkpoint on disk (None: none written)
         self._stop_requested = False
@@ -232,6 +256,11 @@ class Trainer:
                 "iterator_rng": self.iterator.get_state(),
                 "epoch_stats": dict(self._stats) if self.step_in_epoch else None,
                 "history": self.history,
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "transform_rng": (self._transform_rng_after_step
+                                  if self._transform_rng_after_step is not None
+                                  else self.transform.get_rng_state()
+                                  if hasattr(self.transform, "get_rng_state") else None),
                 "gpucnn_rng": self._rng_after_step or _random.get_rng_state(), **self.extra_state}
 
     def save(self, path=None):
@@ -279,6 +308,26 @@ class Trainer:
         probe.set_state(iterator_rng)  # validate before touching anything
         if ckpt.optimizer_state is None:
             raise CheckpointError(f"checkpoint {ckpt.path} holds no optimizer state")
+        sched_state = st.get("scheduler")
+        if (sched_state is None) != (self.scheduler is None) or (
+                sched_state is not None and sched_state.get("type") != type(self.scheduler).__name__):
+            had = sched_state.get("type") if isinstance(sched_state, dict) else "no schedule"
+            has = type(self.scheduler).__name__ if self.scheduler is not None else "no schedule"
+            raise CheckpointError(f"checkpoint {ckpt.path} was trained with {had}; this trainer "
+                                  f"has {has}")
+        if sched_state is not None:
+            try:
+                self.scheduler.check_state_dict(sched_state)
+            except ValueError as exc:
+                raise CheckpointError(f"checkpoint {ckpt.path}: {exc}") from None
+        t_rng = st.get("transform_rng")
+        if t_rng is not None and hasattr(self.transform, "get_rng_state"):
+            mine = self.transform.get_rng_state()
+            if isinstance(mine, list) != isinstance(t_rng, list) or (
+                    isinstance(mine, list) and len(mine) != len(t_rng)):
+                raise CheckpointError(f"checkpoint {ckpt.path} was trained with another "
+                                      f"augmentation ({t_rng!r:.60}); this trainer has "
+                                      f"{self.transform!r}")
         snapshot = self.model.state_dict()
         opt_snapshot = self.optimizer.state_dict()
         try:
@@ -294,6 +343,11 @@ class Trainer:
             self.optimizer.load_state_dict(opt_snapshot)
             raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model/optimizer: {exc}") from None
         self.iterator.set_state(iterator_rng)
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(sched_state)
+        if st.get("transform_rng") is not None and hasattr(self.transform, "set_rng_state"):
+            self.transform.set_rng_state(st["transform_rng"])
+            self._transform_rng_after_step = st["transform_rng"]
         self.epoch, self.step_in_epoch, self.global_step = epoch, step, gstep
         self.seed = seed
         self.history = history
@@ -551,7 +605,7 @@ class Trainer:
             self._stats = self._fresh_stats()
         else:
             self.iterator.set_state(self._epoch_start_rng)
-        if self.base_lr is not None:
+        if self.base_lr is not None and self.scheduler is None:
             self.optimizer.lr = self.base_lr * self.lr_decay ** self.epoch
 
     def _trusted_data(self):
@@ -570,6 +624,8 @@ class Trainer:
             xb, yb = to_model_device(backend, model, x), backend.asarray(y)
         else:                              # gathered on the device (DeviceBatchIterator)
             xb, yb = x, y
+        if self.transform is not None:     # augmentation, by the backend that holds the batch
+            xb = self.transform(xb)
         deferred = self.read_every > 1
         trusted = deferred and self._trusted_data()
         opt.zero_grad()
@@ -618,6 +674,8 @@ class Trainer:
                 self._updating = True
                 update()
                 self._updating = False
+            if self.scheduler is not None and self.scheduler_interval == "step":
+                self.scheduler.step()
             self._updates += 1
             self._pending.append((self.step_in_epoch + 1, self.global_step + 1, loss, correct, n))
             self._stats["time"] += time.perf_counter() - t0
@@ -626,6 +684,8 @@ class Trainer:
             # Dropout draws from gpucnn's generator: a checkpoint stores its state after
             # the last completed step, not the state an interrupted step left behind
             self._rng_after_step = _random.get_rng_state()
+            if self.transform is not None and hasattr(self.transform, "get_rng_state"):
+                self._transform_rng_after_step = self.transform.get_rng_state()
 
     def _read_pending(self, bar=None):
         """Read the losses and correct counts of the steps since the last read (one device
@@ -680,6 +740,8 @@ class Trainer:
             raise self._diverged("NaN/infinite", at_epoch_end=True, what="weights")
         with self._no_interrupt():   # the epoch's end and its checkpoint: all or nothing
             self.history.append(record)
+            if self.scheduler is not None and self.scheduler_interval == "epoch":
+                self.scheduler.step()
             self.epoch += 1
             self.step_in_epoch = 0
             self._stats = self._fresh_stats()

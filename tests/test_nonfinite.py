@@ -368,6 +368,17 @@ def _adam(B, dt, bad):
             (_host(B, v), [abs(bad) * 0.001 if not math.isnan(bad) else NAN, 0.001, 0.001])]
 
 
+@case("augment", "crop_flip", "channel_normalize")
+def _augment(B, dt, bad):
+    # crop_flip copies values: a non-finite pixel lands where the crop and flip put it,
+    # padding stays 0.  channel_normalize: (bad - m) / s, elementwise.
+    x = _arr([[1, bad], [3, 4]], dt, (1, 1, 2, 2))
+    y = B.crop_flip(B.asarray(x), np.array([1]), np.array([1]), np.array([1]), (2, 2), (1, 1))
+    n = B.channel_normalize(B.asarray(_arr([bad, 1.0, 2.0, bad], dt, (1, 2, 2, 1))),
+                            [0.5, 1.0], [2.0, 0.5])
+    return [(_host(B, y), [[[[bad, 1], [4, 3]]]]),
+            (_host(B, n), [[[[(bad - 0.5) / 2.0], [0.25]], [[2.0], [(bad - 1.0) / 0.5]]]])]
+
 # ---------------------------------------------------------------------------- issue 10's layers
 @case("add", "add")
 def _add(B, dt, bad):

@@ -87,6 +87,13 @@ CASES: list[pc.Case] = pc.CASES + [
     *pc.sgd("momentum", momentum=0.9),
     *pc.sgd("nesterov-first", momentum=0.8, nesterov=True, first=True),
     *pc.adam("step1000", 1000),
+    *pc.crop_flip("cifar-like", x=(5, 3, 8, 8), size=(8, 8), padding=(2, 2)),
+    *pc.crop_flip("no-padding", x=(3, 1, 6, 5), size=(4, 3), padding=(0, 0)),
+    *pc.crop_flip("crop-larger-than-input", x=(2, 3, 4, 5), size=(7, 9), padding=(2, 3)),
+    *pc.crop_flip("batch64", x=(64, 3, 16, 16), size=(16, 16), padding=(4, 4)),
+    *pc.channel_normalize("4-channels", (3, 4, 5, 6)),
+    *pc.channel_normalize("2d", (7, 3)),
+    *pc.channel_normalize("grey", (4, 1, 3, 3)),
     # issue 10; NaN/inf inputs: non-finite results must agree exactly, so those cases make
     # every per-channel statistic non-finite (finite results of a reduction may differ in
     # the last bits between backends)

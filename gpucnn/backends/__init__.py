@@ -140,6 +140,17 @@ Data resident on the device
         - mean[c]) / std[c] in ``dtype``, as data.normalize: src (N, C, ...) uint8; mean and
         std per channel (Python floats); every rounding in ``dtype``
 
+Augmentation (the random numbers are drawn on the host, by gpucnn.transforms, and passed in)
+    crop_flip(x, top, left, flip, size, padding) -> y          x (N,C,H,W) float, y (N,C,OH,OW)
+        size = (OH, OW), padding = (PH, PW) (ints accepted for both); top, left (N,) integers,
+        flip (N,) bool or 0/1, host or device arrays.  With jj = OW-1-j if flip[n] else j:
+        y[n,c,i,j] = x[n,c, top[n]+i-PH, left[n]+jj-PW] if that lies inside x, else 0,
+        i.e. a crop of the zero-padded image whose corner is (top, left) in padded
+        coordinates, then mirrored left-right.  top must lie in [0, H+2PH-OH] and left in
+        [0, W+2PW-OW] (ValueError otherwise).
+    channel_normalize(x, mean, std) -> y = (x - mean[c]) / std[c]   x (N,C,...) float;
+        mean, std: C finite values (std non-zero), cast to x's dtype first
+
 Non-finite values (NaN, +-inf): IEEE arithmetic, the same on every backend
 ---------------------------------------------------------------------------
 (walked per primitive by tests/test_nonfinite.py)
@@ -163,6 +174,8 @@ Non-finite values (NaN, +-inf): IEEE arithmetic, the same on every backend
   exactly 0 (loss +inf if it is the label's).  Large finite logits (+-1000 in
   float32) are exact: the row maximum is taken over every logit before exp.
 * mse_forward: NaN -> NaN, +-inf -> +inf (inf - inf -> NaN).
+* crop_flip copies values, non-finite ones included (the padding is 0);
+  channel_normalize is elementwise IEEE ((NaN - m) / s is NaN, (+-inf - m) / s is +-inf).
 * add, batchnorm_*, dropout_*: IEEE formulas as above.  A non-finite value in one
   channel makes that channel's batch statistics (and, through the training backward's
   sums, that channel's whole dx) non-finite, and no other channel.  Dropout multiplies
@@ -191,6 +204,7 @@ PRIMITIVES = (
     "mse_forward", "mse_backward",
     "sgd_update", "adam_update",
     "gather_rows", "gather_normalize",
+    "crop_flip", "channel_normalize",
     # issue 10: normalisation, dropout, residual blocks, label smoothing
     "add", "batchnorm_stats", "batchnorm_forward", "batchnorm_backward",
     "batchnorm_update_running", "dropout_forward", "dropout_backward",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import PRIMITIVES
+from . import augment as _augment
 from .geometry import conv_out_shape, pool_out_shape
 
 _FLOATS = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
@@ -351,6 +352,16 @@ def gather_normalize(src, idx, mean, std, pixel_max, dtype):
         raise ValueError(f"{p}: pixel_max is {pixel_max!r}; expected a positive number")
     _indices(p, idx, src.shape[0])
 
+
+# ------------------------------------------------------------------------ augmentation
+@_check
+def crop_flip(x, top, left, flip, size, padding):
+    _augment.check_crop_flip(x, top, left, flip, size, padding)
+
+
+@_check
+def channel_normalize(x, mean, std):
+    _augment.check_channel_normalize(x, mean, std)
 
 # --------------------------------- issue 10: batch norm, dropout, residual, label smoothing
 def _channels(p, name, a):

@@ -28,6 +28,7 @@ import os
 
 import numpy as np
 
+from . import augment as _augment
 from . import cuda as cuda_flags
 from . import kernels as _K
 from .cuda_layers import LayerPrimitives
@@ -569,6 +570,28 @@ class CudaBackend(LayerPrimitives):
         self._launch("optim.cu", "adam_update", dt, param.size, param, grad, m, v,
                      I64(param.size), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps),
                      t(weight_decay), t(lr / bc1), t(1.0 / math.sqrt(bc2)))
+
+    # -------------------------------------------------------- augmentation
+    def crop_flip(self, x, top, left, flip, size, padding):
+        n, c, h, w, oh, ow, ph, pw, top, left, flip = _augment.prepare_crop_flip(
+            x, top, left, flip, size, padding)
+        dt = x.dtype
+        x = self._c(x)
+        y = self.xp.empty((n, c, oh, ow), dtype=dt)
+        self._launch("augment.cu", "crop_flip", dt, y.size, x, self.asarray(top),
+                     self.asarray(left), self.asarray(flip), y,
+                     *map(I64, (n, c, h, w, oh, ow, ph, pw)))
+        return y
+
+    def channel_normalize(self, x, mean, std):
+        c, mean, std = _augment.prepare_channel_normalize(x, mean, std)
+        dt = x.dtype
+        x = self._c(x)
+        y = self.xp.empty(x.shape, dtype=dt)
+        hw = int(np.prod(x.shape[2:], dtype=np.int64)) if x.ndim > 2 else 1
+        self._launch("augment.cu", "channel_normalize", dt, x.size, x, self.asarray(mean),
+                     self.asarray(std), y, I64(x.size), I64(c), I64(hw))
+        return y
 
 
     # ------------------------------------- graph-replayable updates (not seam primitives)

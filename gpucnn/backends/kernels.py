@@ -45,6 +45,7 @@ KERNELS = {
     "optim.cu": ("sgd_update", "adam_update", "sgd_update_indexed", "adam_update_indexed",
                  "advance_row"),
     "data.cu": ("gather_rows", "gather_normalize"),
+    "augment.cu": ("crop_flip", "channel_normalize"),
     # issue 10 (gpucnn/backends/cuda_layers.py)
     "batchnorm.cu": ("channel_mean", "channel_sqdev_partial", "batchnorm_forward",
                      "batchnorm_backward_partial", "batchnorm_backward_reduce",

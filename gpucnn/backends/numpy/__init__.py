@@ -8,6 +8,7 @@ Modules, one concern each:
 * ``pooling``   -- max and average pooling, forward and backward.
 * ``dense``     -- fully connected GEMMs.
 * ``pointwise`` -- bias, activations, losses, optimizer updates, the finiteness check.
+* ``augment``   -- random crop + flip (one gather over a window view), per-channel normalisation.
 * ``blocks``    -- issue 10's layers: batch norm, dropout, the option-A shortcut, the
                    residual add, label-smoothed cross-entropy.
 * ``windows``   -- the window-offset walk (im2col / col2im rectangles) conv and pooling share.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import blocks, conv, dense, pooling, pointwise as pw
+from . import augment, blocks, conv, dense, pooling, pointwise as pw
 from .parallel import WORKERS
 
 
@@ -82,6 +82,10 @@ class NumpyBackend:
     # optimizers
     sgd_update = staticmethod(pw.sgd_update)
     adam_update = staticmethod(pw.adam_update)
+
+    # augmentation
+    crop_flip = staticmethod(augment.crop_flip)
+    channel_normalize = staticmethod(augment.channel_normalize)
 
     # issue 10 (blocks.py): batch norm, dropout, the option-A shortcut, the residual add,
     # label smoothing
