@@ -14,6 +14,7 @@ from .optim import SGD, Adam
 from .lr_scheduler import CosineAnnealingLR, LinearLR, MultiStepLR, StepLR
 from .random import get_rng_state, manual_seed, set_rng_state
 from .scalar import Scalar
+from . import transforms  # noqa: E402  gpucnn.transforms.Compose([...]) as torchvision.transforms
 
 __version__ = "0.1.0"
 
