@@ -1,0 +1,111 @@
+"""The program the distributed tests start under ``mpiexec`` (and the one-process reference).
+
+    mpiexec -n 3 python tests/distributed_worker.py equal OUT.npz
+    mpiexec -n 2 python tests/distributed_worker.py raise|kill
+
+``equal``: trains a tiny float64 CNN with plain SGD, SGD with momentum and Adam on 30
+random images, global batch 7 (shares 3/2/2 and a last batch of 2: shares 1/1/0 on three
+ranks), two epochs; rank 0 writes the weights and whether every rank ended bitwise equal.
+``raise``/``kill``: rank 1 raises / is SIGKILLed at its third step while the others wait
+in the gradient all-reduce.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import numpy as np
+
+N_IMAGES, BATCH, EPOCHS, SEED = 30, 7, 2, 3
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N_IMAGES, 2, 8, 8))
+    y = rng.integers(0, 4, N_IMAGES)
+    return x, y
+
+
+def model_and_optimizer(name):
+    import gpucnn as nn
+    nn.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(3 * 4 * 4, 4)).to(dtype=np.float64)
+    if name == "sgd":
+        opt = nn.SGD(model.parameters(), lr=0.1)
+    elif name == "momentum":
+        opt = nn.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    else:
+        opt = nn.Adam(model.parameters(), lr=0.01)
+    return model, opt
+
+
+def train(model, opt, batches, step, on_step=None):
+    """The loop, shared by the reference and the ranks: ``step()`` is the optimizer step."""
+    import gpucnn as nn
+    loss_fn = nn.CrossEntropyLoss()
+    k = 0
+    for _ in range(EPOCHS):
+        for xb, yb in batches:
+            if on_step is not None:
+                on_step(k)
+            opt.zero_grad()
+            if len(yb):
+                loss_fn(model(xb), yb)
+                model.backward(loss_fn.backward(), input_grad=False)
+            step()
+            k += 1
+    return model
+
+
+def reference(name):
+    """One process, the whole global batch at each step."""
+    from gpucnn.data import BatchIterator
+    x, y = data()
+    model, opt = model_and_optimizer(name)
+    return train(model, opt, BatchIterator(x, y, BATCH, seed=SEED), opt.step)
+
+
+def main(argv):
+    from gpucnn import distributed as dist
+    mode = argv[1]
+    comm = dist.create_communicator()
+    x, y = data()
+    if mode == "equal":
+        out = {}
+        same = True
+        for name in OPTIMIZERS:
+            model, opt = model_and_optimizer(name)
+            if comm.rank:   # rank 0's initial weights must reach the others
+                for p in model.parameters():
+                    p.data += 1.0
+            comm.bcast_data(model)
+            opt = dist.create_multi_node_optimizer(opt, comm, bucket_bytes=8 * 100)  # > 1 bucket
+            batches = dist.ShardedBatchIterator(x, y, BATCH, seed=SEED, comm=comm)
+            train(model, opt, batches, lambda: opt.step(weight=batches.weight))
+            state = model.state_dict()
+            gathered = comm.allgather_obj(state)
+            same &= all(np.array_equal(g[k], state[k]) for g in gathered for k in state)
+            out.update({f"{name}/{k}": v for k, v in state.items()})
+            out[f"{name}/buckets"] = np.array(opt.bucket_count)
+        if comm.rank == 0:
+            np.savez(argv[2], same=np.array(same), size=np.array(comm.size), **out)
+        return 0
+    model, opt = model_and_optimizer("sgd")
+    opt = dist.create_multi_node_optimizer(opt, comm)
+    batches = dist.ShardedBatchIterator(x, y, BATCH, seed=SEED, comm=comm)
+
+    def fault(k):
+        if comm.rank == 1 and k == 2:
+            if mode == "raise":
+                raise RuntimeError("injected failure at step 3")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train(model, opt, batches, lambda: opt.step(weight=batches.weight), on_step=fault)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,156 @@
+"""Data-parallel training (gpucnn.distributed): N processes under mpiexec compute the
+one-process step; faults end the job.  The multi-process tests are marked ``distributed``
+(``pytest -m distributed``) and skip, saying why, without mpi4py or mpiexec."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpucnn import distributed as dist
+from gpucnn.data import BatchIterator
+from tests import distributed_worker as worker
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
+
+
+def _mpiexec():
+    """(path to mpiexec, None) or (None, why the multi-process tests cannot run)."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return None, f"mpi4py is not installed ({dist.INSTALL_HINT})"
+    here = Path(sys.executable).parent / "mpiexec"   # the mpich wheel puts it next to python
+    path = str(here) if here.exists() else shutil.which("mpiexec")
+    if path is None:
+        return None, "no mpiexec on PATH or next to the Python executable (pip install mpich)"
+    return path, None
+
+
+def run_mpi(n, *args, timeout=60, env=None):
+    """Run ``python args...`` on ``n`` ranks; returns (CompletedProcess, seconds)."""
+    mpiexec, why = _mpiexec()
+    if mpiexec is None:
+        pytest.skip(why)
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "GPUCNN_DEVICE": "cpu",
+               "GPUCNN_NUM_THREADS": "1", **(env or {})}
+    environ.pop("GPUCNN_DEBUG", None)
+    t0 = time.perf_counter()
+    proc = subprocess.run([mpiexec, "-n", str(n), sys.executable, *map(str, args)], cwd=ROOT,
+                          env=environ, capture_output=True, text=True, timeout=timeout)
+    return proc, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- without MPI
+
+def test_shard_bounds_split_contiguously_first_ranks_one_more():
+    for n in range(0, 12):
+        for size in range(1, 5):
+            bounds = [dist.shard_bounds(n, r, size) for r in range(size)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            sizes = [e - s for s, e in bounds]
+            assert sizes == [len(a) for a in np.array_split(np.arange(n), size)]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_sharded_iterator_shares_concatenate_to_the_global_batches(shuffle):
+    x = np.arange(30 * 2, dtype=np.float64).reshape(30, 2)
+    y = np.arange(30)
+    ref = BatchIterator(x, y, 7, seed=5, shuffle=shuffle)
+    shards = [dist.ShardedBatchIterator(x, y, 7, seed=5, shuffle=shuffle, rank=r, size=3)
+              for r in range(3)]
+    for _ in range(2):  # two epochs: the generators stay in step
+        gens = [s.epoch() for s in shards]
+        for xb, yb in ref:
+            parts = [next(g) for g in gens]
+            assert np.array_equal(np.concatenate([p[1] for p in parts]), yb)
+            assert np.array_equal(np.concatenate([p[0] for p in parts]), xb)
+            assert sum(s.share[0] for s in shards) == len(yb)
+            assert all(s.share[1] == len(yb) for s in shards)
+            assert sum(s.weight for s in shards) == pytest.approx(1.0)
+    assert shards[2].share == (0, 2) and shards[2].weight == 0.0  # last batch of 2 on 3 ranks
+    assert ref.get_state() == shards[0].get_state()                # checkpoints interchangeable
+
+
+def test_sharded_iterator_skip_resumes_mid_epoch():
+    x, y = np.zeros((30, 1)), np.arange(30)
+    a = dist.ShardedBatchIterator(x, y, 7, seed=1, rank=1, size=2)
+    b = dist.ShardedBatchIterator(x, y, 7, seed=1, rank=1, size=2)
+    full = [yb for _, yb in a.epoch()]
+    assert [yb.tolist() for _, yb in b.epoch(skip=2)] == [f.tolist() for f in full[2:]]
+
+
+def test_sharded_iterator_rejects_a_rank_outside_the_job():
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        dist.ShardedBatchIterator(np.zeros((3, 1)), np.zeros(3), 2, rank=2, size=2)
+
+
+def test_launched_size_reads_the_launchers_variables():
+    assert dist.launched_size({}) == 1
+    assert dist.launched_size({"PMI_SIZE": "4"}) == 4
+    assert dist.launched_size({"OMPI_COMM_WORLD_SIZE": "3"}) == 3
+    assert dist.launched_size({"PMI_SIZE": "garbage"}) == 1
+
+
+def test_without_mpi4py_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)   # import mpi4py now raises ImportError
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
+    with pytest.raises(dist.DistributedError, match=r"needs mpi4py.*gpucnn\[mpi\]"):
+        dist.create_communicator()
+
+
+def test_import_gpucnn_does_not_import_mpi():
+    code = "import sys, gpucnn, gpucnn.distributed; print('mpi4py' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- under mpiexec
+
+@pytest.fixture(scope="module")
+def references():
+    return {name: worker.reference(name).state_dict() for name in worker.OPTIMIZERS}
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("n", [2, 3])
+def test_n_processes_compute_the_one_process_steps(n, tmp_path, references):
+    out = tmp_path / "weights.npz"
+    proc, _ = run_mpi(n, WORKER, "equal", out)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as f:
+        assert int(f["size"]) == n
+        assert bool(f["same"]), "the ranks ended with different weights"
+        for name, ref in references.items():
+            assert int(f[f"{name}/buckets"]) > 1
+            for key, want in ref.items():
+                got = f[f"{name}/{key}"]
+                err = np.abs(got - want).max() / np.abs(want).max()
+                assert err < 1e-6, f"{name} {key}: relative difference {err:.2e} after 10 steps"
+
+
+@pytest.mark.distributed
+def test_an_exception_on_one_rank_ends_every_rank_with_one_line():
+    proc, seconds = run_mpi(3, WORKER, "raise", timeout=60)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("gpucnn:")]
+    assert lines == ["gpucnn: rank 1 of 3: RuntimeError: injected failure at step 3; ending all ranks"]
+    assert seconds < 30
+
+
+@pytest.mark.distributed
+def test_a_killed_rank_ends_the_job():
+    proc, seconds = run_mpi(2, WORKER, "kill", timeout=60)
+    assert proc.returncode != 0
+    assert "signal 9" in proc.stdout + proc.stderr or "Killed" in proc.stdout + proc.stderr
+    assert seconds < 30
