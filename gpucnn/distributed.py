@@ -67,7 +67,8 @@ from .data import BatchIterator
 __all__ = [
     "Communicator", "MultiNodeOptimizer", "ShardedBatchIterator", "DistributedError",
     "create_communicator", "create_multi_node_optimizer", "install_abort_on_error",
-    "launched_size", "shard_bounds", "named_buffers", "INSTALL_HINT", "DEFAULT_BUCKET_BYTES",
+    "launched_size", "shard_bounds", "named_buffers", "evaluate", "INSTALL_HINT",
+    "DEFAULT_BUCKET_BYTES",
 ]
 
 #: What to install when more than one process is asked for and mpi4py is missing.
@@ -540,3 +541,34 @@ class ShardedBatchIterator(BatchIterator):
                 yield self.images[idx], self.labels[idx]
             else:
                 yield self.images[start + lo:start + hi], self.labels[start + lo:start + hi]
+
+
+# =========================================================================== evaluation
+
+def evaluate(model, data, comm, *, batch_size=500, classes=None):
+    """:func:`gpucnn.train.evaluate` split across ranks (ChainerMN's multi-node evaluator):
+    each rank evaluates its contiguous share of ``data`` and the confusion matrices and loss
+    sums are added up, so every rank gets the result for the whole set."""
+    from .data import ImageSet
+    from .train import EvalResult, _as_imageset
+    from .train import evaluate as evaluate_here
+    data = _as_imageset(data, "evaluate")
+    if comm is None or comm.size == 1:
+        return evaluate_here(model, data, batch_size=batch_size, classes=classes)
+    if len(data) == 0:
+        raise ValueError("evaluate: the data set is empty")
+    lo, hi = shard_bounds(len(data), comm.rank, comm.size)
+    confusion, loss_sum = np.zeros((0, 0), np.int64), 0.0
+    if hi > lo:
+        part = evaluate_here(model, ImageSet(data.images[lo:hi], data.labels[lo:hi]),
+                             batch_size=batch_size, classes=classes)
+        confusion, loss_sum = part.confusion, part.loss * part.total
+    k = comm.allreduce_obj(int(confusion.shape[0]), op="max")
+    total = np.zeros((k, k), np.int64)
+    total[:confusion.shape[0], :confusion.shape[1]] = confusion
+    comm.allreduce_host(total)
+    loss = comm.allreduce_host(np.array([loss_sum], np.float64))[0]
+    names = tuple(classes) if classes is not None else tuple(str(i) for i in range(k))
+    correct = int(np.trace(total))
+    return EvalResult(accuracy=correct / len(data), loss=float(loss / len(data)), correct=correct,
+                      total=len(data), confusion=total, classes=names)

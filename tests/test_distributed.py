@@ -119,7 +119,13 @@ def test_import_gpucnn_does_not_import_mpi():
 
 @pytest.fixture(scope="module")
 def references():
-    return {name: worker.reference(name).state_dict() for name in worker.OPTIMIZERS}
+    from gpucnn.train import evaluate
+    refs = {}
+    for name in worker.OPTIMIZERS:
+        model = worker.reference(name)
+        refs[name] = model.state_dict()
+    refs["eval"] = evaluate(model, worker.data(), batch_size=4)
+    return refs
 
 
 @pytest.mark.distributed
@@ -131,7 +137,11 @@ def test_n_processes_compute_the_one_process_steps(n, tmp_path, references):
     with np.load(out) as f:
         assert int(f["size"]) == n
         assert bool(f["same"]), "the ranks ended with different weights"
-        for name, ref in references.items():
+        want = references["eval"]   # evaluation split across ranks, counts summed
+        assert np.array_equal(f["eval/confusion"], want.confusion)
+        assert float(f["eval/loss"]) == pytest.approx(want.loss, rel=1e-9)
+        for name in worker.OPTIMIZERS:
+            ref = references[name]
             assert int(f[f"{name}/buckets"]) > 1
             for key, want in ref.items():
                 got = f[f"{name}/{key}"]
