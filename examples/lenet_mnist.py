@@ -14,7 +14,9 @@ from pathlib import Path
 
 import gpucnn as nn
 from gpucnn.data import load_dataset
-from gpucnn.train import Trainer, evaluate, plot_confusion
+from gpucnn.evaluation import evaluate
+from gpucnn.plots import plot_confusion
+from gpucnn.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
 

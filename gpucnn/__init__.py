@@ -3,6 +3,7 @@
 The public API follows PyTorch's names, argument orders and weight layouts.
 """
 from .backends import asnumpy
+from .errors import NonFiniteError
 from .layers import (AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU,
                      Sequential, Sigmoid, Tanh)
 from .losses import CrossEntropyLoss, MSELoss
@@ -14,5 +15,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Module", "Parameter", "Conv2d", "MaxPool2d", "AvgPool2d", "Sigmoid", "ReLU", "Tanh",
     "Linear", "Flatten", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
-    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "__version__",
+    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError", "__version__",
 ]

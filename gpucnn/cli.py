@@ -12,6 +12,9 @@ import sys
 import traceback
 from pathlib import Path
 
+from .backends import DEVICES
+from .validation import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
+
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
@@ -24,7 +27,8 @@ def _version():
 # =========================================================================== train
 
 def cmd_train(args):
-    from .train import TrainingDiverged, TrainingInterrupted, run_training
+    from .runs import run_training
+    from .trainer import TrainingDiverged, TrainingInterrupted
     overrides = {k: getattr(args, k) for k in (
         "data_dir", "t10k_split", "limit_train", "limit_test", "model", "epochs", "batch_size",
         "lr", "lr_decay", "optimizer", "seed", "device", "dtype")}
@@ -46,7 +50,10 @@ def cmd_train(args):
 # =========================================================================== evaluate
 
 def cmd_evaluate(args):
-    from .train import CheckpointError, dataset_for, evaluate, load_model, plot_confusion
+    from .checkpoint import CheckpointError
+    from .evaluation import evaluate
+    from .plots import plot_confusion
+    from .runs import dataset_for, load_model
     model, ckpt, cfg = load_model(args.checkpoint, device=args.device)
     if args.data is not None and args.data != cfg.data:
         cfg.data = args.data
@@ -77,7 +84,8 @@ def cmd_evaluate(args):
 def cmd_predict(args):
     import numpy as np
     from .data import load_image, normalize
-    from .train import load_model, predict_proba
+    from .evaluation import predict_proba
+    from .runs import load_model
     model, ckpt, cfg = load_model(args.checkpoint, device=args.device)
     info = ckpt.state["dataset"]
     shape, classes = tuple(info["input_shape"]), list(info["classes"])
@@ -255,23 +263,11 @@ def cmd_check(args):
 
 # =========================================================================== parser
 
-def _checked(convert, ok, expected):
-    """An argparse type: ``convert(text)`` that must satisfy ``ok``, else a clear message."""
-    def parse(text):
-        try:
-            v = convert(text)
-        except ValueError:
-            v = None
-        if v is None or not ok(v):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return v
-    return parse
-
-
-_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_nonneg_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
-_positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a positive number")  # NaN fails
-_decay = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+# argparse types: the shared number rules, reading text (messages: "expected a positive integer, got '0'")
+_positive_int = POSITIVE_INT.parse
+_nonneg_int = NON_NEGATIVE_INT.parse
+_positive_float = POSITIVE.parse
+_decay = FRACTION.parse
 
 
 def build_parser():
@@ -286,7 +282,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"gpucnn {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from .train import DEFAULTS
+    from .runs import DEFAULTS
     epilog = "per-dataset defaults:\n" + "\n".join(
         f"  {name:8} --model {d['model']} --epochs {d['epochs']} --batch-size {d['batch_size']} "
         f"--optimizer {d['optimizer']} --lr {d['lr']:g} --lr-decay {d['lr_decay']:g}"
@@ -309,7 +305,7 @@ def build_parser():
                    help="multiply the learning rate by G after every epoch (0 < G <= 1)")
     t.add_argument("--optimizer", choices=("sgd", "adam"))
     t.add_argument("--seed", type=_nonneg_int, help="seed for initialisation and shuffling (default 0)")
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto (a GPU when usable)")
+    t.add_argument("--device", choices=DEVICES, help="default auto (a GPU when usable)")
     t.add_argument("--dtype", choices=("float32", "float64"))
     t.add_argument("--out", metavar="DIR", help="run directory (default: a new folder under --runs-dir)")
     t.add_argument("--runs-dir", default="runs", metavar="DIR", help="where new run folders go (default runs/)")
@@ -323,7 +319,7 @@ def build_parser():
     e.add_argument("--data", choices=DATASETS)
     e.add_argument("--data-dir", metavar="DIR")
     e.add_argument("--t10k-split", type=_positive_int, metavar="N")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--device", choices=DEVICES)
     e.add_argument("--batch-size", type=_positive_int, default=500)
     e.add_argument("--out", metavar="PNG", help="confusion-matrix image (default: confusion.png beside the checkpoint)")
     e.set_defaults(func=cmd_evaluate)
@@ -332,7 +328,7 @@ def build_parser():
                        description="Print the predicted class and its probability for each image.")
     p.add_argument("--checkpoint", required=True, metavar="PATH")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", choices=DEVICES)
     p.add_argument("--top", type=_positive_int, default=1, help="also show the next most likely classes")
     p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                    help="invert grey images (auto: when the background is light)")
@@ -343,7 +339,7 @@ def build_parser():
     i.set_defaults(func=cmd_info)
 
     c = sub.add_parser("check", parents=[common], help="backend parity report on this machine")
-    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    c.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto: compare the GPU with the CPU when one is usable (default)")
     c.set_defaults(func=cmd_check)
     return parser

@@ -461,27 +461,87 @@ def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=
 
 # --------------------------------------------------------------------------- single images (predict)
 
+# Decoding and resampling go through Pillow: matplotlib depends on it (pillow>=6.2 for
+# matplotlib>=3.5), so it comes with gpucnn without its own entry in pyproject.toml; only
+# names Pillow 6.2 already has are used here (Image.BOX, alpha_composite).
+
 IMAGE_SUFFIXES = (".png", ".npy")
 
 
-def _area_matrix(n_out, n_in):
-    """(n_out, n_in) weights: each output cell averages the input cells it overlaps (area resampling)."""
-    m = np.zeros((n_out, n_in))
-    scale = n_in / n_out
-    for i in range(n_out):
-        lo, hi = i * scale, (i + 1) * scale
-        for j in range(int(np.floor(lo)), min(int(np.ceil(hi)), n_in)):
-            m[i, j] = min(hi, j + 1) - max(lo, j)
-    return m / m.sum(axis=1, keepdims=True)
-
-
 def resize_image(img, height, width):
-    """Resize (C, h, w) to (C, height, width) by area averaging (each output pixel covers a box)."""
+    """Resize (C, h, w) to (C, height, width) with Pillow's box filter (area averaging when shrinking)."""
     c, h, w = img.shape
     if (h, w) == (height, width):
         return img
-    ry, rx = _area_matrix(height, h), _area_matrix(width, w)
-    return np.einsum("yh,chw,xw->cyx", ry, img, rx)
+    from PIL import Image
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(ch, dtype=np.float32))
+                                .resize((width, height), Image.BOX), dtype=np.float64)
+                     for ch in img])
+
+
+def _read_png(path):
+    """(C, H, W) float64 in [0, 1], C = 1 (grey) or 3; transparent pixels are put on white."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                raise DataError(f"{path}: cannot read as PNG (it is a {im.format} file)")
+            if im.mode in ("I", "I;16", "I;16B", "I;16L"):          # 16-bit grey
+                return np.asarray(im, dtype=np.float64)[None] / 65535.0
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+            im = im.convert("L" if im.mode in ("1", "L", "LA") else "RGB")
+            arr = np.asarray(im, dtype=np.float64) / 255.0
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:   # UnidentifiedImageError is an OSError
+        raise DataError(f"{path}: cannot read as PNG ({type(exc).__name__}: {exc})") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _read_npy(path):
+    """(C, H, W) float64 in [0, 1] from a pickle-free ``.npy`` (see :func:`load_image`)."""
+    try:
+        raw = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+    if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "uif" or raw.size == 0:
+        raise DataError(f"{path}: expected a non-empty numeric array, got dtype "
+                        f"{getattr(raw, 'dtype', type(raw).__name__)}")
+    if raw.ndim == 4 and raw.shape[0] == 1:
+        raw = raw[0]
+    if raw.dtype == np.uint8:
+        arr = raw.astype(np.float64) / 255.0
+    else:
+        arr = raw.astype(np.float64)
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path}: the image contains NaN or infinity")
+        if arr.min() < 0.0 or arr.max() > 1.0:
+            raise DataError(f"{path}: pixel values must be uint8 (0..255) or floats in [0, 1], "
+                            f"got values from {arr.min():g} to {arr.max():g}")
+    if arr.ndim == 2:
+        return arr[None]
+    if arr.ndim != 3:
+        raise DataError(f"{path}: expected an image of shape (H, W), (H, W, C) or (C, H, W), "
+                        f"got {raw.shape}")
+    if not (arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3, 4)) and arr.shape[2] in (1, 3, 4):
+        arr = arr.transpose(2, 0, 1)            # (H, W, C); otherwise already (C, H, W)
+    return arr[:3] if arr.shape[0] == 4 else arr
+
+
+def _match_channels(arr, c_want, path, notes):
+    c = arr.shape[0]
+    if c not in (1, 3):
+        raise DataError(f"{path}: images must have 1 or 3 channels, got {c} (shape {arr.shape})")
+    if c == 3 and c_want == 1:
+        notes.append("converted colour to grey")
+        return (0.299 * arr[0] + 0.587 * arr[1] + 0.114 * arr[2])[None]   # ITU-R 601 luma
+    if c == 1 and c_want == 3:
+        notes.append("repeated grey into 3 channels")
+        return np.repeat(arr, 3, axis=0)
+    if c != c_want:
+        raise DataError(f"{path}: the model takes {c_want}-channel images, got {c}")
+    return arr
 
 
 def load_image(path, input_shape, *, invert="auto", resize=True):
@@ -490,7 +550,8 @@ def load_image(path, input_shape, *, invert="auto", resize=True):
     Returns ``(image, notes)``: ``image`` is float64 (C, H, W) with pixels in
     [0, 1] (not yet normalised), ``notes`` a list of what was done to it.
 
-    * PNG via ``matplotlib.image.imread``; transparent pixels are put on white.
+    * PNG through Pillow (8- or 16-bit, grey, colour or palette); transparent pixels
+      are put on white.
     * ``.npy`` (loaded without pickle): (H, W), (H, W, C), (C, H, W) or
       (1, C, H, W); uint8 means 0..255, floats must lie in [0, 1].
     * Colour becomes grey (luminance) for a 1-channel model; grey is repeated
@@ -507,63 +568,8 @@ def load_image(path, input_shape, *, invert="auto", resize=True):
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     notes = []
-    if suffix == ".png":
-        try:
-            import matplotlib.image as mpimg
-            arr = np.asarray(mpimg.imread(path), dtype=np.float64)
-        except Exception as exc:
-            raise DataError(f"{path}: cannot read as PNG ({type(exc).__name__}: {exc})") from None
-        if arr.ndim == 3 and arr.shape[2] == 4:
-            alpha = arr[:, :, 3:4]
-            arr = arr[:, :, :3] * alpha + (1.0 - alpha)
-        if arr.ndim == 3:
-            arr = arr.transpose(2, 0, 1)
-        elif arr.ndim == 2:
-            arr = arr[None]
-        else:
-            raise DataError(f"{path}: unexpected PNG array shape {arr.shape}")
-    else:
-        try:
-            raw = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise DataError(f"{path}: not a readable .npy array ({exc})") from None
-        if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "uif" or raw.size == 0:
-            raise DataError(f"{path}: expected a non-empty numeric array, got dtype "
-                            f"{getattr(raw, 'dtype', type(raw).__name__)}")
-        if raw.ndim == 4 and raw.shape[0] == 1:
-            raw = raw[0]
-        if raw.dtype == np.uint8:
-            arr = raw.astype(np.float64) / 255.0
-        else:
-            arr = raw.astype(np.float64)
-            if not np.isfinite(arr).all():
-                raise DataError(f"{path}: the image contains NaN or infinity")
-            if arr.min() < 0.0 or arr.max() > 1.0:
-                raise DataError(f"{path}: pixel values must be uint8 (0..255) or floats in [0, 1], "
-                                f"got values from {arr.min():g} to {arr.max():g}")
-        if arr.ndim == 2:
-            arr = arr[None]
-        elif arr.ndim == 3:
-            if arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3, 4):
-                pass                                    # (C, H, W)
-            elif arr.shape[2] in (1, 3, 4):
-                arr = arr.transpose(2, 0, 1)            # (H, W, C)
-            if arr.shape[0] == 4:
-                arr = arr[:3]
-        else:
-            raise DataError(f"{path}: expected an image of shape (H, W), (H, W, C) or (C, H, W), "
-                            f"got {raw.shape}")
-    c = arr.shape[0]
-    if c not in (1, 3):
-        raise DataError(f"{path}: images must have 1 or 3 channels, got {c} (shape {arr.shape})")
-    if c == 3 and c_want == 1:
-        arr = (0.299 * arr[0] + 0.587 * arr[1] + 0.114 * arr[2])[None]
-        notes.append("converted colour to grey")
-    elif c == 1 and c_want == 3:
-        arr = np.repeat(arr, 3, axis=0)
-        notes.append("repeated grey into 3 channels")
-    elif c != c_want:
-        raise DataError(f"{path}: the model takes {c_want}-channel images, got {c}")
+    arr = _read_png(path) if suffix == ".png" else _read_npy(path)
+    arr = _match_channels(arr, c_want, path, notes)
     if arr.shape[1:] != (h_want, w_want):
         if not resize:
             raise DataError(f"{path}: the model takes {h_want}x{w_want} images, got "

@@ -14,29 +14,10 @@ import numpy as np
 
 from . import backends
 from . import random as _random
+from .errors import NonFiniteError
+from .validation import POSITIVE_INT, int_pair
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _pair(value, name, layer, minimum):
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{layer}: {name} must be an int or an (h, w) pair, got {value!r}")
-        pair = tuple(value)
-    else:
-        pair = (value, value)
-    for v in pair:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{layer}: {name} must be an int or an (h, w) pair of ints, got {value!r}")
-        if v < minimum:
-            raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value!r}")
-    return (int(pair[0]), int(pair[1]))
-
-
-def _positive_int(value, name, layer):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def check_float_input(layer, x, ndim=None, what="input", finite=True):
@@ -55,7 +36,7 @@ def check_float_input(layer, x, ndim=None, what="input", finite=True):
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{layer}: expected a float32 or float64 {what}, got dtype {x.dtype}")
     if finite and _inner_depth == 0 and not backend.all_finite(x):
-        raise ValueError(f"{layer}: the {what} contains NaN or infinity")
+        raise NonFiniteError(f"{layer}: the {what} contains NaN or infinity")
     return backend
 
 
@@ -105,7 +86,13 @@ class Module:
     def forward(self, x):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def backward(self, grad):  # pragma: no cover - abstract
+    def backward(self, grad, input_grad=True):  # pragma: no cover - abstract
+        """δ for the output -> δ for the input, adding parameter gradients into ``.grad``.
+
+        Every module takes ``input_grad``: False means nobody needs δ for the input
+        (the network's first layer), so the module may skip computing it and return
+        None; its parameters' ``.grad`` must still be filled.
+        """
         raise NotImplementedError
 
     @property
@@ -287,11 +274,11 @@ class Conv2d(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  bias=True, rng=None):
-        self.in_channels = _positive_int(in_channels, "in_channels", "Conv2d")
-        self.out_channels = _positive_int(out_channels, "out_channels", "Conv2d")
-        self.kernel_size = _pair(kernel_size, "kernel_size", "Conv2d", 1)
-        self.stride = _pair(stride, "stride", "Conv2d", 1)
-        self.padding = _pair(padding, "padding", "Conv2d", 0)
+        self.in_channels = POSITIVE_INT(in_channels, "in_channels", "Conv2d")
+        self.out_channels = POSITIVE_INT(out_channels, "out_channels", "Conv2d")
+        self.kernel_size = int_pair(kernel_size, "kernel_size", "Conv2d", 1)
+        self.stride = int_pair(stride, "stride", "Conv2d", 1)
+        self.padding = int_pair(padding, "padding", "Conv2d", 0)
         rng = _random.resolve(rng)
         kh, kw = self.kernel_size
         fan_in = self.in_channels * kh * kw
@@ -339,8 +326,8 @@ class Linear(Module):
     """y = x Wᵀ + b, W of shape (out_features, in_features)."""
 
     def __init__(self, in_features, out_features, bias=True, rng=None):
-        self.in_features = _positive_int(in_features, "in_features", "Linear")
-        self.out_features = _positive_int(out_features, "out_features", "Linear")
+        self.in_features = POSITIVE_INT(in_features, "in_features", "Linear")
+        self.out_features = POSITIVE_INT(out_features, "out_features", "Linear")
         rng = _random.resolve(rng)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(_uniform((self.out_features, self.in_features), bound, rng))
@@ -377,9 +364,9 @@ class Linear(Module):
 class _Pool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         name = type(self).__name__
-        self.kernel_size = _pair(kernel_size, "kernel_size", name, 1)
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", name, 1)
-        self.padding = _pair(padding, "padding", name, 0)
+        self.kernel_size = int_pair(kernel_size, "kernel_size", name, 1)
+        self.stride = self.kernel_size if stride is None else int_pair(stride, "stride", name, 1)
+        self.padding = int_pair(padding, "padding", name, 0)
         for p, k in zip(self.padding, self.kernel_size):
             if p > k // 2:
                 raise ValueError(f"{name}: padding must be at most half the kernel size, got "
@@ -410,7 +397,9 @@ class MaxPool2d(_Pool2d):
         self._x_shape, self._y_shape, self._dtype_in = x.shape, y.shape, x.dtype
         return y
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        if not input_grad:
+            return None   # no parameters: nothing else to compute
         x_shape = self._saved("_x_shape")
         B = self._check_grad(grad, self._y_shape, self._dtype_in)
         return B.maxpool2d_backward(grad, self._argmax, x_shape, self.kernel_size,
@@ -426,7 +415,9 @@ class AvgPool2d(_Pool2d):
         self._x_shape, self._y_shape, self._dtype_in = x.shape, y.shape, x.dtype
         return y
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        if not input_grad:
+            return None
         x_shape = self._saved("_x_shape")
         B = self._check_grad(grad, self._y_shape, self._dtype_in)
         return B.avgpool2d_backward(grad, x_shape, self.kernel_size, self.stride, self.padding)
@@ -445,7 +436,9 @@ class _Activation(Module):
         self._y = getattr(B, self.primitive + "_forward")(x)
         return self._y
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        if not input_grad:
+            return None
         y = self._saved("_y")
         B = self._check_grad(grad, y.shape, y.dtype)
         return getattr(B, self.primitive + "_backward")(grad, y)
@@ -483,7 +476,9 @@ class Flatten(Module):
         self._x_shape = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
+        if not input_grad:
+            return None
         x_shape = self._saved("_x_shape")
         n = int(np.prod(x_shape[1:]))
         if tuple(grad.shape) != (x_shape[0], n):
@@ -530,22 +525,13 @@ class Sequential(Module):
         """Walk the layers in reverse passing δ down; return δ for the network's input.
 
         ``input_grad=False`` skips the input's δ (returns None), as PyTorch does for an
-        input that needs no gradient: the first layer fills only its parameters'
-        ``.grad``, and a first layer without parameters is not visited at all.
+        input that needs no gradient: the first layer is asked only for its parameters'
+        ``.grad`` (a layer without parameters then has nothing to do).
         """
         check_float_input("Sequential.backward", grad, what="gradient")
         with _inside():
             for i in range(len(self.layers) - 1, -1, -1):
-                layer = self.layers[i]
-                if i > 0 or input_grad:
-                    grad = layer.backward(grad)
-                elif isinstance(layer, (Conv2d, Linear, Sequential)):
-                    grad = layer.backward(grad, input_grad=False)
-                elif layer.parameters():  # a user's own layer with parameters
-                    layer.backward(grad)
-                    grad = None
-                else:
-                    grad = None
+                grad = self.layers[i].backward(grad, input_grad=i > 0 or input_grad)
         return grad
 
     def __repr__(self):

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from . import backends
+from .errors import NonFiniteError
 from .layers import check_float_input
 
 
@@ -14,7 +15,7 @@ def _finite_loss(name, B, loss, output):
     """The output is scanned for NaN/inf only when the loss is not finite: reading the
     loss is the one device sync a step needs, a separate scan would be a second one."""
     if not math.isfinite(loss) and not B.all_finite(output):
-        raise ValueError(f"{name}: the output contains NaN or infinity")
+        raise NonFiniteError(f"{name}: the output contains NaN or infinity")
     return loss
 
 
@@ -44,7 +45,7 @@ class MSELoss(_Loss):
             raise TypeError(f"MSELoss: expected a numeric target, got dtype {t.dtype}")
         t = B.asarray(t, dtype=output.dtype)
         if not B.all_finite(t):
-            raise ValueError("MSELoss: the target contains NaN or infinity")
+            raise NonFiniteError("MSELoss: the target contains NaN or infinity")
         self._saved = (B, output, t)
         with np.errstate(invalid="ignore", over="ignore"):
             loss = B.mse_forward(output, t)

@@ -2,21 +2,13 @@
 with the same formulas as ``torch.optim`` (W ← W − α ∂L/∂W, plus momentum / Adam)."""
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from . import backends
 from .layers import Parameter
+from .validation import NON_NEGATIVE, Rule
 
-
-def _number(value, name, owner, low=0.0, high=None, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
-    if value < low or (high is not None and (value >= high if high_open else value > high)):
-        rng = f">= {low}" if high is None else f"in [{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{owner}: {name} must be {rng}, got {value!r}")
-    return float(value)
+_BETA = Rule(float, 0, 1, high_open=True)
 
 
 class Optimizer:
@@ -100,9 +92,9 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr, momentum=0, weight_decay=0, nesterov=False):
         super().__init__(params)
-        self.lr = _number(lr, "lr", "SGD")
-        self.momentum = _number(momentum, "momentum", "SGD")
-        self.weight_decay = _number(weight_decay, "weight_decay", "SGD")
+        self.lr = NON_NEGATIVE(lr, "lr", "SGD")
+        self.momentum = NON_NEGATIVE(momentum, "momentum", "SGD")
+        self.weight_decay = NON_NEGATIVE(weight_decay, "weight_decay", "SGD")
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov=True needs a momentum > 0")
@@ -124,13 +116,13 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0):
         super().__init__(params)
-        self.lr = _number(lr, "lr", "Adam")
+        self.lr = NON_NEGATIVE(lr, "lr", "Adam")
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (_number(betas[0], "betas[0]", "Adam", 0.0, 1.0, True),
-                      _number(betas[1], "betas[1]", "Adam", 0.0, 1.0, True))
-        self.eps = _number(eps, "eps", "Adam")
-        self.weight_decay = _number(weight_decay, "weight_decay", "Adam")
+        self.betas = (_BETA(betas[0], "betas[0]", "Adam"),
+                      _BETA(betas[1], "betas[1]", "Adam"))
+        self.eps = NON_NEGATIVE(eps, "eps", "Adam")
+        self.weight_decay = NON_NEGATIVE(weight_decay, "weight_decay", "Adam")
         self.defaults = {"lr": self.lr, "betas": self.betas, "eps": self.eps,
                          "weight_decay": self.weight_decay}
 

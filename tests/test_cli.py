@@ -208,6 +208,6 @@ def test_real_ctrl_c_saves_and_prints_resume_command(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert f"Resume with: gpucnn train --resume {out / 'checkpoint.npz'} --epochs 100000" in err
-    from gpucnn.train import load_checkpoint
+    from gpucnn.checkpoint import load_checkpoint
     ck = load_checkpoint(out / "checkpoint.npz")
     assert ck.state["global_step"] >= 45       # at least the first epoch (45 steps) was kept

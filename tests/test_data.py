@@ -344,3 +344,25 @@ def test_resize_image_area_average():
     assert resize_image(x, 4, 4) is x
     up = resize_image(np.array([[[1.0, 3.0]]]), 1, 4)
     assert np.array_equal(up, [[[1.0, 1.0, 3.0, 3.0]]])
+
+
+def test_load_image_png_modes_through_pillow(tmp_path):
+    """Grey, 16-bit grey, palette with a transparent entry, and a JPEG named .png."""
+    from PIL import Image
+    grey = np.zeros((8, 8), np.uint8)
+    grey[2:6, 3:5] = 255
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    out, notes = load_image(tmp_path / "grey.png", (1, 8, 8))
+    assert np.array_equal(out[0], grey / 255.0) and notes == []
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    out16, _ = load_image(tmp_path / "grey16.png", (1, 8, 8))
+    assert np.allclose(out16, out)
+    pal = Image.fromarray(np.array([[0, 1], [1, 2]], np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255] + [0] * 759)
+    pal.save(tmp_path / "pal.png", transparency=2)          # index 2 (blue) is transparent
+    rgb, _ = load_image(tmp_path / "pal.png", (3, 2, 2), invert="no")
+    assert np.array_equal(rgb[:, 0, 0], [0, 0, 0]) and np.array_equal(rgb[:, 0, 1], [1, 0, 0])
+    assert np.array_equal(rgb[:, 1, 1], [1, 1, 1])          # transparent: white paper
+    Image.fromarray(grey).save(tmp_path / "photo.png", format="JPEG")
+    with pytest.raises(DataError, match=r"photo.png: cannot read as PNG \(it is a JPEG file\)"):
+        load_image(tmp_path / "photo.png", (1, 8, 8))

@@ -10,9 +10,11 @@ import pytest
 import gpucnn as nn
 from gpucnn.data import ImageSet, load_dataset
 from gpucnn.models import build_model, lenet
-from gpucnn.train import (CHECKPOINT_NAME, CheckpointError, Trainer, TrainingDiverged,
-                          TrainingInterrupted, atomic_write, evaluate, fit, load_checkpoint,
-                          load_model, make_optimizer, predict_proba, run_training, save_checkpoint)
+from gpucnn.checkpoint import (CHECKPOINT_NAME, CheckpointError, atomic_write, load_checkpoint,
+                               save_checkpoint)
+from gpucnn.evaluation import evaluate, predict_proba
+from gpucnn.runs import load_model, run_training
+from gpucnn.trainer import Trainer, TrainingDiverged, TrainingInterrupted, fit, make_optimizer
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
 
@@ -422,7 +424,7 @@ def test_checkpoint_survives_kill_9_in_the_middle_of_a_write(tmp_path):
     path = tmp_path / CHECKPOINT_NAME
     code = (
         "import os, signal, sys, numpy as np, gpucnn as nn\n"
-        "import gpucnn.train as T\n"
+        "import gpucnn.checkpoint as T\n"
         "m = nn.Sequential(nn.Linear(300, 10))\n"
         "T.save_checkpoint(sys.argv[1], m, config={'i': 1})\n"
         "real_savez = np.savez\n"
@@ -442,3 +444,17 @@ def test_checkpoint_survives_kill_9_in_the_middle_of_a_write(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     ck = load_checkpoint(path)                 # the previous checkpoint, whole
     assert ck.config == {"i": 1} and ck.model_state["0.bias"][0] != 42
+
+
+def test_old_gpucnn_train_imports_still_work():
+    """gpucnn.train re-exports the names the README and older scripts import (same objects)."""
+    import gpucnn.checkpoint
+    import gpucnn.evaluation
+    import gpucnn.plots
+    import gpucnn.runs
+    import gpucnn.train as old
+    import gpucnn.trainer
+    homes = (gpucnn.checkpoint, gpucnn.evaluation, gpucnn.plots, gpucnn.runs, gpucnn.trainer)
+    for name in old.__all__:
+        owners = [m for m in homes if getattr(m, name, None) is getattr(old, name)]
+        assert owners, f"gpucnn.train.{name} is not the object of any new module"

@@ -1,0 +1,280 @@
+"""What ``gpucnn train`` runs: the configuration, the data and model it names, the run directory.
+
+:class:`TrainConfig` (``None`` fields take :data:`DEFAULTS` for the dataset) is stored in
+every checkpoint, so :func:`load_model` rebuilds a trained model from the file alone and
+:func:`run_training` can resume a run with only ``epochs``, ``device`` and ``data_dir``
+changed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from .backends import DEVICES
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, load_checkpoint
+from .data import DATASETS, Dataset, load_dataset
+from .plots import CURVES_PNG, HISTORY_CSV, HISTORY_JSON
+from .trainer import Trainer, make_optimizer
+from .validation import FRACTION, POSITIVE, POSITIVE_INT, one_of
+
+__all__ = ["TrainConfig", "DEFAULTS", "dataset_for", "load_model", "RunResult", "run_training",
+           "OUTPUT_FILES"]
+
+#: The files a training run writes into its run directory.
+OUTPUT_FILES = (CHECKPOINT_NAME, HISTORY_JSON, HISTORY_CSV, CURVES_PNG)
+
+DEFAULTS = {
+    "digits": {"model": "cifar", "epochs": 15, "batch_size": 32, "lr": 1e-3, "lr_decay": 1.0, "optimizer": "adam"},
+    "mnist": {"model": "lenet", "epochs": 3, "batch_size": 32, "lr": 2e-3, "lr_decay": 0.3, "optimizer": "adam"},
+    "cifar10": {"model": "cifar", "epochs": 10, "batch_size": 64, "lr": 1e-3, "lr_decay": 1.0, "optimizer": "adam"},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a ``gpucnn train`` run (stored in its checkpoint).
+
+    ``None`` fields take the dataset's value from :data:`DEFAULTS`
+    (:meth:`resolved`).  ``epochs`` is the total number of epochs.
+    """
+
+    data: str = "digits"
+    data_dir: str | None = None
+    t10k_split: int | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    model: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    lr_decay: float | None = None
+    optimizer: str | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def resolved(self) -> "TrainConfig":
+        if self.data not in DATASETS:
+            raise ValueError(f"unknown dataset {self.data!r}; expected one of {', '.join(DATASETS)}")
+        values = asdict(self)
+        for k, v in DEFAULTS[self.data].items():
+            if values[k] is None:
+                values[k] = v
+        cfg = TrainConfig(**values)
+        if cfg.data_dir is not None:
+            cfg.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
+        for name in ("epochs", "batch_size"):
+            POSITIVE_INT(getattr(cfg, name), name, "TrainConfig")
+        POSITIVE(cfg.lr, "lr", "TrainConfig")
+        FRACTION(cfg.lr_decay, "lr_decay", "TrainConfig")
+        one_of(cfg.dtype, "dtype", ("float32", "float64"), "TrainConfig")
+        one_of(cfg.device, "device", DEVICES, "TrainConfig")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CheckpointError(f"the checkpoint's configuration has fields a `gpucnn train` run does "
+                                  f"not have ({', '.join(unknown)}); it was written by another script")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def dataset_for(cfg: TrainConfig, dtype=np.float32) -> Dataset:
+    """Load the dataset a (resolved) configuration names."""
+    return load_dataset(cfg.data, cfg.data_dir, t10k_split=cfg.t10k_split, limit_train=cfg.limit_train,
+                        limit_test=cfg.limit_test, dtype=dtype)
+
+
+def load_model(checkpoint, device=None):
+    """Rebuild the model of a ``gpucnn train`` checkpoint: returns ``(model, Checkpoint, TrainConfig)``.
+
+    ``device``: "auto" (default: the GPU when usable), "cpu" or "cuda".
+    """
+    import gpucnn
+    from .models import build_model
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    cfg = TrainConfig.from_dict(ckpt.config)
+    info = ckpt.state.get("dataset") or {}
+    shape, classes = info.get("input_shape"), info.get("classes")
+    if not shape or not classes or not cfg.model:
+        raise CheckpointError(f"checkpoint {ckpt.path} does not record its model and input shape "
+                              "(it was not written by `gpucnn train`)")
+    gpucnn.manual_seed(int(cfg.seed))
+    model = build_model(cfg.model, tuple(shape), len(classes))
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {ckpt.path}: weights do not fit model {cfg.model!r}: {exc}") from None
+    model.to(device=device or "auto", dtype=cfg.dtype)
+    return model, ckpt, cfg
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_training` returns."""
+
+    run_dir: Path
+    checkpoint: Path
+    history: list
+    test_accuracy: float | None
+    config: TrainConfig
+    seconds: float
+    trainer: Trainer = field(repr=False, default=None)
+    dataset: Dataset = field(repr=False, default=None)
+
+    def summary(self):
+        outs = ", ".join(n for n in OUTPUT_FILES if (self.run_dir / n).exists())
+        acc = "n/a" if self.test_accuracy is None else f"{100 * self.test_accuracy:.2f}%"
+        n_test = len(self.dataset.test) if self.dataset is not None else "?"
+        return (f"test accuracy {acc} ({n_test} {self.config.data} test images) after "
+                f"{len(self.history)} epochs in {self.seconds:.1f} s; outputs in {self.run_dir}/ ({outs})")
+
+
+_RESUME_OVERRIDABLE = {"epochs", "device", "data_dir"}
+
+
+def _new_run_dir(root, cfg):
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{cfg.data}-{cfg.model}-{stamp}"
+    for i in range(1, 1000):
+        candidate = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            candidate.mkdir(parents=True, exist_ok=False)
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a new run directory under {root}")
+
+
+def _check_no_outputs(run_dir, resume_hint=True):
+    existing = [n for n in OUTPUT_FILES if (Path(run_dir) / n).exists()]
+    if existing:
+        hint = (f"; to continue that run use --resume {Path(run_dir) / CHECKPOINT_NAME}"
+                if CHECKPOINT_NAME in existing and resume_hint else "")
+        raise FileExistsError(f"refusing to overwrite {', '.join(existing)} in {run_dir}: choose "
+                              f"another --out{hint}")
+
+
+def _new_run(config, overrides, out):
+    """Configuration of a new run and its directory: ``(cfg, run_dir or None, created_dir)``."""
+    cfg = config or TrainConfig()
+    cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in overrides.items() if v is not None}})
+    cfg = cfg.resolved()
+    if out is None:
+        return cfg, None, True           # a fresh folder under runs_root, made once the model is built
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} exists and is not a folder")
+    created_dir = not run_dir.exists()
+    _check_no_outputs(run_dir)
+    return cfg, run_dir, created_dir
+
+
+def _resumed_run(ckpt, config, overrides, out):
+    """Configuration of a resumed run (the checkpoint's, with the allowed changes) and its directory."""
+    cfg = TrainConfig.from_dict(ckpt.config)
+    given = {k: v for k, v in asdict(config).items()
+             if v is not None and v != getattr(TrainConfig(), k)} if config is not None else {}
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    for k, v in given.items():
+        if k in _RESUME_OVERRIDABLE:
+            setattr(cfg, k, v)
+        elif v != getattr(cfg, k):
+            raise ValueError(f"--{k.replace('_', '-')} cannot change when resuming (the checkpoint "
+                             f"was trained with {k}={getattr(cfg, k)!r}); only "
+                             f"--epochs, --device and --data-dir can")
+    cfg = cfg.resolved()
+    done = int(ckpt.state.get("epoch", 0))
+    if done >= cfg.epochs and not ckpt.state.get("step_in_epoch"):
+        raise ValueError(f"checkpoint {ckpt.path} already has {done} epochs; pass --epochs N "
+                         f"with N > {done} to train further")
+    run_dir = Path(out) if out is not None else ckpt.path.parent
+    if run_dir.resolve() != ckpt.path.parent.resolve():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _check_no_outputs(run_dir, resume_hint=False)
+    return cfg, run_dir, False
+
+
+def _build(cfg):
+    """The dataset, the seeded model on its device, and the optimizer a configuration names."""
+    import gpucnn
+    from .models import build_model
+    dataset = dataset_for(cfg, dtype=np.float32)
+    gpucnn.manual_seed(int(cfg.seed))
+    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+    model.to(device=cfg.device, dtype=np.dtype(cfg.dtype))
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    return dataset, model, optimizer
+
+
+def _dataset_record(dataset):
+    """What a checkpoint keeps about its data so that `evaluate` and `predict` can rebuild the model."""
+    return {"name": dataset.name, "input_shape": list(dataset.input_shape),
+            "classes": list(dataset.classes), "mean": list(dataset.mean), "std": list(dataset.std)}
+
+
+def _describe(cfg, dataset, model, run_dir):
+    decay = f" (x{cfg.lr_decay:g} per epoch)" if cfg.lr_decay != 1 else ""
+    return (f"training {cfg.model} on {dataset.source}: {len(dataset.train)} train / "
+            f"{len(dataset.test)} test images {dataset.input_shape}, {cfg.optimizer} lr {cfg.lr:g}"
+            f"{decay}, batch {cfg.batch_size}, {cfg.epochs} epochs, device {model.device} "
+            f"({np.dtype(cfg.dtype).name}), run dir {run_dir}")
+
+
+def run_training(config=None, *, out=None, resume=None, runs_root="runs", progress=True, log=print,
+                 on_step=None, **overrides) -> RunResult:
+    """Run ``gpucnn train``: load the data, build model and optimizer, train, write the run directory.
+
+    ``config`` is a :class:`TrainConfig` (``overrides`` set its fields).  ``out``
+    is the run directory (default a new ``runs_root/<data>-<model>-<time>``);
+    it must not already hold a run's files.  ``resume`` is a checkpoint to
+    continue: its configuration is used, only ``epochs`` (the new total),
+    ``device`` and ``data_dir`` may change, and the run directory defaults to the
+    checkpoint's folder.
+    """
+    started = time.perf_counter()
+    unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise TypeError(f"run_training: unknown settings {', '.join(unknown)}; "
+                        f"expected TrainConfig fields")
+    ckpt = load_checkpoint(resume) if resume is not None else None
+    cfg, run_dir, created_dir = (_resumed_run(ckpt, config, overrides, out) if ckpt is not None
+                                 else _new_run(config, overrides, out))
+    dataset, model, optimizer = _build(cfg)
+    if run_dir is None:
+        run_dir = _new_run_dir(runs_root, cfg)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
+                      seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
+                      progress=progress, log=log, on_step=on_step, lr_decay=cfg.lr_decay,
+                      title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
+                      extra_state={"dataset": _dataset_record(dataset)})
+    if ckpt is not None:
+        trainer.restore(ckpt)
+        where = (f"epoch {trainer.epoch}" if not trainer.step_in_epoch
+                 else f"epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}")
+        log(f"resuming {ckpt.path} from {where} (of {cfg.epochs})")
+    log(_describe(cfg, dataset, model, run_dir))
+    try:
+        trainer.fit(cfg.epochs)
+    except BaseException:
+        if created_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before writing anything leaves nothing behind
+        raise
+    final = trainer.history[-1].get("test_acc") if trainer.history else None
+    return RunResult(run_dir=run_dir, checkpoint=trainer.checkpoint_path, history=trainer.history,
+                     test_accuracy=final, config=cfg, seconds=time.perf_counter() - started,
+                     trainer=trainer, dataset=dataset)

@@ -1,0 +1,484 @@
+"""The training loop: :class:`Trainer` (a step, the end of an epoch) and :func:`fit` around it.
+
+A step: a seeded mini-batch, forward, loss, explicit backward, optimizer update.  The
+end of an epoch: evaluation on the test set, one record in the history, one log line,
+and with a run directory the checkpoint, ``history.json``/``.csv`` and ``curves.png``.
+Ctrl-C saves and says how to resume; a loss that stops being finite stops training
+with :class:`TrainingDiverged`.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import backends
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .data import BatchIterator
+from .errors import NonFiniteError
+from .evaluation import as_imageset, evaluate, model_backend, to_model_device
+from .plots import CURVES_PNG, plot_history, write_history
+from .validation import FRACTION
+
+__all__ = ["Trainer", "fit", "make_optimizer", "TrainingDiverged", "TrainingInterrupted"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the network's activations) stopped being finite.
+
+    ``epoch`` and ``step`` (1-based) name the step; ``checkpoint`` is the last
+    good checkpoint on disk, or None.
+    """
+
+    def __init__(self, message, *, epoch=None, step=None, global_step=None, checkpoint=None):
+        super().__init__(message)
+        self.epoch, self.step, self.global_step, self.checkpoint = epoch, step, global_step, checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a KeyboardInterrupt from a callback) stopped :meth:`Trainer.fit`.
+
+    ``checkpoint`` is where the state at the last completed step was saved (None
+    if nothing could be saved); ``message`` says what happened and how to resume.
+    """
+
+    def __init__(self, message, *, checkpoint=None):
+        super().__init__(message)
+        self.message, self.checkpoint = message, checkpoint
+
+    def __str__(self):
+        return self.message
+
+
+def _progress_bar(total, initial, desc, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency, but training must not need it
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False,
+                dynamic_ncols=True, file=sys.stderr)
+
+
+class Trainer:
+    """Mini-batch training of ``model`` with ``optimizer`` on ``train`` (and evaluation on ``test``).
+
+    Parameters
+    ----------
+    model, optimizer
+        A gpucnn Module (already on its device) and an optimizer over its parameters.
+    train, test
+        :class:`~gpucnn.data.ImageSet` or ``(images, labels)`` pairs (numpy); ``test`` may be None.
+    loss_fn
+        Default :class:`gpucnn.CrossEntropyLoss`.
+    batch_size, seed
+        Mini-batch size; seed of the shuffling (:class:`~gpucnn.data.BatchIterator`).
+    run_dir
+        If given, every epoch writes ``checkpoint.npz``, ``history.json``,
+        ``history.csv`` and ``curves.png`` there.
+    config
+        A JSON-able dict stored in the checkpoint (how to rebuild the run).
+    progress
+        Show a tqdm bar per epoch (on stderr).
+    log
+        Called with each text line (epoch lines, messages); default ``print``.
+    extra_state
+        A JSON-able dict saved in every checkpoint's ``state`` (``gpucnn train``
+        records the dataset's shape, classes and normalisation there).
+    title
+        Title of the ``curves.png`` plot.
+    lr_decay
+        Epoch ``e`` (0-based) trains with ``lr * lr_decay**e`` (``lr``: the
+        optimizer's at construction).  It depends only on the epoch, never on
+        the planned total, so stopping and resuming changes nothing.
+    on_step, on_epoch
+        Optional callbacks ``on_step(trainer, info)`` after every completed step
+        (``info``: epoch, step, global_step, loss) and ``on_epoch(trainer, record)``
+        after every epoch.  Raising ``KeyboardInterrupt`` in one stops training
+        as Ctrl-C does.
+
+    ``fit(epochs)`` trains until ``epochs`` epochs are complete in total, so a
+    trainer restored from a checkpoint (:meth:`restore`) continues where it
+    stopped -- on the CPU backend bitwise as if it had never stopped.
+    """
+
+    def __init__(self, model, optimizer, train, test=None, *, loss_fn=None, batch_size=64, seed=0,
+                 run_dir=None, config=None, classes=None, progress=True, log=print,
+                 on_step=None, on_epoch=None, eval_batch_size=500, extra_state=None, title=None,
+                 lr_decay=1.0):
+        from .losses import CrossEntropyLoss
+        self.model = model
+        self.optimizer = optimizer
+        self.train_set = as_imageset(train, "Trainer")
+        self.test_set = as_imageset(test, "Trainer")
+        self.loss_fn = loss_fn if loss_fn is not None else CrossEntropyLoss()
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.iterator = BatchIterator(self.train_set.images, self.train_set.labels, self.batch_size,
+                                      seed=self.seed)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.config = dict(config or {})
+        self.classes = tuple(classes) if classes is not None else None
+        self.progress = progress
+        self.log = log if log is not None else (lambda *_: None)
+        self.on_step, self.on_epoch = on_step, on_epoch
+        self.eval_batch_size = int(eval_batch_size)
+        self.extra_state = dict(extra_state or {})
+        self.lr_decay = FRACTION(lr_decay, "lr_decay", "Trainer")
+        self.base_lr = getattr(optimizer, "lr", None)
+        self.title = title
+        self.history = []
+        self.epoch = 0            # completed epochs
+        self.step_in_epoch = 0    # completed steps of the epoch in progress
+        self.global_step = 0      # completed steps in all
+        self._epoch_start_rng = None
+        self._stats = self._fresh_stats()
+        self._saved_step = None   # global_step of the checkpoint on disk (None: none written)
+        self._stop_requested = False
+        self._updating = False
+        self._last_plot = None
+        self._plotted_epochs = 0
+
+    @staticmethod
+    def _fresh_stats():
+        return {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+
+    # ------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self):
+        return self.run_dir / CHECKPOINT_NAME if self.run_dir is not None else None
+
+    def state(self) -> dict:
+        """Progress to store in a checkpoint (JSON-able)."""
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step, "batch_size": self.batch_size, "seed": self.seed,
+                "base_lr": self.base_lr, "lr_decay": self.lr_decay,
+                "epoch_start_rng": self._epoch_start_rng if self.step_in_epoch else None,
+                "iterator_rng": self.iterator.get_state(),
+                "epoch_stats": dict(self._stats) if self.step_in_epoch else None,
+                "history": self.history, **self.extra_state}
+
+    def save(self, path=None):
+        """Save a checkpoint (default: ``run_dir/checkpoint.npz``); returns its path."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("Trainer.save: no path given and the trainer has no run_dir")
+        save_checkpoint(path, self.model, self.optimizer, config=self.config, state=self.state())
+        if path == self.checkpoint_path:
+            self._saved_step = self.global_step
+        return path
+
+    def restore(self, checkpoint):
+        """Load weights, optimizer state and progress from a checkpoint (path or :class:`Checkpoint`).
+
+        Everything is validated before anything changes.
+        """
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        st = ckpt.state
+        try:
+            epoch, step, gstep = int(st["epoch"]), int(st["step_in_epoch"]), int(st["global_step"])
+            batch_size, seed = int(st["batch_size"]), int(st["seed"])
+            history = list(st["history"])
+            iterator_rng = st["iterator_rng"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {ckpt.path} has no usable training progress ({exc})") from None
+        if batch_size != self.batch_size:
+            raise CheckpointError(f"checkpoint {ckpt.path} was trained with batch size {batch_size}, "
+                                  f"this trainer uses {self.batch_size}")
+        if step and (st.get("epoch_start_rng") is None or st.get("epoch_stats") is None):
+            raise CheckpointError(f"checkpoint {ckpt.path} stopped mid-epoch but lacks the epoch's RNG state")
+        if step >= len(self.iterator):
+            raise CheckpointError(f"checkpoint {ckpt.path} stopped at step {step} of an epoch, but an "
+                                  f"epoch here has only {len(self.iterator)} steps (different data?)")
+        probe = BatchIterator(self.train_set.images[:1], self.train_set.labels[:1], 1)
+        probe.set_state(iterator_rng)  # validate before touching anything
+        if ckpt.optimizer_state is None:
+            raise CheckpointError(f"checkpoint {ckpt.path} holds no optimizer state")
+        snapshot = self.model.state_dict()
+        opt_snapshot = self.optimizer.state_dict()
+        try:
+            self.model.load_state_dict(ckpt.model_state)
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+        except (ValueError, TypeError) as exc:
+            self.model.load_state_dict(snapshot)
+            self.optimizer.load_state_dict(opt_snapshot)
+            raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model/optimizer: {exc}") from None
+        self.iterator.set_state(iterator_rng)
+        self.epoch, self.step_in_epoch, self.global_step = epoch, step, gstep
+        self.seed = seed
+        self.history = history
+        if st.get("base_lr") is not None:
+            self.base_lr = float(st["base_lr"])
+            self.lr_decay = float(st.get("lr_decay", 1.0))
+        self._epoch_start_rng = st.get("epoch_start_rng") if step else None
+        self._stats = dict(st["epoch_stats"]) if step else self._fresh_stats()
+        self._saved_step = gstep if self.checkpoint_path is not None and \
+            Path(ckpt.path).resolve() == self.checkpoint_path.resolve() else None
+        return ckpt
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, epochs):
+        """Train until ``epochs`` epochs are complete in total; returns the history (list of dicts).
+
+        Raises :class:`TrainingDiverged` when the loss stops being finite and
+        :class:`TrainingInterrupted` on Ctrl-C (after saving a checkpoint when the
+        trainer has a run directory).
+        """
+        epochs = int(epochs)
+        if epochs < 1:
+            raise ValueError(f"Trainer.fit: epochs must be >= 1, got {epochs}")
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        previous_handler = self._install_sigint()
+        try:
+            while self.epoch < epochs:
+                self._run_epoch(epochs)
+                if self._stop_requested and self.epoch < epochs:
+                    raise KeyboardInterrupt
+        except TrainingInterrupted:
+            self._plot(force=True)
+            raise
+        except KeyboardInterrupt:
+            interrupted = self._interrupted()
+            self._plot(force=True)
+            raise interrupted from None
+        except TrainingDiverged:
+            self._plot(force=True)
+            raise
+        finally:
+            self._restore_sigint(previous_handler)
+        return self.history
+
+    def _install_sigint(self):
+        self._stop_requested = False
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            self.log("gpucnn: stopping after this step (press Ctrl-C again to stop at once)")
+
+        try:
+            return signal.signal(signal.SIGINT, handler)
+        except ValueError:
+            return None
+
+    @staticmethod
+    def _restore_sigint(previous):
+        if previous is not None:
+            try:
+                signal.signal(signal.SIGINT, previous)
+            except ValueError:
+                pass
+
+    def _where(self):
+        return f"epoch {self.epoch + 1}, step {self.step_in_epoch}"
+
+    def _interrupted(self):
+        if self._updating:
+            note = "interrupted during a parameter update, so the state in memory is inconsistent; "
+            if self._saved_step is not None:
+                return TrainingInterrupted(
+                    note + f"the last checkpoint ({self.checkpoint_path}, step {self._saved_step}) is kept. "
+                    + self._resume_hint(), checkpoint=self.checkpoint_path)
+            return TrainingInterrupted(note + "no checkpoint was saved")
+        if self.run_dir is None:
+            return TrainingInterrupted(f"training interrupted at {self._where()}; no run directory, "
+                                       "so no checkpoint was saved")
+        if self.global_step == 0:
+            return TrainingInterrupted("training interrupted before the first step finished; nothing to save")
+        if self._saved_step != self.global_step:
+            self.save()
+        where = (f"the end of epoch {self.epoch}" if self.step_in_epoch == 0
+                 else f"epoch {self.epoch + 1}, step {self.step_in_epoch} of {len(self.iterator)}")
+        return TrainingInterrupted(
+            f"training interrupted; checkpoint saved at {where} (global step {self.global_step}) "
+            f"in {self.checkpoint_path}. " + self._resume_hint(), checkpoint=self.checkpoint_path)
+
+    def _resume_hint(self):
+        if {"data", "model", "epochs"} <= set(self.config):    # a `gpucnn train` run
+            return f"Resume with: gpucnn train --resume {self.checkpoint_path} --epochs {self.config['epochs']}"
+        return f"Resume with: trainer.restore('{self.checkpoint_path}') and then trainer.fit(epochs)"
+
+    def _diverged(self, value, at_epoch_end=False):
+        lr = getattr(self.optimizer, "lr", None)
+        hint = (f"try a lower learning rate (--lr {lr / 10:g}; it is {lr:g} now)" if lr
+                else "try a lower learning rate")
+        if self._saved_step is not None:
+            kept = f"the last good checkpoint ({self.checkpoint_path}, step {self._saved_step}) is kept"
+        elif self.run_dir is not None:
+            kept = "no checkpoint was written (no epoch had finished)"
+        else:
+            kept = "no checkpoint was written (no run directory)"
+        step = self.step_in_epoch + (0 if at_epoch_end else 1)
+        gstep = self.global_step + (0 if at_epoch_end else 1)
+        what = (f"the network's test outputs became {value} after epoch {self.epoch + 1}, step {step}"
+                if at_epoch_end else f"the loss became {value} at epoch {self.epoch + 1}, step {step}")
+        return TrainingDiverged(
+            f"{what} (global step {gstep}); training stopped: {hint}; {kept}",
+            epoch=self.epoch + 1, step=step, global_step=gstep,
+            checkpoint=self.checkpoint_path if self._saved_step is not None else None)
+
+    #: seconds between redraws of curves.png while training (it is always drawn at the end)
+    plot_interval = 10.0
+
+    def _plot(self, force=False):
+        """Redraw curves.png: at the end, when stopping, and otherwise at most every plot_interval s."""
+        if self.run_dir is None or not self.history or self._plotted_epochs == len(self.history):
+            return
+        now = time.perf_counter()
+        if force or self._last_plot is None or now - self._last_plot >= self.plot_interval:
+            plot_history(self.history, self.run_dir / CURVES_PNG, title=self.title)
+            self._last_plot, self._plotted_epochs = time.perf_counter(), len(self.history)
+
+    def _params_finite(self):
+        return all(backends.backend_of(p.data).all_finite(p.data) for p in self.model.parameters())
+
+    def _run_epoch(self, epochs):
+        """One epoch (or what is left of it after a resume): its steps, then the end of the epoch."""
+        self._begin_epoch()
+        backend = model_backend(self.model)
+        bar = _progress_bar(len(self.iterator), self.step_in_epoch,
+                            f"epoch {self.epoch + 1}/{epochs}", self.progress)
+        self.model.train()
+        try:
+            for x, y in self.iterator.epoch(skip=self.step_in_epoch):
+                loss = self._step(backend, x, y)
+                self._after_step(loss, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        self._end_epoch(epochs)
+
+    def _begin_epoch(self):
+        """Remember (or, resuming mid-epoch, rewind to) the epoch's shuffle; set its learning rate."""
+        if self.step_in_epoch == 0:
+            self._epoch_start_rng = self.iterator.get_state()
+            self._stats = self._fresh_stats()
+        else:
+            self.iterator.set_state(self._epoch_start_rng)
+        if self.base_lr is not None:
+            self.optimizer.lr = self.base_lr * self.lr_decay ** self.epoch
+
+    def _step(self, backend, x, y):
+        """One mini-batch: forward, loss, explicit backward, optimizer update; returns the loss."""
+        model, opt, loss_fn = self.model, self.optimizer, self.loss_fn
+        t0 = time.perf_counter()
+        xb = to_model_device(backend, model, x)
+        yb = backend.asarray(y)
+        opt.zero_grad()
+        try:
+            out = model(xb)
+            loss = loss_fn(out, yb)
+        except NonFiniteError as exc:
+            if np.isfinite(x).all() or not self._params_finite():  # not the data's fault
+                raise self._diverged("NaN/infinite (non-finite activations)") from exc
+            raise
+        if not math.isfinite(loss):
+            raise self._diverged(loss)
+        correct = int((backends.asnumpy(out.argmax(axis=1)) == y).sum())
+        model.backward(loss_fn.backward(), input_grad=False)
+        self._updating = True
+        opt.step()
+        self._updating = False
+        stats = self._stats
+        stats["loss_sum"] += loss * len(y)
+        stats["correct"] += correct
+        stats["seen"] += len(y)
+        stats["time"] += time.perf_counter() - t0
+        self.step_in_epoch += 1
+        self.global_step += 1
+        return loss
+
+    def _after_step(self, loss, bar):
+        """Progress bar, the on_step callback, and a stop that Ctrl-C asked for."""
+        stats = self._stats
+        if bar is not None:
+            bar.set_postfix_str(f"loss {stats['loss_sum'] / stats['seen']:.4f}, "
+                                f"{stats['seen'] / max(stats['time'], 1e-9):,.0f} img/s", refresh=False)
+            bar.update(1)
+        if self.on_step is not None:
+            self.on_step(self, {"epoch": self.epoch + 1, "step": self.step_in_epoch,
+                                "global_step": self.global_step, "loss": loss})
+        if self._stop_requested:
+            raise KeyboardInterrupt
+
+    def _end_epoch(self, epochs):
+        """Evaluate, record, log; with a run directory save the checkpoint, history and curves."""
+        stats = self._stats
+        t_eval = time.perf_counter()
+        record = {"epoch": self.epoch + 1,
+                  "train_loss": stats["loss_sum"] / stats["seen"],
+                  "train_acc": stats["correct"] / stats["seen"]}
+        record["test_loss"], record["test_acc"] = self._test()
+        record["time_s"] = stats["time"] + (time.perf_counter() - t_eval)
+        record["images_per_s"] = stats["seen"] / max(stats["time"], 1e-9)
+        self.history.append(record)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self._stats = self._fresh_stats()
+        self.log(self.format_epoch(record, epochs))
+        if self.run_dir is not None:
+            self.save()
+            write_history(self.history, self.run_dir, self.config)
+            self._plot(force=self.epoch >= epochs)
+        if self.on_epoch is not None:
+            self.on_epoch(self, record)
+
+    def _test(self):
+        """(loss, accuracy) on the test set, or (None, None) without one."""
+        if self.test_set is None:
+            return None, None
+        try:
+            res = evaluate(self.model, self.test_set, batch_size=self.eval_batch_size, classes=self.classes)
+        except NonFiniteError as exc:
+            if np.isfinite(self.test_set.images).all():
+                raise self._diverged("NaN/infinite", at_epoch_end=True) from exc
+            raise
+        return res.loss, res.accuracy
+
+    @staticmethod
+    def format_epoch(rec, epochs):
+        width = len(str(epochs))
+        line = (f"epoch {rec['epoch']:>{width}}/{epochs}  train loss {rec['train_loss']:.4f}  "
+                f"train acc {100 * rec['train_acc']:6.2f}%")
+        if rec.get("test_acc") is not None:
+            line += f"  test loss {rec['test_loss']:.4f}  test acc {100 * rec['test_acc']:6.2f}%"
+        return line + f"  {rec['time_s']:.1f} s  ({rec['images_per_s']:,.0f} img/s)"
+
+
+def make_optimizer(name, params, lr, *, momentum=0.9, weight_decay=0.0):
+    """``"sgd"`` (with ``momentum``) or ``"adam"`` over ``params``."""
+    from .optim import SGD, Adam
+    if name == "sgd":
+        return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; expected 'sgd' or 'adam'")
+
+
+def fit(model, train, test=None, *, epochs=10, lr=1e-3, optimizer="adam", batch_size=64, seed=0,
+        lr_decay=1.0, run_dir=None, config=None, progress=True, log=print, on_step=None, on_epoch=None,
+        classes=None) -> Trainer:
+    """Train ``model`` for ``epochs`` epochs and return the :class:`Trainer` (``.history`` holds the records).
+
+    ``optimizer`` is ``"adam"``, ``"sgd"`` (momentum 0.9) or an optimizer object
+    built over ``model.parameters()`` (then ``lr`` is ignored).  ``train`` and
+    ``test`` are :class:`~gpucnn.data.ImageSet` or ``(images, labels)`` numpy pairs.
+    See :class:`Trainer` for the other arguments.
+    """
+    if isinstance(optimizer, str):
+        optimizer = make_optimizer(optimizer, model.parameters(), lr)
+    trainer = Trainer(model, optimizer, train, test, batch_size=batch_size, seed=seed, run_dir=run_dir,
+                      config=config, classes=classes, progress=progress, log=log,
+                      on_step=on_step, on_epoch=on_epoch, lr_decay=lr_decay)
+    trainer.fit(epochs)
+    return trainer
