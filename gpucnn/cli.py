@@ -27,6 +27,7 @@ def _version():
 # =========================================================================== train
 
 def cmd_train(args):
+    from .distributed import launched_rank, launched_size
     from .runs import run_training
     from .trainer import TrainingDiverged, TrainingInterrupted
     overrides = {k: getattr(args, k) for k in (
@@ -34,17 +35,53 @@ def cmd_train(args):
         "lr", "lr_decay", "optimizer", "seed", "device", "dtype")}
     if args.data is not None:
         overrides["data"] = args.data  # with --resume: allowed only when it matches the checkpoint
+    comm = None
+    if launched_size() > 1:   # started by mpiexec/mpirun/srun with more than one process
+        from .distributed import DistributedError, create_communicator
+        try:
+            comm = create_communicator(use_device=args.device != "cpu")
+        except DistributedError:
+            if launched_rank() != 0:
+                return EXIT_ERROR  # rank 0 says what to install
+            raise
+    root = comm is None or comm.rank == 0
     try:
         result = run_training(out=args.out, resume=args.resume, runs_root=args.runs_dir,
-                              progress=not args.no_progress and sys.stderr.isatty(), log=print, **overrides)
+                              progress=root and not args.no_progress and sys.stderr.isatty(),
+                              log=print, comm=comm, **overrides)
     except TrainingInterrupted as exc:
-        print(f"gpucnn: {exc.message}", file=sys.stderr)
+        _end_job_unless_all_ranks(comm, exc, args)
+        if root:
+            print(f"gpucnn: {exc.message}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except TrainingDiverged as exc:
-        print(f"gpucnn: error: {exc}", file=sys.stderr)
+        _end_job_unless_all_ranks(comm, exc, args)
+        if root:
+            print(f"gpucnn: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    print(result.summary())
+    except BaseException as exc:
+        if comm is None:
+            raise
+        _end_job_unless_all_ranks(comm, exc, args)
+        if root:
+            raise   # main() prints the one line
+        return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_ERROR
+    if root:
+        print(result.summary())
     return 0
+
+
+def _end_job_unless_all_ranks(comm, exc, args):
+    """In a multi-process run, an exception that only this rank raised (the others wait for it
+    in a collective) prints one line naming the rank and ends every rank (MPI_Abort).  One
+    that every rank raised together (``exc.all_ranks``) returns, for rank 0 to report."""
+    if comm is None or getattr(exc, "all_ranks", False):
+        return
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(f"gpucnn: rank {comm.rank} of {comm.size}: error: {_one_line(exc)}; ending all ranks",
+          file=sys.stderr)
+    comm.abort(EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_ERROR)
 
 
 # =========================================================================== evaluate

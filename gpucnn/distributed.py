@@ -54,20 +54,27 @@ Without ``mpi4py`` installed ``import gpucnn`` and one-process training work;
 """
 from __future__ import annotations
 
+import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 
 import numpy as np
 
 from . import backends
 from .data import BatchIterator
+from .errors import NonFiniteError
+from .evaluation import to_model_device
+from .trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
 __all__ = [
     "Communicator", "MultiNodeOptimizer", "ShardedBatchIterator", "DistributedError",
     "create_communicator", "create_multi_node_optimizer", "install_abort_on_error",
-    "launched_size", "shard_bounds", "named_buffers", "evaluate", "INSTALL_HINT",
+    "DistributedTrainer", "RankFailure", "launched_size", "launched_rank", "shard_bounds", "named_buffers", "evaluate",
+    "format_rank_error", "INSTALL_HINT",
     "DEFAULT_BUCKET_BYTES",
 ]
 
@@ -98,6 +105,16 @@ def launched_size(environ=None) -> int:
     return 1
 
 
+def launched_rank(environ=None) -> int:
+    """This process's rank as the MPI launcher announced it (0 when not launched by one)."""
+    env = os.environ if environ is None else environ
+    for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK"):
+        value = env.get(var, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def _import_mpi(why="multi-process training"):
     try:
         from mpi4py import MPI
@@ -118,14 +135,37 @@ def shard_bounds(n, rank, size):
 def named_buffers(model):
     """``(name, array)`` for the model's buffers (BatchNorm's running statistics ...).
 
-    The hook for modules with state that is not a parameter: a model that has
-    ``named_buffers()`` (PyTorch's name) is asked; the arrays returned must be the
-    model's own (updated in place here).  Models without buffers give ``[]``.
+    The hook for module state that is not a parameter: a model with ``named_buffers()``
+    (PyTorch's name) is asked; its entries may be arrays or holders with a ``.data`` array
+    (gpucnn's ``Buffer``).  Models without buffers give ``[]``.
     """
     fn = getattr(model, "named_buffers", None)
     if fn is None:
         return []
-    return [(name, buf) for name, buf in fn() if buf is not None and hasattr(buf, "dtype")]
+    out = []
+    for name, buf in fn():
+        array = getattr(buf, "data", buf) if not isinstance(buf, np.ndarray) else buf
+        if array is not None and hasattr(array, "dtype"):
+            out.append((name, buf))
+    return out
+
+
+def _array(entry):
+    return entry if isinstance(entry, np.ndarray) or not hasattr(entry, "data") else entry.data
+
+
+def _assign(entry, host):
+    """Write the numpy array ``host`` into a parameter's/buffer's array, on its device."""
+    array = _array(entry)
+    if isinstance(array, np.generic):   # a numpy scalar (a counter): replaced
+        entry.data = array.dtype.type(host.reshape(-1)[0])
+        return
+    value = backends.backend_of(array).asarray(host, dtype=array.dtype) \
+        if not isinstance(array, np.ndarray) else host.astype(array.dtype, copy=False)
+    if getattr(getattr(array, "flags", None), "writeable", True) or not hasattr(entry, "data"):
+        array[...] = value      # in place: views of it (an optimizer's) stay valid
+    else:
+        entry.data = value
 
 
 # =========================================================================== communicator
@@ -226,6 +266,39 @@ class Communicator:
             self.mpi_comm.Allreduce(self.MPI.IN_PLACE, array, op=self._op(op))
         return array
 
+    def on_root(self, fn):
+        """Run ``fn()`` on rank 0 alone and return its result on every rank (it must pickle).
+        An exception there is raised on every rank, marked ``all_ranks = True``."""
+        result = None
+        if self.rank == 0:
+            try:
+                result = ("ok", fn())
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+                result = ("error", _portable(exc, 0))
+        status, value = self.bcast_obj(result)
+        if status == "error":
+            value.all_ranks = True
+            raise value
+        return value
+
+    def root_first(self, fn):
+        """Run ``fn()`` on rank 0, then (when it succeeded) on the other ranks: e.g. loading a
+        data set that the first run may download or unpack.  Returns this rank's result."""
+        if self.rank == 0:
+            try:
+                value = fn()
+            except Exception as exc:
+                self.bcast_obj(_portable(exc, 0))
+                exc.all_ranks = True
+                raise
+            self.bcast_obj(None)
+            return value
+        failure = self.bcast_obj(None)
+        if failure is not None:
+            failure.all_ranks = True
+            raise failure
+        return fn()
+
     def abort(self, code=1):
         """End every rank of the job at once (``MPI_Abort``)."""
         try:
@@ -250,18 +323,15 @@ class Communicator:
 
         Checks first that every rank holds the same architecture (names, shapes, dtypes).
         """
-        params = [(n, p.data) for n, p in model.named_parameters()]
-        buffers = named_buffers(model)
-        self._check_same_layout(params + buffers, "parameters and buffers")
+        entries = list(model.named_parameters()) + named_buffers(model)
+        self._check_same_layout([(n, _array(e)) for n, e in entries], "parameters and buffers")
         if self.size == 1:
             return model
-        for _, a in params + buffers:
-            host = np.ascontiguousarray(backends.asnumpy(a))
-            if self.rank != root:
-                host = np.array(host, copy=True)
+        for _, entry in entries:
+            host = np.array(backends.asnumpy(_array(entry)), copy=True, order="C")
             self.mpi_comm.Bcast(host, root=root)
             if self.rank != root:
-                a[...] = backends.backend_of(a).asarray(host, dtype=a.dtype)
+                _assign(entry, host)
         return model
 
     def allreduce_persistent(self, model):
@@ -272,14 +342,14 @@ class Communicator:
         buffers = named_buffers(model)
         if self.size == 1 or not buffers:
             return len(buffers)
-        for _, a in buffers:
-            host = np.array(backends.asnumpy(a), copy=True, order="C")
+        for _, entry in buffers:
+            host = np.array(backends.asnumpy(_array(entry)), copy=True, order="C")
             if host.dtype.kind == "f":
                 self.mpi_comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
                 host /= self.size
             else:
                 self.mpi_comm.Bcast(host, root=0)
-            a[...] = backends.backend_of(a).asarray(host, dtype=a.dtype)
+            _assign(entry, host)
         return len(buffers)
 
     # ---------------------------------------------------------------- gradients
@@ -545,24 +615,70 @@ class ShardedBatchIterator(BatchIterator):
 
 # =========================================================================== evaluation
 
+class RankFailure(RuntimeError):
+    """Raised on every rank when one rank failed in a collective step; ``rank`` and ``error``
+    (the original exception, on the rank that failed; its text elsewhere) say which."""
+
+
+def _portable(exc, rank):
+    """``exc`` if it survives pickling (to be raised on other ranks), else a RankFailure."""
+    import pickle
+    try:
+        copy = pickle.loads(pickle.dumps(exc))
+        if type(copy) is type(exc) and str(copy) == str(exc):
+            return exc
+    except Exception:  # noqa: BLE001 - any pickling problem
+        pass
+    return RankFailure(f"rank {rank}: {type(exc).__name__}: {exc}")
+
+
+def _collective(comm, fn):
+    """Run ``fn()`` on every rank; if it raised on any rank, raise on every rank (the failing
+    rank's own exception there, the same exception type elsewhere when it can be rebuilt) so
+    that no rank is left waiting in the next collective.  Returns fn's result."""
+    try:
+        value, error = fn(), None
+    except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+        value, error = None, exc
+    failures = comm.allgather_obj(None if error is None else (type(error), str(error)))
+    first = next(((r, f) for r, f in enumerate(failures) if f is not None), None)
+    if first is None:
+        return value
+    if error is not None:
+        error.all_ranks = True
+        raise error
+    rank, (cls, text) = first
+    try:
+        exc = cls(text)
+    except Exception:  # noqa: BLE001 - an exception class with another signature
+        exc = RankFailure(f"rank {rank}: {cls.__name__}: {text}")
+    exc.all_ranks = True
+    raise exc
+
+
 def evaluate(model, data, comm, *, batch_size=500, classes=None):
-    """:func:`gpucnn.train.evaluate` split across ranks (ChainerMN's multi-node evaluator):
-    each rank evaluates its contiguous share of ``data`` and the confusion matrices and loss
-    sums are added up, so every rank gets the result for the whole set."""
+    """:func:`gpucnn.evaluation.evaluate` split across ranks (ChainerMN's multi-node
+    evaluator): each rank evaluates its contiguous share of ``data`` and the confusion
+    matrices and loss sums are added up, so every rank gets the result for the whole set.
+    An error on one rank (non-finite outputs ...) is raised on every rank."""
     from .data import ImageSet
-    from .train import EvalResult, _as_imageset
-    from .train import evaluate as evaluate_here
-    data = _as_imageset(data, "evaluate")
+    from .evaluation import EvalResult, as_imageset
+    from .evaluation import evaluate as evaluate_here
+    data = as_imageset(data, "evaluate")
     if comm is None or comm.size == 1:
         return evaluate_here(model, data, batch_size=batch_size, classes=classes)
     if len(data) == 0:
         raise ValueError("evaluate: the data set is empty")
     lo, hi = shard_bounds(len(data), comm.rank, comm.size)
-    confusion, loss_sum = np.zeros((0, 0), np.int64), 0.0
-    if hi > lo:
-        part = evaluate_here(model, ImageSet(data.images[lo:hi], data.labels[lo:hi]),
-                             batch_size=batch_size, classes=classes)
-        confusion, loss_sum = part.confusion, part.loss * part.total
+
+    def part():
+        if hi == lo:
+            return np.zeros((0, 0), np.int64), 0.0
+        res = evaluate_here(model, ImageSet(data.images[lo:hi], data.labels[lo:hi]),
+                            batch_size=batch_size, classes=classes)
+        return res.confusion, res.loss * res.total
+
+    confusion, loss_sum = _collective(comm, part)
     k = comm.allreduce_obj(int(confusion.shape[0]), op="max")
     total = np.zeros((k, k), np.int64)
     total[:confusion.shape[0], :confusion.shape[1]] = confusion
@@ -572,3 +688,144 @@ def evaluate(model, data, comm, *, batch_size=500, classes=None):
     correct = int(np.trace(total))
     return EvalResult(accuracy=correct / len(data), loss=float(loss / len(data)), correct=correct,
                       total=len(data), confusion=total, classes=names)
+
+
+# =========================================================================== the trainer
+
+class DistributedTrainer(Trainer):
+    """:class:`~gpucnn.trainer.Trainer` across the ranks of ``comm``: same arguments, plus
+    ``comm``.  ``batch_size`` is the global batch; each rank computes its contiguous share
+    (:class:`ShardedBatchIterator`) and the optimizer is wrapped in a
+    :class:`MultiNodeOptimizer`.  Rank 0 alone logs, shows the progress bar and writes the
+    run directory (checkpoint, history, curves); the checkpoint holds the global progress,
+    so any number of processes (one included) resumes it at the same global step.
+
+    Everything that stops training is decided by all ranks together, at the same step: the
+    per-step loss, accuracy counts and a stop request travel in one small all-reduce, so a
+    loss that stops being finite on any rank raises :class:`TrainingDiverged` on every
+    rank, and Ctrl-C or SIGTERM (``mpiexec`` forwards both to every rank) stops every rank
+    after the same step, rank 0 saving the checkpoint.  Such exceptions carry
+    ``all_ranks = True``; anything else that escapes :meth:`fit` happened on one rank only
+    and the caller should end the job (:meth:`Communicator.abort`).  BatchNorm running
+    statistics are averaged across ranks at the end of each epoch.
+    """
+
+    def __init__(self, model, optimizer, train, test=None, *, comm, run_dir=None, progress=True,
+                 log=print, **kwargs):
+        self.comm = comm
+        root = comm.rank == 0
+        if not isinstance(optimizer, MultiNodeOptimizer):
+            optimizer = MultiNodeOptimizer(optimizer, comm)
+        super().__init__(model, optimizer, train, test, run_dir=run_dir if root else None,
+                         progress=progress and root, log=log if root else None, **kwargs)
+        self.iterator = ShardedBatchIterator(self.train_set.images, self.train_set.labels,
+                                             self.batch_size, seed=self.seed, comm=comm)
+        comm.bcast_data(model)
+        self._signalled = None      # time of the first Ctrl-C/SIGTERM not yet acted on
+        self._all_ranks_stop = False
+
+    # -------------------------------------------------------------- stopping
+    def fit(self, epochs):
+        self._all_ranks_stop = False
+        try:
+            return super().fit(epochs)
+        except TrainingInterrupted as exc:
+            exc.all_ranks = self._all_ranks_stop
+            raise
+        except TrainingDiverged as exc:
+            exc.all_ranks = True
+            raise
+
+    def _install_sigint(self):
+        """Ctrl-C / SIGTERM: ask the ranks to stop after the current step (decided together
+        at the next step); a second signal, later than a second after the first, ends the
+        job at once (a terminal's Ctrl-C reaches a rank twice: directly and via mpiexec)."""
+        self._stop_requested = False
+        self._signalled = None
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        comm = self.comm
+
+        def handler(signum, frame):
+            now = time.monotonic()
+            if self._signalled is None:
+                self._signalled = now
+                self.log("gpucnn: stopping every rank after this step (press Ctrl-C again to "
+                         "stop at once, without saving)")
+            elif now - self._signalled > 1.0:
+                print(f"gpucnn: rank {comm.rank} of {comm.size}: interrupted again; ending all "
+                      "ranks without saving", file=sys.stderr)
+                comm.abort(130)
+
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        except ValueError:
+            return None
+        return previous
+
+    @staticmethod
+    def _restore_sigint(previous):
+        for sig, handler in (previous or {}).items():
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, TypeError):
+                pass
+
+    # ------------------------------------------------------------------ a step
+    def _step(self, backend, x, y):
+        """This rank's share: forward, loss, backward; then one small all-reduce of
+        (loss sum, correct, images, stop request), the gradient all-reduce and the step."""
+        model, opt, loss_fn, comm = self.model, self.optimizer, self.loss_fn, self.comm
+        t0 = time.perf_counter()
+        n = len(y)
+        loss, correct = 0.0, 0
+        opt.zero_grad()
+        if n:
+            xb = to_model_device(backend, model, x)
+            yb = backend.asarray(y)
+            try:
+                out = model(xb)
+                loss = loss_fn(out, yb)
+            except NonFiniteError:
+                if not np.isfinite(x).all() and self._params_finite():
+                    raise                    # the data's fault, on this rank: not a divergence
+                loss = math.nan
+            if math.isfinite(loss):
+                correct = int((backends.asnumpy(out.argmax(axis=1)) == y).sum())
+                model.backward(loss_fn.backward(), input_grad=False)
+        totals = comm.allreduce_host(np.array(
+            [loss * n if n else 0.0, correct, n, 0.0 if self._signalled is None else 1.0]))
+        loss_sum, correct, seen, stop = float(totals[0]), int(totals[1]), int(totals[2]), totals[3]
+        if not math.isfinite(loss_sum):
+            raise self._diverged(loss_sum)
+        self._updating = True
+        opt.step(weight=self.iterator.weight)
+        self._updating = False
+        if stop:
+            self._stop_requested = self._all_ranks_stop = True
+        stats = self._stats
+        stats["loss_sum"] += loss_sum
+        stats["correct"] += correct
+        stats["seen"] += seen
+        stats["time"] += time.perf_counter() - t0
+        self.step_in_epoch += 1
+        self.global_step += 1
+        return loss_sum / seen
+
+    def _end_epoch(self, epochs):
+        self.comm.allreduce_persistent(self.model)
+        super()._end_epoch(epochs)
+
+    def _test(self):
+        if self.test_set is None:
+            return None, None
+        try:
+            res = evaluate(self.model, self.test_set, self.comm, batch_size=self.eval_batch_size,
+                           classes=self.classes)
+        except NonFiniteError as exc:   # raised on every rank by evaluate
+            if np.isfinite(self.test_set.images).all():
+                raise self._diverged("NaN/infinite", at_epoch_end=True) from exc
+            raise
+        return res.loss, res.accuracy

@@ -234,7 +234,7 @@ def _describe(cfg, dataset, model, run_dir):
 
 
 def run_training(config=None, *, out=None, resume=None, runs_root="runs", progress=True, log=print,
-                 on_step=None, **overrides) -> RunResult:
+                 on_step=None, comm=None, **overrides) -> RunResult:
     """Run ``gpucnn train``: load the data, build model and optimizer, train, write the run directory.
 
     ``config`` is a :class:`TrainConfig` (``overrides`` set its fields).  ``out``
@@ -243,38 +243,62 @@ def run_training(config=None, *, out=None, resume=None, runs_root="runs", progre
     continue: its configuration is used, only ``epochs`` (the new total),
     ``device`` and ``data_dir`` may change, and the run directory defaults to the
     checkpoint's folder.
+
+    ``comm``: a :class:`gpucnn.distributed.Communicator` to train across its ranks
+    (``batch_size`` stays the global batch).  Rank 0 alone reads the checkpoint to resume,
+    makes the run directory and writes into it; every rank returns the same history.
     """
     started = time.perf_counter()
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise TypeError(f"run_training: unknown settings {', '.join(unknown)}; "
                         f"expected TrainConfig fields")
-    ckpt = load_checkpoint(resume) if resume is not None else None
-    cfg, run_dir, created_dir = (_resumed_run(ckpt, config, overrides, out) if ckpt is not None
-                                 else _new_run(config, overrides, out))
-    dataset, model, optimizer = _build(cfg)
-    if run_dir is None:
-        run_dir = _new_run_dir(runs_root, cfg)
-    else:
+    if comm is not None and comm.size == 1:
+        comm = None
+    root = comm is None or comm.rank == 0
+    if log is None or not root:
+        log = lambda *_: None  # noqa: E731 - quiet; in a multi-process run rank 0 alone speaks
+
+    def prepare():
+        ckpt = load_checkpoint(resume) if resume is not None else None
+        cfg, run_dir, created_dir = (_resumed_run(ckpt, config, overrides, out) if ckpt is not None
+                                     else _new_run(config, overrides, out))
+        return ckpt, cfg, run_dir, created_dir
+
+    ckpt, cfg, run_dir, created_dir = prepare() if comm is None else comm.on_root(prepare)
+    dataset, model, optimizer = _build(cfg) if comm is None else comm.root_first(lambda: _build(cfg))
+
+    def make_run_dir():
+        if run_dir is None:
+            return _new_run_dir(runs_root, cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
-                      seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
-                      progress=progress, log=log, on_step=on_step, lr_decay=cfg.lr_decay,
-                      title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
-                      extra_state={"dataset": _dataset_record(dataset)})
+        return run_dir
+
+    run_dir = make_run_dir() if comm is None else comm.on_root(make_run_dir)
+    trainer_class, across = Trainer, {}
+    if comm is not None:
+        from .distributed import DistributedTrainer
+        trainer_class, across = DistributedTrainer, {"comm": comm}
+    trainer = trainer_class(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
+                            seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
+                            progress=progress, log=log, on_step=on_step, lr_decay=cfg.lr_decay,
+                            title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
+                            extra_state={"dataset": _dataset_record(dataset)}, **across)
     if ckpt is not None:
         trainer.restore(ckpt)
         where = (f"epoch {trainer.epoch}" if not trainer.step_in_epoch
                  else f"epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}")
         log(f"resuming {ckpt.path} from {where} (of {cfg.epochs})")
-    log(_describe(cfg, dataset, model, run_dir))
+    log(_describe(cfg, dataset, model, run_dir)
+        + (f", {comm.size} processes ({comm.node_count} machine{'s' if comm.node_count > 1 else ''}, "
+           f"{cfg.batch_size / comm.size:g} images per process and step)" if comm is not None else ""))
     try:
         trainer.fit(cfg.epochs)
     except BaseException:
-        if created_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
+        if root and created_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a run that failed before writing anything leaves nothing behind
         raise
     final = trainer.history[-1].get("test_acc") if trainer.history else None
-    return RunResult(run_dir=run_dir, checkpoint=trainer.checkpoint_path, history=trainer.history,
+    return RunResult(run_dir=run_dir, checkpoint=run_dir / CHECKPOINT_NAME, history=trainer.history,
                      test_accuracy=final, config=cfg, seconds=time.perf_counter() - started,
                      trainer=trainer, dataset=dataset)

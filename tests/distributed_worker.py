@@ -42,7 +42,60 @@ def model_and_optimizer(name):
     return model, opt
 
 
-def train(model, opt, batches, step, on_step=None):
+def batchnorm_model():
+    """With BatchNorm2d (running statistics: buffers), when gpucnn has it; else None."""
+    import gpucnn as nn
+    if not hasattr(nn, "BatchNorm2d"):
+        return None
+    nn.manual_seed(2)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).to(dtype=np.float64)
+
+
+def state(model):
+    """Parameters and buffers by name (numpy)."""
+    from gpucnn import backends
+    from gpucnn.distributed import _array, named_buffers
+    out = {n: np.array(backends.asnumpy(p.data)) for n, p in model.named_parameters()}
+    out.update({n: np.array(backends.asnumpy(_array(b))) for n, b in named_buffers(model)})
+    return out
+
+
+def reference_batchnorm(size):
+    """What ``size`` ranks compute, simulated in one process: one replica per rank, each
+    with its share's batch statistics and its own running statistics; the gradients
+    weighted by share and summed; the running statistics averaged at each epoch's end."""
+    import gpucnn as nn
+    from gpucnn.distributed import ShardedBatchIterator, _array, _assign, named_buffers
+    x, y = data()
+    replicas = [batchnorm_model() for _ in range(size)]
+    opts = [nn.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in replicas]
+    its = [ShardedBatchIterator(x, y, BATCH, seed=SEED, rank=r, size=size) for r in range(size)]
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(EPOCHS):
+        for shares in zip(*[it.epoch() for it in its]):
+            grads = None
+            for m, it, (xb, yb) in zip(replicas, its, shares):
+                m.zero_grad()
+                if not len(yb):
+                    continue
+                loss_fn(m(xb), yb)
+                m.backward(loss_fn.backward(), input_grad=False)
+                g = [p.grad * it.weight for p in m.parameters()]
+                grads = g if grads is None else [a + b for a, b in zip(grads, g)]
+            for m, opt in zip(replicas, opts):
+                for p, g in zip(m.parameters(), grads):
+                    p.grad = g.copy()
+                opt.step()
+        for entries in zip(*[named_buffers(m) for m in replicas]):
+            values = [np.array(_array(b)) for _, b in entries]
+            mean = sum(values) / size if values[0].dtype.kind == "f" else values[0]
+            for _, b in entries:
+                _assign(b, np.array(mean))
+    return replicas[0]
+
+
+def train(model, opt, batches, step, on_step=None, end_of_epoch=None):
     """The loop, shared by the reference and the ranks: ``step()`` is the optimizer step."""
     import gpucnn as nn
     loss_fn = nn.CrossEntropyLoss()
@@ -57,6 +110,8 @@ def train(model, opt, batches, step, on_step=None):
                 model.backward(loss_fn.backward(), input_grad=False)
             step()
             k += 1
+        if end_of_epoch is not None:
+            end_of_epoch()
     return model
 
 
@@ -73,6 +128,19 @@ def main(argv):
     mode = argv[1]
     comm = dist.create_communicator()
     x, y = data()
+    if mode == "batchnorm":
+        import gpucnn as nn
+        model = batchnorm_model()
+        opt = dist.create_multi_node_optimizer(nn.SGD(model.parameters(), lr=0.05, momentum=0.9), comm)
+        comm.bcast_data(model)
+        batches = dist.ShardedBatchIterator(x, y, BATCH, seed=SEED, comm=comm)
+        train(model, opt, batches, lambda: opt.step(weight=batches.weight),
+              end_of_epoch=lambda: comm.allreduce_persistent(model))
+        st = state(model)
+        same = all(all(np.array_equal(g[k], st[k]) for k in st) for g in comm.allgather_obj(st))
+        if comm.rank == 0:
+            np.savez(argv[2], same=np.array(same), **st)
+        return 0
     if mode == "equal":
         out = {}
         same = True
@@ -85,10 +153,10 @@ def main(argv):
             opt = dist.create_multi_node_optimizer(opt, comm, bucket_bytes=8 * 100)  # > 1 bucket
             batches = dist.ShardedBatchIterator(x, y, BATCH, seed=SEED, comm=comm)
             train(model, opt, batches, lambda: opt.step(weight=batches.weight))
-            state = model.state_dict()
-            gathered = comm.allgather_obj(state)
-            same &= all(np.array_equal(g[k], state[k]) for g in gathered for k in state)
-            out.update({f"{name}/{k}": v for k, v in state.items()})
+            weights = model.state_dict()
+            gathered = comm.allgather_obj(weights)
+            same &= all(np.array_equal(g[k], weights[k]) for g in gathered for k in weights)
+            out.update({f"{name}/{k}": v for k, v in weights.items()})
             out[f"{name}/buckets"] = np.array(opt.bucket_count)
         res = dist.evaluate(model, (x, y), comm, batch_size=4)   # Adam's model; shares 10/10/10
         out["eval/confusion"], out["eval/loss"] = res.confusion, np.array(res.loss)

@@ -150,6 +150,24 @@ def test_n_processes_compute_the_one_process_steps(n, tmp_path, references):
 
 
 @pytest.mark.distributed
+def test_batchnorm_running_statistics_are_averaged_across_ranks(tmp_path):
+    """Batch statistics are per rank (not synchronised BatchNorm); the running statistics are
+    averaged at each epoch's end.  The reference simulates the 3 ranks in one process."""
+    if worker.batchnorm_model() is None:
+        pytest.skip("gpucnn has no BatchNorm2d yet")
+    out = tmp_path / "bn.npz"
+    proc, _ = run_mpi(3, WORKER, "batchnorm", out)
+    assert proc.returncode == 0, proc.stderr
+    want = worker.state(worker.reference_batchnorm(3))
+    assert any("running_mean" in k for k in want)
+    with np.load(out) as f:
+        assert bool(f["same"]), "the ranks ended with different weights or statistics"
+        for key, w in want.items():
+            err = np.abs(f[key] - w).max() / max(np.abs(w).max(), 1e-300)
+            assert err < 1e-6, f"{key}: relative difference {err:.2e}"
+
+
+@pytest.mark.distributed
 def test_an_exception_on_one_rank_ends_every_rank_with_one_line():
     proc, seconds = run_mpi(3, WORKER, "raise", timeout=60)
     assert proc.returncode != 0
@@ -164,3 +182,118 @@ def test_a_killed_rank_ends_the_job():
     assert proc.returncode != 0
     assert "signal 9" in proc.stdout + proc.stderr or "Killed" in proc.stdout + proc.stderr
     assert seconds < 30
+
+
+# --------------------------------------------------------------------------- gpucnn train under mpiexec
+
+TRAIN = ["-m", "gpucnn", "train", "--data", "digits", "--model", "lenet", "--limit-train", "90",
+         "--limit-test", "30", "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.05",
+         "--dtype", "float64", "--device", "cpu", "--no-progress"]
+
+
+def _train_here(epochs, out, resume=None):
+    from gpucnn.runs import run_training
+    kw = {} if resume else {"data": "digits", "model": "lenet", "limit_train": 90, "limit_test": 30,
+                            "batch_size": 16, "optimizer": "sgd", "lr": 0.05, "dtype": "float64",
+                            "device": "cpu"}
+    return run_training(out=out, resume=resume, epochs=epochs, progress=False, log=None, **kw)
+
+
+def _weights(checkpoint):
+    from gpucnn.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(checkpoint)
+    return ckpt.model_state, ckpt.state
+
+
+def _assert_same_weights(got, want, what):
+    for key, w in want.items():
+        err = np.abs(got[key] - w).max() / np.abs(w).max()
+        assert err < 1e-6, f"{what}: {key} differs by {err:.2e} (relative)"
+
+
+@pytest.mark.distributed
+def test_checkpoint_of_n_processes_resumes_on_m_at_the_same_global_step(tmp_path):
+    """90 images, batch 16: 6 steps an epoch, the last of 10 images (shares 5/5, 4/3/3)."""
+    ref = _train_here(2, tmp_path / "ref")
+    first, _ = run_mpi(2, *TRAIN, "--epochs", "1", "--out", tmp_path / "two")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("epoch 1/1") == 1, first.stdout          # rank 0 alone speaks
+    assert "2 processes" in first.stdout
+    second, _ = run_mpi(3, *TRAIN[:2], "train", "--resume", tmp_path / "two" / "checkpoint.npz",
+                        "--epochs", "2", "--out", tmp_path / "three", "--no-progress")
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in (tmp_path / "three").iterdir()) == \
+        ["checkpoint.npz", "curves.png", "history.csv", "history.json"]
+    want, _ = _weights(ref.checkpoint)
+    got, state = _weights(tmp_path / "three" / "checkpoint.npz")
+    assert state["global_step"] == 12 and state["epoch"] == 2
+    _assert_same_weights(got, want, "2 processes, then 3")
+    one = _train_here(2, tmp_path / "one", resume=tmp_path / "two" / "checkpoint.npz")
+    _assert_same_weights(_weights(one.checkpoint)[0], want, "2 processes, then 1")
+    assert one.history[0]["train_loss"] == pytest.approx(ref.history[0]["train_loss"], rel=1e-9)
+    assert one.history[0]["test_acc"] == ref.history[0]["test_acc"]
+
+
+@pytest.mark.distributed
+def test_sigterm_on_mpiexec_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    import signal
+    mpiexec, why = _mpiexec()
+    if mpiexec is None:
+        pytest.skip(why)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GPUCNN_NUM_THREADS": "1"}
+    proc = subprocess.Popen([mpiexec, "-n", "2", sys.executable, *TRAIN, "--epochs", "500",
+                             "--out", str(tmp_path / "run")], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in proc.stdout:           # wait until training runs
+            if line.startswith("epoch"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "training interrupted; checkpoint saved" in err, err
+    assert err.count("checkpoint saved") == 1
+    _, state = _weights(tmp_path / "run" / "checkpoint.npz")
+    epochs = state["epoch"] + 1
+    ref = _train_here(epochs, tmp_path / "ref")
+    resumed = _train_here(epochs, tmp_path / "resumed", resume=tmp_path / "run" / "checkpoint.npz")
+    _assert_same_weights(_weights(resumed.checkpoint)[0], _weights(ref.checkpoint)[0],
+                         f"stopped at global step {state['global_step']}, resumed on 1 process")
+
+
+@pytest.mark.distributed
+def test_an_error_every_rank_meets_is_reported_once_by_rank_0(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "history.json").write_text("{}")
+    proc, _ = run_mpi(2, *TRAIN, "--epochs", "1", "--out", tmp_path / "taken")
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("gpucnn:")]
+    assert len(lines) == 1 and "refusing to overwrite history.json" in lines[0], proc.stderr
+    assert "MPI_Abort" not in proc.stderr          # every rank returned; nothing was killed
+
+
+def test_train_under_mpiexec_without_mpi4py_says_what_to_install(monkeypatch, capsys):
+    from gpucnn import cli
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("PMI_RANK", "0")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
+    assert cli.main(["train", "--epochs", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "multi-process training needs mpi4py" in err and "pip install 'gpucnn[mpi]'" in err
+    monkeypatch.setenv("PMI_RANK", "1")               # the other ranks stay quiet
+    assert cli.main(["train", "--epochs", "1", "--no-progress"]) == 1
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.distributed
+def test_a_diverging_run_stops_every_rank_at_the_same_step(tmp_path):
+    args = [a if a != "0.05" else "1e30" for a in TRAIN]
+    proc, _ = run_mpi(2, *args, "--epochs", "2", "--out", tmp_path / "run")
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("gpucnn:")]
+    assert len(lines) == 1 and "the loss became nan at epoch 1" in lines[0], proc.stderr
+    assert "MPI_Abort" not in proc.stderr
