@@ -15,12 +15,17 @@ optimizer step.  A training script barely changes::
     batches = dist.ShardedBatchIterator(x, y, batch_size=256, seed=0, comm=comm)
     for xb, yb in batches:                   # this rank's share of each global batch of 256
         opt.zero_grad()
-        loss = loss_fn(model(xb), yb)
-        model.backward(loss_fn.backward())
+        if len(yb):                          # empty when a last batch has fewer images than ranks
+            loss = loss_fn(model(xb), yb)
+            model.backward(loss_fn.backward())
         opt.step(weight=batches.weight)      # all-reduce the gradients, then the inner step
     comm.allreduce_persistent(model)         # BatchNorm running statistics: averaged
 
-and is started with ``mpiexec -n 4 python train.py``.
+and is started with ``mpiexec -n 4 python train.py``.  :class:`DistributedTrainer` is the
+:class:`~gpucnn.trainer.Trainer` doing all this (``Trainer`` arguments plus ``comm``), and
+``mpiexec -n 4 gpucnn train ...`` uses it: the command sees the launcher's environment
+variables (:func:`launched_size`) and trains across the processes, rank 0 alone writing the
+run directory.
 
 Design:
 
@@ -44,10 +49,13 @@ Design:
   ``AllreducePersistent``, :meth:`Communicator.allreduce_persistent`); integer buffers
   (``num_batches_tracked``) are taken from rank 0.  Batch statistics inside a step are
   per rank (not synchronised BatchNorm), as in PyTorch DDP without ``SyncBatchNorm``.
-* **Faults.**  :func:`install_abort_on_error` makes an uncaught exception print one line
-  naming the rank and the cause and then ``MPI_Abort`` the job, so the other ranks,
-  possibly blocked in a collective, end within seconds instead of hanging.  A rank that
-  is killed is noticed by ``mpiexec``, which ends the others.
+* **Faults.**  What stops training on one rank must stop it on all at the same step, or
+  the others wait forever in the next collective.  So the trainer decides divergence and
+  Ctrl-C/SIGTERM together (a small all-reduce per step), setup errors are raised on every
+  rank (:meth:`Communicator.on_root`), and anything else -- an exception on one rank
+  only -- prints one line naming the rank and the cause and ends the job with ``MPI_Abort``
+  (:func:`install_abort_on_error`; ``gpucnn train`` does the same).  A rank that is
+  killed is noticed by ``mpiexec``, which ends the others and names the process.
 
 Without ``mpi4py`` installed ``import gpucnn`` and one-process training work;
 :func:`create_communicator` then says what to install.
@@ -232,11 +240,10 @@ class Communicator:
         except (AttributeError, OSError):
             cores = os.cpu_count() or 1
         threads = max(1, cores // self.local_size)
-        os.environ["GPUCNN_NUM_THREADS"] = str(threads)
-        workers = getattr(backends.cpu_backend(), "workers", None) or getattr(
-            backends.cpu_backend(), "_workers", None)
-        if workers is not None and hasattr(workers, "set_threads"):
-            workers.set_threads(threads)
+        os.environ["GPUCNN_NUM_THREADS"] = str(threads)   # read when the backend starts
+        cpu = backends.cpu_backend()
+        if hasattr(type(cpu), "threads"):                 # and if it already has
+            cpu.threads = threads
 
     # ------------------------------------------------------------ host collectives
     def barrier(self):
@@ -616,8 +623,8 @@ class ShardedBatchIterator(BatchIterator):
 # =========================================================================== evaluation
 
 class RankFailure(RuntimeError):
-    """Raised on every rank when one rank failed in a collective step; ``rank`` and ``error``
-    (the original exception, on the rank that failed; its text elsewhere) say which."""
+    """Stands for an exception of another rank that cannot be rebuilt here; its message
+    names the rank, the exception type and its text."""
 
 
 def _portable(exc, rank):

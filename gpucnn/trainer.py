@@ -408,8 +408,8 @@ class Trainer:
         if self.on_step is not None:
             self.on_step(self, {"epoch": self.epoch + 1, "step": self.step_in_epoch,
                                 "global_step": self.global_step, "loss": loss})
-        if self._stop_requested:
-            raise KeyboardInterrupt
+        if self._stop_requested and self.step_in_epoch < len(self.iterator):
+            raise KeyboardInterrupt  # after an epoch's last step fit() stops once the epoch has ended
 
     def _end_epoch(self, epochs):
         """Evaluate, record, log; with a run directory save the checkpoint, history and curves."""
