@@ -326,7 +326,9 @@ def build_parser():
         for name, d in DEFAULTS.items())
     t = sub.add_parser("train", parents=[common], help="train a CNN (default: the bundled digits)",
                        description="Train a CNN. With no options: a small conv net on the bundled "
-                       "8x8 handwritten digits. Unset options take per-dataset defaults.",
+                       "8x8 handwritten digits. Unset options take per-dataset defaults. "
+                       "Under `mpiexec -n N` it trains data-parallel on N processes (one GPU "
+                       "each when there are enough); --batch-size stays the global batch.",
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--data", choices=DATASETS, default=None, help="dataset (default digits)")
     t.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST IDX or CIFAR-10 binary files")
