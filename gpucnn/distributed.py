@@ -390,6 +390,12 @@ class Communicator:
         self._nccl_decided = True
         return self._nccl
 
+    def decide_transport(self):
+        """Decide now (collectively) how CUDA gradients travel; returns ``"nccl"`` or ``"mpi"``.
+        Otherwise decided at the first all-reduce of a CUDA buffer."""
+        self._nccl_comm()
+        return self.transport
+
     def allreduce_buffer(self, flat):
         """Sum a flat (1-D, contiguous) gradient buffer across ranks in place: NCCL for a
         CuPy array when every rank has its own GPU, MPI on a host copy otherwise."""
@@ -728,6 +734,8 @@ class DistributedTrainer(Trainer):
         self.iterator = ShardedBatchIterator(self.train_set.images, self.train_set.labels,
                                              self.batch_size, seed=self.seed, comm=comm)
         comm.bcast_data(model)
+        if model.device != "cpu":
+            comm.decide_transport()   # NCCL or MPI, decided now by all ranks together
         self._signalled = None      # time of the first Ctrl-C/SIGTERM not yet acted on
         self._all_ranks_stop = False
 

@@ -233,6 +233,18 @@ def _describe(cfg, dataset, model, run_dir):
             f"({np.dtype(cfg.dtype).name}), run dir {run_dir}")
 
 
+def _describe_ranks(cfg, comm):
+    """The processes of a multi-process run, with their process ids (what mpiexec names when
+    one of them is killed)."""
+    import os
+    pids = comm.allgather_obj(os.getpid())
+    lo, hi = cfg.batch_size // comm.size, -(-cfg.batch_size // comm.size)
+    share = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    machines = f"{comm.node_count} machine{'s' if comm.node_count > 1 else ''}"
+    return (f"; {comm.size} processes on {machines} ({comm.transport} all-reduce), {share} images "
+            f"per process and step; process ids by rank: {', '.join(map(str, pids))}")
+
+
 def run_training(config=None, *, out=None, resume=None, runs_root="runs", progress=True, log=print,
                  on_step=None, comm=None, **overrides) -> RunResult:
     """Run ``gpucnn train``: load the data, build model and optimizer, train, write the run directory.
@@ -289,9 +301,7 @@ def run_training(config=None, *, out=None, resume=None, runs_root="runs", progre
         where = (f"epoch {trainer.epoch}" if not trainer.step_in_epoch
                  else f"epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}")
         log(f"resuming {ckpt.path} from {where} (of {cfg.epochs})")
-    log(_describe(cfg, dataset, model, run_dir)
-        + (f", {comm.size} processes ({comm.node_count} machine{'s' if comm.node_count > 1 else ''}, "
-           f"{cfg.batch_size / comm.size:g} images per process and step)" if comm is not None else ""))
+    log(_describe(cfg, dataset, model, run_dir) + (_describe_ranks(cfg, comm) if comm is not None else ""))
     try:
         trainer.fit(cfg.epochs)
     except BaseException:
