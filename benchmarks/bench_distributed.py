@@ -6,7 +6,9 @@ images per second of the whole job, the step time, and the gradient all-reduce t
 step (part of the step time).  The runs alternate (1, N, 1, N, ...; --repeats pairs),
 each a fresh ``mpiexec -n P`` with one thread per process (GPUCNN_NUM_THREADS=1,
 OMP/OPENBLAS/MKL_NUM_THREADS=1); the figure of a run is the median step after --warmup
-steps, and the best run of each count is compared.
+steps (of its slowest rank), and the best run of each count is compared.  A step is split
+into compute (forward + backward), waiting for the slowest rank (a barrier: imbalance,
+not communication), the gradient all-reduce, and the optimizer update.
 
 Target (issue 12, on a 2-core machine): 2 processes x 1 thread >= 1.7x the images/s of
 1 process x 1 thread, i.e. communication and imbalance overhead <= 15 %.
@@ -63,7 +65,7 @@ def worker(args):
         import cupy
         sync = cupy.cuda.get_current_stream().synchronize
     loss_fn = CrossEntropyLoss()
-    steps, comm_s = [], []
+    rows = []   # per step: (step, compute, wait for the slowest rank, all-reduce) seconds
 
     def batches_forever():
         while True:
@@ -73,26 +75,31 @@ def worker(args):
     for k in range(args.warmup + args.steps):
         xb, yb = next(it)
         xb, yb = backend.asarray(xb, dtype=np.float32), backend.asarray(yb)
-        comm.barrier()   # every step starts together: the step time includes waiting for the slowest
-        before = comm.stats["allreduce_s"]
+        comm.barrier()   # every step starts together
         t0 = time.perf_counter()
         opt.zero_grad()
         loss_fn(model(xb), yb)
         model.backward(loss_fn.backward(), input_grad=False)
-        opt.step(weight=batches.weight)
         sync()
-        dt = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        comm.barrier()   # waiting for the slowest rank: imbalance, not communication
+        t2 = time.perf_counter()
+        opt.allreduce_grads(weight=batches.weight)
+        sync()
+        t3 = time.perf_counter()
+        opt.optimizer.step()
+        sync()
+        t4 = time.perf_counter()
         if k >= args.warmup:
-            steps.append(dt)
-            comm_s.append(comm.stats["allreduce_s"] - before)
-    # the job's step is its slowest rank's
-    step = max(comm.allgather_obj(statistics.median(steps)))
-    comm_step = max(comm.allgather_obj(statistics.median(comm_s)))
+            rows.append((t4 - t0, t1 - t0, t2 - t1, t3 - t2))
+    med = [statistics.median(col) for col in zip(*rows)]
+    # the job's figures are its slowest rank's
+    step, compute, wait, allreduce = (max(v) for v in zip(*comm.allgather_obj(med)))
     if comm.rank == 0:
         print(json.dumps({"procs": comm.size, "batch": args.batch, "step_s": step,
-                          "allreduce_s": comm_step, "images_per_s": args.batch / step,
-                          "transport": comm.transport, "buckets": opt.bucket_count,
-                          "device": model.device}))
+                          "compute_s": compute, "wait_s": wait, "allreduce_s": allreduce,
+                          "images_per_s": args.batch / step, "transport": comm.transport,
+                          "buckets": opt.bucket_count, "device": model.device}))
 
 
 def launch(procs, args):
@@ -132,17 +139,19 @@ def main():
         for p in args.procs:
             res = launch(p, args)
             runs[p].append(res)
-            print(f"run {r + 1}: {p} proc  step {1e3 * res['step_s']:8.1f} ms  all-reduce "
-                  f"{1e3 * res['allreduce_s']:7.2f} ms/step  {res['images_per_s']:8.1f} img/s  "
-                  f"({res['transport']}, {res['buckets']} buckets)", flush=True)
+            print(f"run {r + 1}: {p} proc  step {1e3 * res['step_s']:8.1f} ms  (compute "
+                  f"{1e3 * res['compute_s']:.1f}, waiting {1e3 * res['wait_s']:.1f}, all-reduce "
+                  f"{1e3 * res['allreduce_s']:.2f})  {res['images_per_s']:8.1f} img/s  "
+                  f"({res['transport']}, {res['buckets']} bucket(s))", flush=True)
     best = {p: max(rs, key=lambda r: r["images_per_s"]) for p, rs in runs.items()}
     base = best[args.procs[0]]
-    print(f"{'procs':>5}  {'img/s':>8}  {'step ms':>8}  {'all-reduce ms':>13}  {'speed-up':>8}  "
-          f"{'efficiency':>10}")
+    print(f"{'procs':>5}  {'img/s':>8}  {'step ms':>8}  {'compute':>8}  {'waiting':>8}  "
+          f"{'all-reduce ms':>13}  {'speed-up':>8}  {'efficiency':>10}")
     for p, b in best.items():
         speed = b["images_per_s"] / base["images_per_s"]
         eff = speed / (p / base["procs"])
         print(f"{p:>5}  {b['images_per_s']:8.1f}  {1e3 * b['step_s']:8.1f}  "
+              f"{1e3 * b['compute_s']:8.1f}  {1e3 * b['wait_s']:8.1f}  "
               f"{1e3 * b['allreduce_s']:13.2f}  {speed:7.2f}x  {100 * eff:9.1f}%")
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=2))

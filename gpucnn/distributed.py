@@ -556,6 +556,8 @@ class MultiNodeOptimizer:
         (``n_rank / n_global``; :attr:`ShardedBatchIterator.weight`); default
         ``1 / size`` (a plain average).  A parameter without a gradient counts as zeros."""
         comm = self.comm
+        if comm.size == 1:
+            return self         # one process: its gradients are the global batch's already
         w = 1.0 / comm.size if weight is None else float(weight)
         params = self.optimizer.params
         for bucket in self._make_buckets():
