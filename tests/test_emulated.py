@@ -402,7 +402,8 @@ def _plant(tmp_path, file, kernel, old, new):
     dst = tmp_path / "kernels"
     shutil.copytree(KERNEL_DIR, dst)
     src = (dst / file).read_text()
-    start = re.search(rf"__global__ void {kernel}\s*\(", src).start()
+    # a kernel, or a __device__ function (the pooling kernels share their window walks)
+    start = re.search(rf"__(?:global|device)__[^;{{(]*\b{kernel}\s*\(", src).start()
     end = src.find("\n}\n", start)
     body = src[start:end]
     assert body.count(old) == 1, f"the planted bug's anchor {old!r} must occur once in {kernel}"
@@ -443,7 +444,7 @@ def test_off_by_one_loop_bound_fails_parity(tmp_path, cpu):
 
 def test_off_by_one_window_offset_fails_parity(tmp_path, cpu):
     # The pooling window starts one row too low: every index stays in bounds, values are wrong.
-    emu = _plant(tmp_path, "pool2d.cu", "maxpool2d_forward", "oh * SH - PH;", "oh * SH - PH + 1;")
+    emu = _plant(tmp_path, "pool2d.cu", "pool2d_forward_walk", "oh * SH - PH;", "oh * SH - PH + 1;")
     x = np.random.default_rng(0).standard_normal((2, 3, 6, 5))
     y, argmax = emu.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
     y0, argmax0 = cpu.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
@@ -454,8 +455,8 @@ def test_off_by_one_window_offset_fails_parity(tmp_path, cpu):
 
 PLANTED_PARITY_BUGS = {
     "relu-loop-bound": ("activation.cu", "relu_forward", "i < n;", "i < n - 1;", "relu_forward"),
-    "maxpool-window-row": ("pool2d.cu", "maxpool2d_forward", "oh * SH - PH;", "oh * SH - PH + 1;",
-                           "maxpool2d_forward"),
+    "maxpool-window-row": ("pool2d.cu", "pool2d_forward_walk", "oh * SH - PH;",
+                           "oh * SH - PH + 1;", "maxpool2d_forward"),
 }
 
 

@@ -11,6 +11,13 @@ list of primitives with the same signatures:
 The parity tests walk ``PRIMITIVES``; a primitive added to one backend and not
 the other fails a test.
 
+Every backend handed out here (``cpu_backend()``, the CUDA backend, ``backend_of(x)``)
+is wrapped by ``checked.checked``: each primitive's arguments are validated once, at
+this seam, by the entry of ``checked.CHECKS`` with the primitive's name (shapes agree,
+dtypes float32/float64 and equal, channels match, the window fits, int32 argmax, int64
+labels in range, in-place arrays C-contiguous), so a bad call raises the same one-line
+error on every backend.  The backends themselves trust their arguments.
+
 Conventions shared by every primitive
 -------------------------------------
 * Arrays are NCHW (4-D) or (N, features) (2-D), C-contiguous, float32 or
@@ -111,8 +118,9 @@ class DeviceError(RuntimeError):
 def cpu_backend():
     global _numpy_backend
     if _numpy_backend is None:
+        from .checked import checked
         from .numpy_backend import NumpyBackend
-        _numpy_backend = NumpyBackend()
+        _numpy_backend = checked(NumpyBackend())
     return _numpy_backend
 
 
@@ -123,16 +131,13 @@ def _try_cuda():
         return _cuda_backend, None
     if _cuda_failure is not None:
         return None, _cuda_failure
-    try:
-        from .cuda_backend import create_cuda_backend
-    except ImportError as exc:  # the CUDA backend module itself is missing
-        _cuda_failure = f"the CUDA backend is unavailable ({exc})"
-        return None, _cuda_failure
+    from .checked import checked
+    from .cuda_backend import create_cuda_backend
     backend, reason = create_cuda_backend()
     if backend is None:
         _cuda_failure = reason
     else:
-        _cuda_backend = backend
+        _cuda_backend = backend = checked(backend)
     return backend, reason
 
 
@@ -160,7 +165,8 @@ def resolve_device(device=None):
     if device is None:
         device = default_device()
     if not isinstance(device, str):
-        raise TypeError(f"device must be a string ('auto', 'cpu' or 'cuda'), got {type(device).__name__}")
+        raise TypeError(f"device must be a string (one of {', '.join(DEVICES)}), "
+                        f"got {type(device).__name__}")
     dev = device.strip().lower()
     if dev.startswith("cuda:"):
         dev = "cuda"
@@ -188,10 +194,11 @@ _override = None
 
 class override_backend:
     """Context manager: every numpy array is handled by ``backend`` (used by the
-    emulated-CUDA test backend, whose arrays are numpy arrays)."""
+    emulated-CUDA test backend, whose arrays are numpy arrays), behind the seam's checks."""
 
     def __init__(self, backend):
-        self.backend = backend
+        from .checked import checked
+        self.backend = checked(backend)
 
     def __enter__(self):
         global _override
@@ -215,9 +222,6 @@ def backend_of(x):
         if backend is None:
             raise DeviceError(f"got a CuPy array but the CUDA backend cannot be used: {reason}")
         return backend
-    owner = getattr(x, "_gpucnn_backend", None)  # emulated / test backends tag their arrays
-    if owner is not None:
-        return owner
     raise TypeError(f"expected a numpy or cupy array, got {type(x).__name__}")
 
 

@@ -1,7 +1,9 @@
 """The backend primitives on an NVIDIA GPU: CuPy allocates, our kernels compute.
 
 Every primitive of ``gpucnn.backends.PRIMITIVES`` is here with the NumPy
-backend's signature.  Arithmetic runs in the kernels of ``kernels/*.cu``
+backend's signature.  Arguments are checked once, at the seam
+(``gpucnn.backends.checked``, which wraps this class wherever it is handed out), so
+the primitives here trust them.  Arithmetic runs in the kernels of ``kernels/*.cu``
 (launched through ``self.loader``); the only other device work is the GEMM of
 convolution and ``Linear``, which goes to cuBLAS through ``xp.matmul``.
 
@@ -26,16 +28,12 @@ import math
 import numpy as np
 
 from . import kernels as _K
+from .geometry import out_hw
 
 I64 = np.int64
-_FLOAT_DTYPES = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
 
 _INSTALL_HINT = ("pip install gpucnn[cuda12] or gpucnn[cuda13] "
                  "(the one matching your NVIDIA driver's CUDA version)")
-
-
-def _out_size(size, k, s, p):
-    return (size + 2 * p - k) // s + 1
 
 
 class CudaBackend:
@@ -58,9 +56,9 @@ class CudaBackend:
     def _launch(self, file, kernel, dtype, total, *args):
         """Launch ``kernel<T>`` of ``file`` with a grid-stride grid for ``total`` items.
 
-        This runs ~55 times per training step, so it is kept to the bare minimum:
-        kernels.launch_config inlined (reading kernels.BLOCK / MAX_BLOCKS at call time,
-        so tests can shrink the grid), one loader lookup, one launch."""
+        This runs ~55 times per training step, so it is kept to the bare minimum: the
+        grid from kernels.BLOCK / MAX_BLOCKS read at call time (so tests can shrink the
+        grid), one loader lookup, one launch."""
         if total <= 0:
             return
         block = _K.BLOCK
@@ -68,14 +66,6 @@ class CudaBackend:
         if blocks > _K.MAX_BLOCKS:
             blocks = _K.MAX_BLOCKS
         self.loader.get(file, kernel, dtype)((blocks,), (block,), args)
-
-    @staticmethod
-    def _float_dtype(a, what):
-        dt = a.dtype
-        if dt not in _FLOAT_DTYPES:
-            raise TypeError(f"CUDA backend {what}: expected a float32 or float64 array, "
-                            f"got {np.dtype(dt)}")
-        return dt
 
     def _partials(self, m, per_thread=32):
         """How many partial sums a reduction over ``m`` values uses (depends on m only).
@@ -113,25 +103,18 @@ class CudaBackend:
         return int(self.to_numpy(flag)[0]) == 0
 
     def accumulate(self, dst, src):
-        if dst.shape != src.shape:
-            raise ValueError(f"accumulate: shapes differ, dst {dst.shape} and src {src.shape}")
         src = self._c(src)
-        if not dst.flags.c_contiguous:
-            raise ValueError("accumulate: the destination array must be C-contiguous")
         self._launch("activation.cu", "accumulate", dst.dtype, dst.size, dst, src, I64(dst.size))
 
     # --------------------------------------------------------- convolution
-    def _conv_geometry(self, x_shape, w_shape, stride, padding, what):
+    @staticmethod
+    def _conv_geometry(x_shape, w_shape, stride, padding):
+        """The sizes the conv2d.cu kernels take (arguments checked at the seam)."""
         n, c, h, w = (int(v) for v in x_shape)
-        o, c2, kh, kw = (int(v) for v in w_shape)
-        if c != c2:
-            raise ValueError(f"{what}: input has {c} channels but the weight expects {c2}")
+        o, _, kh, kw = (int(v) for v in w_shape)
         sh, sw = int(stride[0]), int(stride[1])
         ph, pw = int(padding[0]), int(padding[1])
-        oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
-        if oh < 1 or ow < 1:
-            raise ValueError(f"{what}: a {kh}x{kw} kernel with padding {(ph, pw)} does not fit "
-                             f"the {h}x{w} input")
+        oh, ow = out_hw((h, w), (kh, kw), (sh, sw), (ph, pw))
         return n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow
 
     def _chunks(self, n, per_sample):
@@ -158,10 +141,10 @@ class CudaBackend:
         return out
 
     def conv2d_forward(self, x, w, stride, padding):
-        dt = self._float_dtype(x, "conv2d_forward")
+        dt = x.dtype
         x, w = self._c(x), self._c(w)
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
-            x.shape, w.shape, stride, padding, "conv2d_forward")
+            x.shape, w.shape, stride, padding)
         k, l = c * kh * kw, oh * ow
         w2 = w.reshape(o, k)
         y = self.xp.empty((n, o, oh, ow), dtype=dt)
@@ -173,14 +156,11 @@ class CudaBackend:
         return y
 
     def conv2d_backward_data(self, dy, w, x_shape, stride, padding):
-        dt = self._float_dtype(dy, "conv2d_backward_data")
+        dt = dy.dtype
         dy, w = self._c(dy), self._c(w)
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
-            x_shape, w.shape, stride, padding, "conv2d_backward_data")
+            x_shape, w.shape, stride, padding)
         k, l = c * kh * kw, oh * ow
-        if tuple(dy.shape) != (n, o, oh, ow):
-            raise ValueError(f"conv2d_backward_data: dy has shape {tuple(dy.shape)}, "
-                             f"expected {(n, o, oh, ow)}")
         w2t = w.reshape(o, k).T                                     # (C*kh*kw, O)
         dx = self.xp.empty((n, c, h, wd), dtype=dt)
         for n0, n1 in self._chunks(n, k * l):
@@ -193,14 +173,10 @@ class CudaBackend:
         return dx
 
     def conv2d_backward_weight(self, dy, x, w_shape, stride, padding):
-        self._float_dtype(dy, "conv2d_backward_weight")  # validates the dtype
         dy, x = self._c(dy), self._c(x)
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
-            x.shape, w_shape, stride, padding, "conv2d_backward_weight")
+            x.shape, w_shape, stride, padding)
         k, l = c * kh * kw, oh * ow
-        if tuple(dy.shape) != (n, o, oh, ow):
-            raise ValueError(f"conv2d_backward_weight: dy has shape {tuple(dy.shape)}, "
-                             f"expected {(n, o, oh, ow)}")
         dw = None
         for n0, n1 in self._chunks(n, k * l):
             nb = n1 - n0
@@ -224,19 +200,16 @@ class CudaBackend:
         return self._c(self.xp.matmul(dy.T, x))
 
     def bias_forward(self, y, b):
-        self._float_dtype(y, "bias_forward")
         y = self._c(y)
         b = self._c(b)
         c = int(y.shape[1])
-        if tuple(b.shape) != (c,):
-            raise ValueError(f"bias_forward: bias has shape {tuple(b.shape)}, expected ({c},)")
         hw = int(np.prod(y.shape[2:], dtype=np.int64)) if y.ndim > 2 else 1
         self._launch("bias.cu", "bias_forward", y.dtype, y.size, y, b,
                      I64(y.size), I64(c), I64(hw))
         return y
 
     def bias_backward(self, dy):
-        dt = self._float_dtype(dy, "bias_backward")
+        dt = dy.dtype
         dy = self._c(dy)
         n, c = int(dy.shape[0]), int(dy.shape[1])
         hw = int(np.prod(dy.shape[2:], dtype=np.int64)) if dy.ndim > 2 else 1
@@ -249,15 +222,14 @@ class CudaBackend:
         return db
 
     # ------------------------------------------------------------- pooling
-    def _pool_geometry(self, x_shape, kernel, stride, padding, what):
+    @staticmethod
+    def _pool_geometry(x_shape, kernel, stride, padding):
+        """The sizes the pool2d.cu kernels take (arguments checked at the seam)."""
         n, c, h, w = (int(v) for v in x_shape)
         kh, kw = int(kernel[0]), int(kernel[1])
         sh, sw = int(stride[0]), int(stride[1])
         ph, pw = int(padding[0]), int(padding[1])
-        oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
-        if oh < 1 or ow < 1:
-            raise ValueError(f"{what}: a {kh}x{kw} window with padding {(ph, pw)} does not fit "
-                             f"the {h}x{w} input")
+        oh, ow = out_hw((h, w), (kh, kw), (sh, sw), (ph, pw))
         return n, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw
 
     @staticmethod
@@ -281,9 +253,9 @@ class CudaBackend:
         return 2 if quad else 1
 
     def maxpool2d_forward(self, x, kernel, stride, padding):
-        dt = self._float_dtype(x, "maxpool2d_forward")
+        dt = x.dtype
         x = self._c(x)
-        dims = self._pool_geometry(x.shape, kernel, stride, padding, "maxpool2d_forward")
+        dims = self._pool_geometry(x.shape, kernel, stride, padding)
         n, c, _, _, oh, ow = dims[:6]
         y = self.xp.empty((n, c, oh, ow), dtype=dt)
         argmax = self.xp.empty((n, c, oh, ow), dtype=np.int32)
@@ -293,11 +265,9 @@ class CudaBackend:
         return y, argmax
 
     def maxpool2d_backward(self, dy, argmax, x_shape, kernel, stride, padding):
-        dt = self._float_dtype(dy, "maxpool2d_backward")
+        dt = dy.dtype
         dy, argmax = self._c(dy), self._c(argmax)
-        if np.dtype(argmax.dtype) != np.int32:
-            raise TypeError(f"maxpool2d_backward: argmax must be int32, got {argmax.dtype}")
-        dims = self._pool_geometry(x_shape, kernel, stride, padding, "maxpool2d_backward")
+        dims = self._pool_geometry(x_shape, kernel, stride, padding)
         n, c, h, w = dims[:4]
         dx = self.xp.empty((n, c, h, w), dtype=dt)
         cells = self._disjoint_cells(dims)
@@ -311,9 +281,9 @@ class CudaBackend:
         return dx
 
     def avgpool2d_forward(self, x, kernel, stride, padding):
-        dt = self._float_dtype(x, "avgpool2d_forward")
+        dt = x.dtype
         x = self._c(x)
-        dims = self._pool_geometry(x.shape, kernel, stride, padding, "avgpool2d_forward")
+        dims = self._pool_geometry(x.shape, kernel, stride, padding)
         n, c, _, _, oh, ow, kh, kw = dims[:8]
         y = self.xp.empty((n, c, oh, ow), dtype=dt)
         self._launch("pool2d.cu", "avgpool2d_forward", dt,
@@ -322,9 +292,9 @@ class CudaBackend:
         return y
 
     def avgpool2d_backward(self, dy, x_shape, kernel, stride, padding):
-        dt = self._float_dtype(dy, "avgpool2d_backward")
+        dt = dy.dtype
         dy = self._c(dy)
-        dims = self._pool_geometry(x_shape, kernel, stride, padding, "avgpool2d_backward")
+        dims = self._pool_geometry(x_shape, kernel, stride, padding)
         n, c, h, w, _, _, kh, kw = dims[:8]
         dx = self.xp.empty((n, c, h, w), dtype=dt)
         inv_area = dt.type(1.0 / (kh * kw))
@@ -340,17 +310,14 @@ class CudaBackend:
 
     # --------------------------------------------------------- activations
     def _unary(self, kernel, x):
-        dt = self._float_dtype(x, kernel)
+        dt = x.dtype
         x = self._c(x)
         y = self.xp.empty(x.shape, dtype=dt)
         self._launch("activation.cu", kernel, dt, x.size, x, y, I64(x.size))
         return y
 
     def _binary(self, kernel, dy, y):
-        dt = self._float_dtype(dy, kernel)
-        if dy.shape != y.shape:
-            raise ValueError(f"{kernel}: dy has shape {tuple(dy.shape)} but y has "
-                             f"{tuple(y.shape)}")
+        dt = dy.dtype
         dy, y = self._c(dy), self._c(y)
         dx = self.xp.empty(dy.shape, dtype=dt)
         self._launch("activation.cu", kernel, dt, dy.size, dy, y, dx, I64(dy.size))
@@ -376,7 +343,7 @@ class CudaBackend:
 
     # -------------------------------------------------------------- losses
     def softmax_cross_entropy_forward(self, logits, labels):
-        dt = self._float_dtype(logits, "softmax_cross_entropy_forward")
+        dt = logits.dtype
         logits = self._c(logits)
         labels = self.asarray(labels, dtype=np.int64)
         n, k = int(logits.shape[0]), int(logits.shape[1])
@@ -388,7 +355,7 @@ class CudaBackend:
         return loss, probs
 
     def softmax_cross_entropy_backward(self, probs, labels):
-        dt = self._float_dtype(probs, "softmax_cross_entropy_backward")
+        dt = probs.dtype
         probs = self._c(probs)
         labels = self.asarray(labels, dtype=np.int64)
         n, k = int(probs.shape[0]), int(probs.shape[1])
@@ -398,7 +365,7 @@ class CudaBackend:
         return dx
 
     def mse_forward(self, y, t):
-        dt = self._float_dtype(y, "mse_forward")
+        dt = y.dtype
         y, t = self._c(y), self._c(t)
         n = int(y.size)
         # up to 65536 partial sums (enough threads to stream a large tensor at full
@@ -409,7 +376,7 @@ class CudaBackend:
         return float(np.sum(self.to_numpy(partial), dtype=np.float64) / n) if n else float("nan")
 
     def mse_backward(self, y, t):
-        dt = self._float_dtype(y, "mse_backward")
+        dt = y.dtype
         y, t = self._c(y), self._c(t)
         dx = self.xp.empty(y.shape, dtype=dt)
         self._launch("loss.cu", "mse_backward", dt, y.size, y, t, dx, I64(y.size),
@@ -418,18 +385,16 @@ class CudaBackend:
 
     # ---------------------------------------------------------- optimizers
     def sgd_update(self, param, grad, buf, lr, momentum, weight_decay, nesterov, first):
-        dt = self._float_dtype(param, "sgd_update")
+        dt = param.dtype
         t = dt.type
         grad = self._c(grad)
         use_buf = bool(momentum)
-        if use_buf and buf is None:
-            raise ValueError("sgd_update: momentum is set but no momentum buffer was given")
         self._launch("optim.cu", "sgd_update", dt, param.size, param, grad,
                      buf if use_buf else param, I64(param.size), t(lr), t(momentum),
                      t(weight_decay), I64(bool(nesterov)), I64(bool(first)), I64(use_buf))
 
     def adam_update(self, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
-        dt = self._float_dtype(param, "adam_update")
+        dt = param.dtype
         t = dt.type
         grad = self._c(grad)
         bc1 = 1 - beta1 ** step

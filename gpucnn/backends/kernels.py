@@ -101,12 +101,6 @@ def instantiations(file: str | None = None):
             for f, names in files.items() for dt, ct in CTYPES.items() for name in names]
 
 
-def launch_config(total: int):
-    """(grid, block) for a grid-stride loop over ``total`` items."""
-    blocks = max(1, min((int(total) + BLOCK - 1) // BLOCK, MAX_BLOCKS))
-    return (blocks,), (BLOCK,)
-
-
 class KernelCompileError(RuntimeError):
     """A kernel file failed to compile; the message carries the compiler log."""
 

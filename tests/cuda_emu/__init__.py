@@ -686,6 +686,8 @@ def emulator_unavailable_reason():
 
 
 def make_emulated_backend(kernel_dir=None):
-    """The CUDA backend's own class over NumPy, its kernels run by the emulator."""
+    """The CUDA backend's own class over NumPy, its kernels run by the emulator, behind the
+    seam's argument checks (as ``gpucnn.backends`` hands out the real one)."""
+    from gpucnn.backends.checked import checked
     from gpucnn.backends.cuda_backend import CudaBackend
-    return CudaBackend(xp=poisoned_numpy, loader=EmulatedLoader(kernel_dir), name="emulated")
+    return checked(CudaBackend(xp=poisoned_numpy, loader=EmulatedLoader(kernel_dir), name="emulated"))

@@ -1,0 +1,353 @@
+"""The seam's argument checks: one function per primitive, run before every backend.
+
+``checked(backend)`` wraps a backend (NumPy, CUDA, the tests' emulated CUDA) so that each
+primitive of ``PRIMITIVES`` first runs its entry of ``CHECKS`` with the same arguments,
+then the backend's own code.  A bad call therefore raises the *same* one-line error on
+every backend, before any kernel is launched::
+
+    conv2d_forward: w (4, 2, 3, 3) takes 2 input channels; expected 3, the channels of x (2, 3, 6, 7)
+    maxpool2d_backward: argmax has dtype int64; expected int32
+
+Each message names the primitive, the argument and what was expected.  ``TypeError`` for a
+wrong dtype or a non-array, ``ValueError`` for shapes, values and layouts.  The backends
+themselves then trust their arguments (no second copy of these checks).
+
+Adding a primitive is one entry here: a function with the primitive's name and signature,
+decorated ``@_check`` (or the name in ``UNCHECKED`` when there is nothing to check); the
+test suite fails while a primitive of ``PRIMITIVES`` has neither.
+
+Everything other than the primitives (``name``, ``xp``, ``loader``, ``max_cols_elements``,
+...) reads and writes through to the wrapped backend.  The overhead is one Python call
+and a few attribute reads per primitive call (about 1-3 us; see ``benchmarks/RESULTS.md``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import PRIMITIVES
+from .geometry import conv_out_shape, pool_out_shape
+
+_FLOATS = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
+_INT32 = np.dtype(np.int32)
+_INT64 = np.dtype(np.int64)
+
+#: primitive name -> check(*args, **kwargs) taking the primitive's own arguments.
+CHECKS: dict = {}
+#: primitives whose arguments need no check (array handling that accepts anything).
+UNCHECKED = frozenset(("asarray", "to_numpy", "zeros", "all_finite"))
+
+
+def _check(fn):
+    CHECKS[fn.__name__] = fn
+    return fn
+
+
+# --------------------------------------------------------------------------- the pieces
+def _dtype(p, name, a):
+    dt = getattr(a, "dtype", None)
+    if dt is None or not hasattr(a, "shape"):
+        raise TypeError(f"{p}: {name} is a {type(a).__name__}; expected a backend array")
+    return dt
+
+
+def _float(p, name, a):
+    """``a``'s dtype, which must be float32 or float64."""
+    dt = _dtype(p, name, a)
+    if dt not in _FLOATS:
+        raise TypeError(f"{p}: {name} has dtype {dt}; expected float32 or float64")
+    return dt
+
+
+def _same(p, name, a, dt, first):
+    """``a`` is an array of dtype ``dt``, the dtype of the argument ``first``."""
+    got = _dtype(p, name, a)
+    if got != dt:
+        raise TypeError(f"{p}: {name} has dtype {got}; expected {dt}, the dtype of {first}")
+
+
+def _shape(p, name, a, shape, why):
+    """``a.shape == shape``; ``why()`` says where ``shape`` comes from (built on error only)."""
+    if tuple(a.shape) != shape:
+        raise ValueError(f"{p}: {name} has shape {tuple(a.shape)}; expected {shape}{why()}")
+
+
+def _ndim(p, name, a, ndim, layout):
+    if len(a.shape) != ndim:
+        raise ValueError(f"{p}: {name} has shape {tuple(a.shape)}; expected {ndim}-D {layout}")
+
+
+def _contiguous(p, name, a):
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{p}: {name} is not C-contiguous; expected a C-contiguous array "
+                         f"(it is updated in place)")
+
+
+def _like(p, name, a, ref, ref_name):
+    """``a`` has the dtype and shape of ``ref``."""
+    _same(p, name, a, ref.dtype, ref_name)
+    if a.shape != ref.shape:
+        raise ValueError(f"{p}: {name} has shape {tuple(a.shape)}; expected {tuple(ref.shape)}, "
+                         f"the shape of {ref_name}")
+
+
+# ---------------------------------------------------------------------- array handling
+@_check
+def accumulate(dst, src):
+    _float("accumulate", "dst", dst)
+    _like("accumulate", "src", src, dst, "dst")
+    _contiguous("accumulate", "dst", dst)
+
+
+# ------------------------------------------------------------------ convolution, dense
+@_check
+def conv2d_forward(x, w, stride, padding):
+    p = "conv2d_forward"
+    _same(p, "w", w, _float(p, "x", x), "x")
+    conv_out_shape(p, x.shape, w.shape, stride, padding)
+
+
+@_check
+def conv2d_backward_data(dy, w, x_shape, stride, padding):
+    p = "conv2d_backward_data"
+    _same(p, "w", w, _float(p, "dy", dy), "dy")
+    y_shape = conv_out_shape(p, x_shape, w.shape, stride, padding, x_name="x_shape")
+    _shape(p, "dy", dy, y_shape,
+           lambda: f", the output of x_shape {tuple(x_shape)} and w {tuple(w.shape)}")
+
+
+@_check
+def conv2d_backward_weight(dy, x, w_shape, stride, padding):
+    p = "conv2d_backward_weight"
+    _same(p, "x", x, _float(p, "dy", dy), "dy")
+    y_shape = conv_out_shape(p, x.shape, w_shape, stride, padding, w_name="w_shape")
+    _shape(p, "dy", dy, y_shape,
+           lambda: f", the output of x {tuple(x.shape)} and w_shape {tuple(w_shape)}")
+
+
+def _matrices(p, a_name, a, b_name, b):
+    _same(p, b_name, b, _float(p, a_name, a), a_name)
+    _ndim(p, a_name, a, 2, "(N, features)")
+    _ndim(p, b_name, b, 2, "(rows, columns)")
+
+
+@_check
+def linear_forward(x, w):
+    _matrices("linear_forward", "x", x, "w", w)
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"linear_forward: w {tuple(w.shape)} takes {w.shape[1]} input features; "
+                         f"expected {x.shape[1]}, the features of x {tuple(x.shape)}")
+
+
+@_check
+def linear_backward_data(dy, w):
+    _matrices("linear_backward_data", "dy", dy, "w", w)
+    if dy.shape[1] != w.shape[0]:
+        raise ValueError(f"linear_backward_data: w {tuple(w.shape)} has {w.shape[0]} outputs; "
+                         f"expected {dy.shape[1]}, the features of dy {tuple(dy.shape)}")
+
+
+@_check
+def linear_backward_weight(dy, x):
+    _matrices("linear_backward_weight", "dy", dy, "x", x)
+    if dy.shape[0] != x.shape[0]:
+        raise ValueError(f"linear_backward_weight: x {tuple(x.shape)} has {x.shape[0]} rows; "
+                         f"expected {dy.shape[0]}, the rows of dy {tuple(dy.shape)}")
+
+
+@_check
+def bias_forward(y, b):
+    p = "bias_forward"
+    _same(p, "b", b, _float(p, "y", y), "y")
+    if len(y.shape) < 2:
+        raise ValueError(f"{p}: y has shape {tuple(y.shape)}; expected at least 2-D (N, C, ...)")
+    _shape(p, "b", b, (y.shape[1],), lambda: f", the channels of y {tuple(y.shape)}")
+
+
+@_check
+def bias_backward(dy):
+    _float("bias_backward", "dy", dy)
+    if len(dy.shape) < 2:
+        raise ValueError(f"bias_backward: dy has shape {tuple(dy.shape)}; expected at least "
+                         f"2-D (N, C, ...)")
+
+
+# ----------------------------------------------------------------------------- pooling
+@_check
+def maxpool2d_forward(x, kernel, stride, padding):
+    _float("maxpool2d_forward", "x", x)
+    pool_out_shape("maxpool2d_forward", x.shape, kernel, stride, padding)
+
+
+@_check
+def maxpool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
+    p = "maxpool2d_backward"
+    _float(p, "dy", dy)
+    if _dtype(p, "argmax", argmax) != _INT32:
+        raise TypeError(f"{p}: argmax has dtype {argmax.dtype}; expected int32")
+    y_shape = pool_out_shape(p, x_shape, kernel, stride, padding, x_name="x_shape")
+    why = lambda: f", the output of x_shape {tuple(x_shape)}"  # noqa: E731
+    _shape(p, "dy", dy, y_shape, why)
+    _shape(p, "argmax", argmax, y_shape, why)
+
+
+@_check
+def avgpool2d_forward(x, kernel, stride, padding):
+    _float("avgpool2d_forward", "x", x)
+    pool_out_shape("avgpool2d_forward", x.shape, kernel, stride, padding)
+
+
+@_check
+def avgpool2d_backward(dy, x_shape, kernel, stride, padding):
+    p = "avgpool2d_backward"
+    _float(p, "dy", dy)
+    y_shape = pool_out_shape(p, x_shape, kernel, stride, padding, x_name="x_shape")
+    _shape(p, "dy", dy, y_shape, lambda: f", the output of x_shape {tuple(x_shape)}")
+
+
+# ------------------------------------------------------------------------- activations
+def _forward(p):
+    def check(x):
+        _float(p, "x", x)
+    check.__name__ = p
+    return _check(check)
+
+
+def _backward(p):
+    def check(dy, y):
+        _float(p, "dy", dy)
+        _like(p, "y", y, dy, "dy")
+    check.__name__ = p
+    return _check(check)
+
+
+for _name in ("sigmoid", "relu", "tanh"):
+    _forward(f"{_name}_forward")
+    _backward(f"{_name}_backward")
+
+
+# ------------------------------------------------------------------------------ losses
+def _labels(p, labels, logits_name, logits):
+    if _dtype(p, "labels", labels) != _INT64:
+        raise TypeError(f"{p}: labels has dtype {labels.dtype}; expected int64")
+    n = logits.shape[0]
+    _shape(p, "labels", labels, (n,),
+           lambda: f", one per row of {logits_name} {tuple(logits.shape)}")
+
+
+@_check
+def softmax_cross_entropy_forward(logits, labels):
+    p = "softmax_cross_entropy_forward"
+    _float(p, "logits", logits)
+    _ndim(p, "logits", logits, 2, "(N, classes)")
+    _labels(p, labels, "logits", logits)
+    k = logits.shape[1]
+    # as unsigned, a negative label is >= k too: one comparison and one reduction (on a GPU
+    # one small sync per step; the loss itself syncs anyway)
+    if labels.shape[0] and bool((labels.view(np.uint64) >= k).any()):
+        lo, hi = int(labels.min()), int(labels.max())
+        raise ValueError(f"{p}: labels holds {lo if lo < 0 else hi}; expected class indices "
+                         f"in [0, {k})")
+
+
+@_check
+def softmax_cross_entropy_backward(probs, labels):
+    p = "softmax_cross_entropy_backward"
+    _float(p, "probs", probs)
+    _ndim(p, "probs", probs, 2, "(N, classes)")
+    _labels(p, labels, "probs", probs)
+
+
+@_check
+def mse_forward(y, t):
+    _float("mse_forward", "y", y)
+    _like("mse_forward", "t", t, y, "y")
+
+
+@_check
+def mse_backward(y, t):
+    _float("mse_backward", "y", y)
+    _like("mse_backward", "t", t, y, "y")
+
+
+# -------------------------------------------------------------------------- optimizers
+@_check
+def sgd_update(param, grad, buf, lr, momentum, weight_decay, nesterov, first):
+    p = "sgd_update"
+    _float(p, "param", param)
+    _contiguous(p, "param", param)
+    _like(p, "grad", grad, param, "param")
+    if momentum:
+        if buf is None:
+            raise ValueError(f"{p}: buf is None; expected a momentum buffer "
+                             f"(momentum is {momentum})")
+        _like(p, "buf", buf, param, "param")
+        _contiguous(p, "buf", buf)
+
+
+@_check
+def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    p = "adam_update"
+    _float(p, "param", param)
+    _contiguous(p, "param", param)
+    _like(p, "grad", grad, param, "param")
+    for name, a in (("m", m), ("v", v)):
+        _like(p, name, a, param, "param")
+        _contiguous(p, name, a)
+    if step < 1:
+        raise ValueError(f"{p}: step is {step}; expected a step count >= 1")
+
+
+# ------------------------------------------------------------------------- the wrapper
+def _bind(check, fn):
+    def primitive(*args, **kwargs):
+        check(*args, **kwargs)
+        return fn(*args, **kwargs)
+    primitive.__name__ = fn.__name__
+    primitive.__doc__ = fn.__doc__
+    primitive.__wrapped__ = fn
+    return primitive
+
+
+class CheckedBackend:
+    """``backend`` with every primitive checked first; everything else passes through."""
+
+    def __init__(self, backend):
+        object.__setattr__(self, "_backend", backend)
+        for name in PRIMITIVES:
+            fn = getattr(backend, name)
+            if name not in UNCHECKED:
+                if name not in CHECKS:
+                    raise NotImplementedError(
+                        f"gpucnn/backends/checked.py has no check for the primitive {name!r}: "
+                        f"add a function named {name} decorated @_check (or the name to UNCHECKED)")
+                fn = _bind(CHECKS[name], fn)
+            object.__setattr__(self, name, fn)
+
+    @property
+    def unchecked(self):
+        """The wrapped backend itself."""
+        return self._backend
+
+    def __getattr__(self, attr):          # only reached for what the wrapper does not hold
+        if attr == "_backend":            # (copy/pickle probing a half-built instance)
+            raise AttributeError(attr)
+        return getattr(self._backend, attr)
+
+    def __setattr__(self, attr, value):   # a primitive replaced (tests) stays on the wrapper
+        if attr in _PRIMITIVE_SET:
+            object.__setattr__(self, attr, value)
+        else:
+            setattr(self._backend, attr, value)
+
+    def __repr__(self):
+        return f"checked({self._backend!r})"
+
+
+_PRIMITIVE_SET = frozenset(PRIMITIVES)
+
+
+def checked(backend):
+    """``backend`` behind the seam's checks (itself if it is already checked; None stays None)."""
+    if backend is None or isinstance(backend, CheckedBackend):
+        return backend
+    return CheckedBackend(backend)

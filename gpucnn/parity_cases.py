@@ -1,0 +1,500 @@
+"""The parity case table: every backend primitive on small, awkward shapes.
+
+One table for `gpucnn check` (each case against ``gpucnn.reference``, the loop oracle,
+and the GPU against the NumPy backend) and for ``tests/test_parity.py`` (every other
+backend against the NumPy backend), which adds its larger shapes with the same builders.
+
+A ``Case`` is a primitive, an id and the arguments of its family's recipe:
+``case.run(B, dtype)`` runs the primitive on backend ``B`` and returns a tuple of its
+results (backend arrays, Python scalars); ``case.reference(dtype)`` returns what they
+should be, computed in float64 from the definitions.  Inputs come from fixed seeds on the
+host, so every backend computes from the same numbers.
+
+Adding a primitive: a recipe pair (``@_recipe``) and its rows in ``CASES``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import reference
+from .backends.geometry import out_hw
+
+_RUN: dict = {}
+_REF: dict = {}
+
+
+@dataclass(frozen=True)
+class Case:
+    primitive: str
+    ident: str
+    args: dict = field(default_factory=dict)
+    large: bool = False      # the tests skip it on slow backends (the CPU emulator)
+
+    def run(self, B, dtype) -> tuple:
+        return _RUN[self.primitive](B, dtype, **self.args)
+
+    def reference(self, dtype) -> tuple:
+        return _REF[self.primitive](dtype, **self.args)
+
+    def __repr__(self):
+        return f"{self.primitive}[{self.ident}]"
+
+
+def _recipe(*primitives):
+    """Register ``run(B, dt, **args)`` for ``primitives`` and, as ``.ref``, its reference."""
+    def deco(run):
+        def ref(fn):
+            for p in primitives:
+                _REF[p] = fn
+            return fn
+        for p in primitives:
+            _RUN[p] = run
+        run.ref = ref
+        return run
+    return deco
+
+
+def _rand(seed, shape, dtype, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def _f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def _cpu():
+    from .backends import cpu_backend
+    return cpu_backend()
+
+
+# ------------------------------------------------------------------------- convolution
+def _conv_inputs(dt, x, w, stride, padding):
+    dy = (x[0], w[0]) + out_hw(x[2:], w[2:], stride, padding)
+    return _rand(1, x, dt), _rand(2, w, dt, 0.3), _rand(3, dy, dt)
+
+
+class _cols_limit:
+    """Make the CUDA backend process the batch in chunks of a few samples."""
+
+    def __init__(self, B, limit):
+        self.B, self.limit = B, limit
+
+    def __enter__(self):
+        self.saved = getattr(self.B, "max_cols_elements", None)
+        if self.limit and self.saved is not None:
+            self.B.max_cols_elements = self.limit
+
+    def __exit__(self, *exc):
+        if self.limit and self.saved is not None:
+            self.B.max_cols_elements = self.saved
+
+
+@_recipe("conv2d_forward")
+def _(B, dt, x, w, stride, padding, max_cols=None):
+    xa, wa, _ = _conv_inputs(dt, x, w, stride, padding)
+    with _cols_limit(B, max_cols):
+        return (B.conv2d_forward(B.asarray(xa), B.asarray(wa), stride, padding),)
+
+
+@_.ref
+def _(dt, x, w, stride, padding, max_cols=None):
+    xa, wa, _ = _conv_inputs(dt, x, w, stride, padding)
+    return (reference.conv2d(xa, wa, None, stride, padding),)
+
+
+@_recipe("conv2d_backward_data")
+def _(B, dt, x, w, stride, padding, max_cols=None):
+    _, wa, dy = _conv_inputs(dt, x, w, stride, padding)
+    with _cols_limit(B, max_cols):
+        return (B.conv2d_backward_data(B.asarray(dy), B.asarray(wa), x, stride, padding),)
+
+
+@_.ref
+def _(dt, x, w, stride, padding, max_cols=None):
+    xa, wa, dy = _conv_inputs(dt, x, w, stride, padding)
+    return (reference.conv2d_backward(dy, xa, wa, stride, padding)[0],)
+
+
+@_recipe("conv2d_backward_weight")
+def _(B, dt, x, w, stride, padding, max_cols=None):
+    xa, _, dy = _conv_inputs(dt, x, w, stride, padding)
+    with _cols_limit(B, max_cols):
+        return (B.conv2d_backward_weight(B.asarray(dy), B.asarray(xa), w, stride, padding),)
+
+
+@_.ref
+def _(dt, x, w, stride, padding, max_cols=None):
+    xa, wa, dy = _conv_inputs(dt, x, w, stride, padding)
+    return (reference.conv2d_backward(dy, xa, wa, stride, padding)[1],)
+
+
+def conv(ident, x, w, stride, padding, large=False, **extra):
+    """The three convolution primitives on input ``x`` (N, C, H, W) and weight ``w``."""
+    args = dict(x=x, w=w, stride=stride, padding=padding, **extra)
+    return [Case(p, ident, args, large) for p in
+            ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")]
+
+
+# ------------------------------------------------------------------------ dense, bias
+def _linear_inputs(dt, n, i, o):
+    return _rand(4, (n, i), dt), _rand(5, (o, i), dt), _rand(6, (n, o), dt)
+
+
+@_recipe("linear_forward", "linear_backward_data", "linear_backward_weight")
+def _linear_run(B, dt, n, i, o, primitive):
+    x, w, dy = _linear_inputs(dt, n, i, o)
+    if primitive == "linear_forward":
+        return (B.linear_forward(B.asarray(x), B.asarray(w)),)
+    if primitive == "linear_backward_data":
+        return (B.linear_backward_data(B.asarray(dy), B.asarray(w)),)
+    return (B.linear_backward_weight(B.asarray(dy), B.asarray(x)),)
+
+
+@_linear_run.ref
+def _(dt, n, i, o, primitive):
+    x, w, dy = _linear_inputs(dt, n, i, o)
+    if primitive == "linear_forward":
+        return (reference.linear(x, w),)
+    dx, dw, _ = reference.linear_backward(dy, x, w)
+    return (dx,) if primitive == "linear_backward_data" else (dw,)
+
+
+def linear(ident, n, i, o):
+    """The three ``Linear`` primitives: ``n`` rows of ``i`` features to ``o``."""
+    return [Case(p, ident, dict(n=n, i=i, o=o, primitive=p)) for p in
+            ("linear_forward", "linear_backward_data", "linear_backward_weight")]
+
+
+@_recipe("bias_forward")
+def _(B, dt, shape):
+    return (B.bias_forward(B.asarray(_rand(7, shape, dt)), B.asarray(_rand(8, (shape[1],), dt))),)
+
+
+@_.ref
+def _(dt, shape):
+    b = _f64(_rand(8, (shape[1],), dt)).reshape((1, -1) + (1,) * (len(shape) - 2))
+    return (_f64(_rand(7, shape, dt)) + b,)
+
+
+@_recipe("bias_backward")
+def _(B, dt, shape):
+    return (B.bias_backward(B.asarray(_rand(9, shape, dt))),)
+
+
+@_.ref
+def _(dt, shape):
+    axes = tuple(a for a in range(len(shape)) if a != 1)
+    return (_f64(_rand(9, shape, dt)).sum(axis=axes),)
+
+
+def bias(ident, shape, large=False, forward=True):
+    """Bias add and its gradient on ``shape`` (N, C, ...)."""
+    names = ("bias_forward", "bias_backward") if forward else ("bias_backward",)
+    return [Case(p, ident, dict(shape=shape), large) for p in names]
+
+
+# ----------------------------------------------------------------------------- pooling
+def _pool_inputs(dt, x, kernel, stride, padding, ties):
+    rng = np.random.default_rng(12)
+    xa = (rng.integers(0, 3, size=x) if ties else rng.standard_normal(x)).astype(dt)
+    dy = _rand(13, x[:2] + out_hw(x[2:], kernel, stride, padding), dt)
+    return xa, dy
+
+
+@_recipe("maxpool2d_forward")
+def _(B, dt, x, kernel, stride, padding, ties=False):
+    xa, _ = _pool_inputs(dt, x, kernel, stride, padding, ties)
+    return tuple(B.maxpool2d_forward(B.asarray(xa), kernel, stride, padding))
+
+
+@_.ref
+def _(dt, x, kernel, stride, padding, ties=False):
+    xa, _ = _pool_inputs(dt, x, kernel, stride, padding, ties)
+    return tuple(reference.maxpool2d(xa, kernel, stride, padding))
+
+
+@_recipe("maxpool2d_backward")
+def _(B, dt, x, kernel, stride, padding, ties=False):
+    xa, dy = _pool_inputs(dt, x, kernel, stride, padding, ties)
+    _, argmax = _cpu().maxpool2d_forward(xa, kernel, stride, padding)   # the same argmax for all
+    return (B.maxpool2d_backward(B.asarray(dy), B.asarray(argmax), x, kernel, stride, padding),)
+
+
+@_.ref
+def _(dt, x, kernel, stride, padding, ties=False):
+    xa, dy = _pool_inputs(dt, x, kernel, stride, padding, ties)
+    return (reference.maxpool2d_backward(dy, xa, kernel, stride, padding),)
+
+
+@_recipe("avgpool2d_forward")
+def _(B, dt, x, kernel, stride, padding, ties=False):
+    xa, _ = _pool_inputs(dt, x, kernel, stride, padding, ties)
+    return (B.avgpool2d_forward(B.asarray(xa), kernel, stride, padding),)
+
+
+@_.ref
+def _(dt, x, kernel, stride, padding, ties=False):
+    xa, _ = _pool_inputs(dt, x, kernel, stride, padding, ties)
+    return (reference.avgpool2d(xa, kernel, stride, padding),)
+
+
+@_recipe("avgpool2d_backward")
+def _(B, dt, x, kernel, stride, padding, ties=False):
+    _, dy = _pool_inputs(dt, x, kernel, stride, padding, ties)
+    return (B.avgpool2d_backward(B.asarray(dy), x, kernel, stride, padding),)
+
+
+@_.ref
+def _(dt, x, kernel, stride, padding, ties=False):
+    _, dy = _pool_inputs(dt, x, kernel, stride, padding, ties)
+    return (reference.avgpool2d_backward(dy, x, kernel, stride, padding),)
+
+
+def pool(ident, x, kernel, stride, padding, large=False, ties=False):
+    """Max and average pooling, forward and backward, on input ``x`` (N, C, H, W).
+    ``ties``: small integers, many equal values per window (max pooling only)."""
+    names = ("maxpool2d_forward", "maxpool2d_backward")
+    if not ties:
+        names += ("avgpool2d_forward", "avgpool2d_backward")
+    args = dict(x=x, kernel=kernel, stride=stride, padding=padding, ties=ties)
+    return [Case(p, ident, args, large) for p in names]
+
+
+# ------------------------------------------------------------------------- activations
+def _act_inputs(dt, shape):
+    x = _rand(14, shape, dt, 3.0)
+    if x.size > 4:   # saturation: exp overflows in sigmoid, tanh is exactly +-1
+        x.flat[:4] = np.array([1000.0, -1000.0, 30.0, -30.0], dtype=dt)
+    return x, _rand(15, shape, dt)
+
+
+@_recipe("sigmoid_forward", "relu_forward", "tanh_forward")
+def _act_fwd(B, dt, shape, name):
+    x, _ = _act_inputs(dt, shape)
+    return (getattr(B, f"{name}_forward")(B.asarray(x)),)
+
+
+@_act_fwd.ref
+def _(dt, shape, name):
+    return (getattr(reference, name)(_act_inputs(dt, shape)[0]),)
+
+
+@_recipe("sigmoid_backward", "relu_backward", "tanh_backward")
+def _act_bwd(B, dt, shape, name):
+    x, dy = _act_inputs(dt, shape)
+    y = getattr(_cpu(), f"{name}_forward")(x)       # the same saved output for every backend
+    return (getattr(B, f"{name}_backward")(B.asarray(dy), B.asarray(y)),)
+
+
+@_act_bwd.ref
+def _(dt, shape, name):
+    x, dy = _act_inputs(dt, shape)
+    return (getattr(reference, f"{name}_backward")(dy, x),)
+
+
+def activations(ident, shape, large=False):
+    """Sigmoid, ReLU and tanh, forward and backward, on ``shape`` (with saturating values)."""
+    return [Case(f"{name}_{way}", ident, dict(shape=shape, name=name), large)
+            for name in ("sigmoid", "relu", "tanh") for way in ("forward", "backward")]
+
+
+# ------------------------------------------------------------------------------ losses
+def _ce_inputs(dt, n, k, logits):
+    z = _rand(16, (n, k), dt, 4.0) if logits is None else np.array(logits, dtype=dt)
+    labels = np.random.default_rng(17).integers(0, z.shape[1], size=z.shape[0]).astype(np.int64)
+    return z, labels
+
+
+@_recipe("softmax_cross_entropy_forward")
+def _(B, dt, n=None, k=None, logits=None):
+    z, labels = _ce_inputs(dt, n, k, logits)
+    return tuple(B.softmax_cross_entropy_forward(B.asarray(z), B.asarray(labels)))
+
+
+@_.ref
+def _(dt, n=None, k=None, logits=None):
+    z, labels = _ce_inputs(dt, n, k, logits)
+    loss, grad = reference.softmax_cross_entropy(z, labels)
+    probs = grad * z.shape[0]
+    probs[np.arange(z.shape[0]), labels] += 1.0
+    return loss, probs
+
+
+@_recipe("softmax_cross_entropy_backward")
+def _(B, dt, n=None, k=None, logits=None):
+    z, labels = _ce_inputs(dt, n, k, logits)
+    _, probs = _cpu().softmax_cross_entropy_forward(z, labels)   # the same probs for all
+    return (B.softmax_cross_entropy_backward(B.asarray(probs), B.asarray(labels)),)
+
+
+@_.ref
+def _(dt, n=None, k=None, logits=None):
+    z, labels = _ce_inputs(dt, n, k, logits)
+    return (reference.softmax_cross_entropy(z, labels)[1],)
+
+
+def cross_entropy(ident, n=None, k=None, logits=None):
+    """Softmax cross-entropy on ``n`` x ``k`` random logits (or the given ``logits``)."""
+    args = dict(n=n, k=k, logits=logits)
+    return [Case(p, ident, args) for p in
+            ("softmax_cross_entropy_forward", "softmax_cross_entropy_backward")]
+
+
+def _mse_inputs(dt, shape):
+    return _rand(18, shape, dt), _rand(19, shape, dt)
+
+
+@_recipe("mse_forward", "mse_backward")
+def _mse_run(B, dt, shape, primitive):
+    y, t = _mse_inputs(dt, shape)
+    return (getattr(B, primitive)(B.asarray(y), B.asarray(t)),)
+
+
+@_mse_run.ref
+def _(dt, shape, primitive):
+    loss, grad = reference.mse(*_mse_inputs(dt, shape))
+    return (loss,) if primitive == "mse_forward" else (grad,)
+
+
+def mse(ident, shape, large=False):
+    return [Case(p, ident, dict(shape=shape, primitive=p), large)
+            for p in ("mse_forward", "mse_backward")]
+
+
+# -------------------------------------------------------------------------- optimizers
+_PARAM = (5, 3, 3, 3)
+
+
+@_recipe("sgd_update")
+def _(B, dt, momentum, weight_decay, nesterov, first):
+    param = B.asarray(_rand(20, _PARAM, dt))
+    buf = B.asarray(_rand(22, _PARAM, dt)) if momentum else None
+    B.sgd_update(param, B.asarray(_rand(21, _PARAM, dt)), buf, 0.1, momentum, weight_decay,
+                 nesterov, first)
+    return (param,) if buf is None else (param, buf)
+
+
+@_.ref
+def _(dt, momentum, weight_decay, nesterov, first):
+    p, b = reference.sgd_step(_rand(20, _PARAM, dt), _rand(21, _PARAM, dt),
+                              None if first else _rand(22, _PARAM, dt), 0.1, momentum,
+                              weight_decay, nesterov)
+    return (p,) if b is None else (p, b)
+
+
+def _adam_inputs(dt):
+    return (_rand(23, (7, 11), dt), _rand(24, (7, 11), dt), _rand(25, (7, 11), dt, 0.1),
+            np.abs(_rand(26, (7, 11), dt, 0.1)))
+
+
+@_recipe("adam_update")
+def _(B, dt, step, weight_decay):
+    param, grad, m, v = (B.asarray(a) for a in _adam_inputs(dt))
+    B.adam_update(param, grad, m, v, step, 1e-3, 0.9, 0.999, 1e-8, weight_decay)
+    return param, m, v
+
+
+@_.ref
+def _(dt, step, weight_decay):
+    param, grad, m, v = _adam_inputs(dt)
+    return reference.adam_step(param, grad, m, v, step, 1e-3, (0.9, 0.999), 1e-8, weight_decay)
+
+
+def sgd(ident, momentum=0.0, weight_decay=0.0, nesterov=False, first=False):
+    return [Case("sgd_update", ident, dict(momentum=momentum, weight_decay=weight_decay,
+                                           nesterov=nesterov, first=first))]
+
+
+def adam(ident, step, weight_decay=0.0):
+    return [Case("adam_update", ident, dict(step=step, weight_decay=weight_decay))]
+
+
+# ---------------------------------------------------------------------- array handling
+@_recipe("asarray")
+def _(B, dt):
+    return (B.to_numpy(B.asarray(_rand(27, (3, 4), np.float64), dtype=dt)),)
+
+
+@_.ref
+def _(dt):
+    return (_rand(27, (3, 4), np.float64).astype(dt),)
+
+
+@_recipe("to_numpy")
+def _(B, dt):
+    return (B.to_numpy(B.asarray(_rand(28, (2, 3, 4, 5), dt))),)
+
+
+@_.ref
+def _(dt):
+    return (_rand(28, (2, 3, 4, 5), dt),)
+
+
+@_recipe("zeros")
+def _(B, dt):
+    z = B.zeros((3, 5, 2), dt)
+    if np.dtype(z.dtype) != np.dtype(dt):
+        raise TypeError(f"zeros((3, 5, 2), {np.dtype(dt).name}) returned dtype {z.dtype}")
+    return (z,)
+
+
+@_.ref
+def _(dt):
+    return (np.zeros((3, 5, 2)),)
+
+
+@_recipe("all_finite")
+def _(B, dt):
+    a = _rand(29, (3, 300), dt)
+    out = [B.all_finite(B.asarray(a))]
+    for bad in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[2, 299] = bad
+        out.append(B.all_finite(B.asarray(b)))
+    return (np.array(out),)
+
+
+@_.ref
+def _(dt):
+    return (np.array([True, False, False, False]),)
+
+
+@_recipe("accumulate")
+def _(B, dt):
+    dst = B.asarray(_rand(30, (2, 3, 4, 5), dt))
+    B.accumulate(dst, B.asarray(_rand(31, (2, 3, 4, 5), dt)))
+    return (dst,)
+
+
+@_.ref
+def _(dt):
+    return (_f64(_rand(30, (2, 3, 4, 5), dt)) + _f64(_rand(31, (2, 3, 4, 5), dt)),)
+
+
+def arrays():
+    return [Case(p, "basic") for p in ("asarray", "to_numpy", "zeros", "all_finite", "accumulate")]
+
+
+# --------------------------------------------------------------------------- the table
+#: every primitive on small, awkward shapes: what `gpucnn check` runs (twice, float32 and
+#: float64) and the tests start from.
+CASES: list[Case] = [
+    *conv("3x3-s1-p1", x=(2, 3, 6, 7), w=(4, 3, 3, 3), stride=(1, 1), padding=(1, 1)),
+    *conv("rect-s2x1-p0x1", x=(1, 2, 7, 6), w=(3, 2, 3, 2), stride=(2, 1), padding=(0, 1)),
+    *linear("5x7to3", 5, 7, 3),
+    *bias("nchw", (2, 5, 3, 4)),
+    *bias("2d", (4, 6)),
+    *pool("2x2-s2", x=(2, 3, 6, 6), kernel=(2, 2), stride=(2, 2), padding=(0, 0)),
+    *pool("3x3-s2-p1", x=(1, 2, 7, 5), kernel=(3, 3), stride=(2, 2), padding=(1, 1)),
+    *activations("2x31", (2, 31)),
+    *cross_entropy("6x4", 6, 4),
+    *mse("3x2x2x3", (3, 2, 2, 3)),
+    *sgd("plain"),
+    *sgd("momentum-first", momentum=0.9, first=True),
+    *sgd("nesterov-wd", momentum=0.8, weight_decay=0.05, nesterov=True),
+    *adam("step1", 1),
+    *adam("step7-wd", 7, weight_decay=0.01),
+    *arrays(),
+]
