@@ -191,6 +191,13 @@ TRAIN = ["-m", "gpucnn", "train", "--data", "digits", "--model", "lenet", "--lim
          "--dtype", "float64", "--device", "cpu", "--no-progress"]
 
 
+@pytest.fixture
+def no_plots(monkeypatch):
+    """In-process reference runs skip curves.png (matplotlib: seconds on a loaded machine)."""
+    import gpucnn.trainer
+    monkeypatch.setattr(gpucnn.trainer, "plot_history", lambda *args, **kwargs: None)
+
+
 def _train_here(epochs, out, resume=None):
     from gpucnn.runs import run_training
     kw = {} if resume else {"data": "digits", "model": "lenet", "limit_train": 90, "limit_test": 30,
@@ -212,7 +219,7 @@ def _assert_same_weights(got, want, what):
 
 
 @pytest.mark.distributed
-def test_checkpoint_of_n_processes_resumes_on_m_at_the_same_global_step(tmp_path):
+def test_checkpoint_of_n_processes_resumes_on_m_at_the_same_global_step(tmp_path, no_plots):
     """90 images, batch 16: 6 steps an epoch, the last of 10 images (shares 5/5, 4/3/3)."""
     ref = _train_here(2, tmp_path / "ref")
     first, _ = run_mpi(2, *TRAIN, "--epochs", "1", "--out", tmp_path / "two")
@@ -235,12 +242,13 @@ def test_checkpoint_of_n_processes_resumes_on_m_at_the_same_global_step(tmp_path
 
 
 @pytest.mark.distributed
-def test_sigterm_on_mpiexec_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+def test_sigterm_on_mpiexec_saves_a_checkpoint_that_resumes_exactly(tmp_path, no_plots):
     import signal
     mpiexec, why = _mpiexec()
     if mpiexec is None:
         pytest.skip(why)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GPUCNN_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GPUCNN_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}   # the epoch lines arrive as they are printed
     proc = subprocess.Popen([mpiexec, "-n", "2", sys.executable, *TRAIN, "--epochs", "500",
                              "--out", str(tmp_path / "run")], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -299,7 +307,7 @@ def test_a_diverging_run_stops_every_rank_at_the_same_step(tmp_path):
     assert "MPI_Abort" not in proc.stderr
 
 
-def test_a_stop_requested_at_an_epochs_last_step_leaves_a_resumable_checkpoint(tmp_path):
+def test_a_stop_requested_at_an_epochs_last_step_leaves_a_resumable_checkpoint(tmp_path, no_plots):
     """Ctrl-C (or the ranks' joint stop) after the last step of an epoch: the epoch ends
     (evaluation, history) before stopping, so the checkpoint is not 'step 4 of 4 steps'."""
     import gpucnn as nn
