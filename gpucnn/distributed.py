@@ -322,8 +322,10 @@ class Communicator:
             if other != layouts[0]:
                 diff = next((f"{a} vs {b}" for a, b in zip(layouts[0], other) if a != b),
                             f"{len(layouts[0])} vs {len(other)} entries")
-                raise DistributedError(f"the ranks hold different models: rank {r}'s {what} differ "
-                                       f"from rank 0's ({diff})")
+                error = DistributedError(f"the ranks hold different models: rank {r}'s {what} "
+                                         f"differ from rank 0's ({diff})")
+                error.all_ranks = True   # every rank sees the same layouts and raises this
+                raise error
 
     def bcast_data(self, model, root=0):
         """Copy ``root``'s parameters and buffers into every rank's model (in place).
