@@ -278,7 +278,28 @@ def cmd_info(args):
         print(line)
     for line in _kernel_lines(cupy):
         print(line)
+    print(_mpi_line())
     return 0
+
+
+def _mpi_line():
+    """Whether multi-process training can run here (without initialising MPI)."""
+    try:
+        import mpi4py
+        initialize = mpi4py.rc.initialize
+        mpi4py.rc.initialize = False    # MPI_Get_library_version needs no MPI_Init
+        try:
+            from mpi4py import MPI
+        finally:
+            mpi4py.rc.initialize = initialize
+        library = " ".join(MPI.Get_library_version().split()[:3])
+    except ImportError:
+        from .distributed import INSTALL_HINT
+        return f"MPI: mpi4py not installed; multi-process training needs it: {INSTALL_HINT}"
+    except Exception as exc:  # noqa: BLE001 - a broken MPI install: say so, keep going
+        return f"MPI: mpi4py cannot load its MPI library ({type(exc).__name__}: {exc})"
+    return (f"MPI: mpi4py {mpi4py.__version__} on {library}; multi-process training: "
+            f"mpiexec -n N gpucnn train ...")
 
 
 # =========================================================================== check

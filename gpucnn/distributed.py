@@ -129,6 +129,10 @@ def _import_mpi(why="multi-process training"):
     except ImportError as exc:
         raise DistributedError(f"{why} needs mpi4py, which is not installed ({exc}); "
                                f"{INSTALL_HINT}") from None
+    if not MPI.Is_initialized():    # imported without initialising (gpucnn info does that)
+        import atexit
+        MPI.Init_thread()
+        atexit.register(lambda: MPI.Is_finalized() or MPI.Finalize())
     return MPI
 
 

@@ -329,3 +329,12 @@ def test_a_stop_requested_at_an_epochs_last_step_leaves_a_resumable_checkpoint(t
     resumed = trainer()
     resumed.restore(tmp_path / "checkpoint.npz")
     assert (resumed.epoch, resumed.step_in_epoch, resumed.global_step) == (1, 0, 4)
+
+
+def test_info_says_whether_multi_process_training_can_run(capsys, monkeypatch):
+    from gpucnn import cli
+    print(cli._mpi_line())
+    line = capsys.readouterr().out
+    assert line.startswith("MPI: ")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    assert "pip install 'gpucnn[mpi]'" in cli._mpi_line()
