@@ -93,6 +93,46 @@ def test_sharded_iterator_rejects_a_rank_outside_the_job():
         dist.ShardedBatchIterator(np.zeros((3, 1)), np.zeros(3), 2, rank=2, size=2)
 
 
+class _TwinComm:
+    """Two ranks holding identical gradients, in one process: the all-reduce doubles."""
+    size, rank = 2, 0
+
+    def __init__(self):
+        self.calls = []
+
+    def allreduce_buffer(self, flat):
+        self.calls.append((flat.dtype, flat.size))
+        flat *= 2
+        return flat
+
+
+@pytest.mark.parametrize("bucket_bytes", [1, 8 * 40, 2**20])
+def test_gradients_travel_in_flat_buckets_per_dtype_and_come_back_in_place(bucket_bytes):
+    import gpucnn as nn
+    rng = np.random.default_rng(0)
+    shapes = [(3, 4), (5,), (2, 2, 3), (7,)]
+    params = [nn.Parameter(rng.standard_normal(s).astype(np.float64 if i % 2 else np.float32))
+              for i, s in enumerate(shapes)]
+    grads = [rng.standard_normal(s).astype(p.dtype) for s, p in zip(shapes, params)]
+    for p, g in zip(params, grads):
+        p.grad = g.copy()
+    params[3].grad = None                       # a parameter without gradient counts as zeros
+    comm = _TwinComm()
+    opt = dist.create_multi_node_optimizer(nn.SGD(params, lr=0.1), comm, bucket_bytes=bucket_bytes)
+    opt.allreduce_grads(weight=0.5)             # 2 x 0.5 x g: the gradients come back unchanged
+    for i, p in enumerate(params):
+        want = grads[i] if i != 3 else np.zeros(shapes[3])
+        assert p.grad.shape == shapes[i] and p.grad.dtype == p.dtype
+        np.testing.assert_allclose(p.grad, want, rtol=1e-6)
+    dtypes = {str(d) for d, _ in comm.calls}
+    assert dtypes == {"float32", "float64"}     # one group per dtype, never mixed
+    assert sum(n for _, n in comm.calls) == sum(int(np.prod(s)) for s in shapes)
+    expected = {1: 4, 8 * 40: 2, 2**20: 2}[bucket_bytes]
+    assert len(comm.calls) == expected == opt.bucket_count
+    opt.lr = 0.5                                # the wrapper is the optimizer to its users
+    assert opt.optimizer.lr == 0.5 and opt.state_dict()["type"] == "SGD"
+
+
 def test_launched_size_reads_the_launchers_variables():
     assert dist.launched_size({}) == 1
     assert dist.launched_size({"PMI_SIZE": "4"}) == 4
