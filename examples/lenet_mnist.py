@@ -9,14 +9,15 @@ first 8,000 images train and the last 2,000 test.  The run folder gets a
 checkpoint, history.json/.csv and curves.png; a confusion matrix is added at the end.
 """
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import gpucnn as nn
-from gpucnn.data import load_dataset
+from gpucnn.data import DataError, load_dataset
 from gpucnn.evaluation import evaluate
 from gpucnn.plots import plot_confusion
-from gpucnn.trainer import Trainer
+from gpucnn.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,7 +35,8 @@ def lenet5(num_classes=10):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 usage="%(prog)s [--data-dir DIR] [--epochs N] [--device auto|cpu|cuda] [...]")
     ap.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data" / "mnist-t10k"))
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -46,6 +48,17 @@ def main():
     args = ap.parse_args()
 
     data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
+        ap.error(f"no MNIST folder at {data_dir}; pass --data-dir DIR (the IDX files, or the two t10k files)")
+    try:
+        run(args, data_dir)
+    except (DataError, TrainingDiverged) as exc:
+        sys.exit(f"lenet_mnist.py: error: {exc}")
+    except TrainingInterrupted as exc:
+        sys.exit(f"lenet_mnist.py: {exc}")
+
+
+def run(args, data_dir):
     has_train = any((data_dir / n).exists() for n in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"))
     data = load_dataset("mnist", data_dir, t10k_split=None if has_train else 8000)
     print(f"{data.source}: {len(data.train)} train / {len(data.test)} test images")

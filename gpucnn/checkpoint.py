@@ -193,11 +193,26 @@ def _checkpoint_file(path):
     return path
 
 
-def load_checkpoint(path) -> Checkpoint:
+def _first_nonfinite(model_state, optimizer_state):
+    """``(name, bad, total)`` of the first weight or optimizer-state value that is NaN/inf, or None."""
+    for name, a in model_state.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            return f"weight {name}", int((~np.isfinite(a)).sum()), a.size
+    state = optimizer_state.get("state") if isinstance(optimizer_state, dict) else None
+    for key, v in (state.items() if isinstance(state, dict) else ()):
+        a = np.asarray(v)
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            return f"optimizer state {key}", int((~np.isfinite(a)).sum()), a.size
+    return None
+
+
+def load_checkpoint(path, *, allow_non_finite=False) -> Checkpoint:
     """Read and validate a checkpoint written by :func:`save_checkpoint`.
 
     Raises :class:`CheckpointError` (naming the file and the problem) for a
-    missing, truncated, corrupt or foreign file; never unpickles anything.
+    missing, truncated, corrupt or foreign file, and for weights or optimizer state
+    holding NaN or infinity (naming the tensor; ``allow_non_finite=True`` reads them
+    anyway, to inspect them); never unpickles anything.
     """
     path = _checkpoint_file(path)
     arrays = {}
@@ -236,5 +251,10 @@ def load_checkpoint(path) -> Checkpoint:
     config = _unpack(meta.get("config") or {}, arrays, where)
     state = _unpack(meta.get("state") or {}, arrays, where)
     meta["init_rng_state"] = _unpack(meta.get("init_rng_state"), arrays, where)
+    bad = None if allow_non_finite else _first_nonfinite(model_state, optimizer_state)
+    if bad is not None:
+        name, count, total = bad
+        raise CheckpointError(f"checkpoint {path}: {name} holds NaN or infinity ({count} of {total} "
+                              f"values), so it cannot be used for training, evaluation or prediction")
     return Checkpoint(path=path, config=config, state=state, model_state=model_state,
                       optimizer_state=optimizer_state, meta=meta)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import platform
+import signal
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from .backends import DEVICES
@@ -17,6 +19,11 @@ from .validation import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143   # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training (which handles it itself): stop like Ctrl-C, in one line."""
 
 
 def _version():
@@ -53,7 +60,7 @@ def cmd_train(args):
         _end_job_unless_all_ranks(comm, exc, args)
         if root:
             print(f"gpucnn: {exc.message}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if exc.signal == "SIGTERM" else EXIT_INTERRUPTED
     except TrainingDiverged as exc:
         _end_job_unless_all_ranks(comm, exc, args)
         if root:
@@ -94,7 +101,7 @@ def cmd_evaluate(args):
     model, ckpt, cfg = load_model(args.checkpoint, device=args.device)
     if args.data is not None and args.data != cfg.data:
         cfg.data = args.data
-        cfg.t10k_split = None
+        cfg.t10k_split = cfg.data_dir = None  # the checkpoint's folder and split were for its own data
     if args.data_dir is not None:
         cfg.data_dir = str(Path(args.data_dir).expanduser().resolve())
     if args.t10k_split is not None:
@@ -121,6 +128,7 @@ def cmd_evaluate(args):
 def cmd_predict(args):
     import numpy as np
     from .data import load_image, normalize
+    from .errors import NonFiniteError
     from .evaluation import predict_proba
     from .runs import load_model
     model, ckpt, cfg = load_model(args.checkpoint, device=args.device)
@@ -132,7 +140,15 @@ def cmd_predict(args):
         images.append(img)
         notes.append(note)
     batch = normalize(np.stack(images), info["mean"], info["std"])
-    probs = predict_proba(model, batch)
+    try:
+        probs = predict_proba(model, batch)
+    except NonFiniteError as exc:   # never print p=nan as a prediction
+        rows = getattr(exc, "rows", None)
+        if rows:
+            raise NonFiniteError(f"{args.images[rows[0]]}: the network's outputs are not finite "
+                                 f"(the weights in {ckpt.path} are finite; the image overflows "
+                                 f"the network), so there is no prediction") from None
+        raise NonFiniteError(f"{ckpt.path}: {exc}") from None
     top = max(1, min(args.top, len(classes)))
     for path, p, note in zip(args.images, probs, notes):
         order = np.argsort(-p, kind="stable")[:top]
@@ -149,15 +165,17 @@ def cmd_predict(args):
 # =========================================================================== info
 
 def _device_lines():
-    from .backends import resolve_device
+    from .backends import default_device, resolve_device
+    env = default_device()
+    via = f" (GPUCNN_DEVICE={env})" if env != "auto" else ""
     lines = []
     try:
         backend, note = resolve_device("auto")
-        lines.append(f"device: 'auto' chooses {backend.name}"
-                     + (f" -- {note}" if note else " -- a CUDA GPU is usable"))
+        reason = note or ("as the variable asks" if via else "a CUDA GPU is usable")
+        lines.append(f"device: 'auto'{via} chooses {backend.name} -- {reason}")
     except Exception as exc:
         backend = None
-        lines.append(f"device: 'auto' cannot be resolved ({type(exc).__name__}: {exc})")
+        lines.append(f"device: 'auto'{via} cannot be resolved ({type(exc).__name__}: {exc})")
     return backend, lines
 
 
@@ -413,26 +431,63 @@ def _one_line(exc):
     return text or type(exc).__name__
 
 
+def _command_of(argv):
+    """The subcommand named in argv (for messages before argparse has run), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one line each, without NumPy's or Python's source lines."""
+    if issubclass(category, RuntimeWarning):
+        return  # floating-point overflow (NumPy's, in any thread): its outcome is checked and reported
+    print(f"gpucnn: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
 def main(argv=None):
     """Entry point of the ``gpucnn`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = getattr(args, "debug", False)
-    if getattr(args, "func", None) is None:
-        parser.print_help(sys.stderr)
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    previous = None
     try:
-        return args.func(args) or 0
-    except KeyboardInterrupt:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM
+        pass
+    try:
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            return _main(argv)
+    except KeyboardInterrupt as exc:
+        # Ctrl-C / SIGTERM before training started (training reports its own interrupts)
         if debug:
             traceback.print_exc()
-        print("gpucnn: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        word = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        where = " before training started; nothing was saved" if _command_of(argv) == "train" else ""
+        print(f"gpucnn: {word}{where}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except Exception as exc:  # one line for users; --debug for the traceback
         if debug:
             traceback.print_exc()
         print(f"gpucnn: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    from .backends import default_device
+    default_device()  # an invalid GPUCNN_DEVICE is an error before any work, whatever the command
+    return args.func(args) or 0
 
 
 if __name__ == "__main__":  # pragma: no cover

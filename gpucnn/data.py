@@ -325,6 +325,8 @@ def _mnist_pair(folder: Path, which: str):
     if len(images) != len(labels):
         raise DataError(f"{names['images']} has {len(images)} images but {names['labels']} "
                         f"has {len(labels)} labels")
+    if len(images) == 0:
+        raise DataError(f"{names['images']} holds no images (its header says 0)")
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         bad = int(labels[(labels < 0) | (labels > 9)][0])
         raise DataError(f"{names['labels']}: label {bad} is outside 0..9")
@@ -424,6 +426,11 @@ def load_dataset(name="digits", data_dir=None, *, test_fraction=0.2, split_seed=
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    if name == "digits" and data_dir is not None:
+        raise DataError("--data-dir does not apply to the bundled digits (they ship with gpucnn); "
+                        "it is for --data mnist or cifar10")
+    if t10k_split is not None and name != "mnist":
+        raise DataError(f"--t10k-split applies to MNIST only, not to {name}")
     extra = {}
     if name == "digits":
         images, labels = load_digits()

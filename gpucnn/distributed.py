@@ -67,14 +67,13 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 
 import numpy as np
 
 from . import backends
 from .data import BatchIterator
-from .errors import NonFiniteError
+from .errors import NonFiniteError, quiet_overflow
 from .evaluation import to_model_device
 from .trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
@@ -759,82 +758,76 @@ class DistributedTrainer(Trainer):
             exc.all_ranks = True
             raise
 
-    def _install_sigint(self):
-        """Ctrl-C / SIGTERM: ask the ranks to stop after the current step (decided together
-        at the next step); a second signal, later than a second after the first, ends the
-        job at once (a terminal's Ctrl-C reaches a rank twice: directly and via mpiexec)."""
-        self._stop_requested = False
+    def _install_signals(self):
         self._signalled = None
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        comm = self.comm
+        return super()._install_signals()
 
-        def handler(signum, frame):
-            now = time.monotonic()
-            if self._signalled is None:
-                self._signalled = now
-                self.log("gpucnn: stopping every rank after this step (press Ctrl-C again to "
-                         "stop at once, without saving)")
-            elif now - self._signalled > 1.0:
-                print(f"gpucnn: rank {comm.rank} of {comm.size}: interrupted again; ending all "
-                      "ranks without saving", file=sys.stderr)
-                comm.abort(130)
-
-        previous = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, handler)
-        except ValueError:
-            return None
-        return previous
-
-    @staticmethod
-    def _restore_sigint(previous):
-        for sig, handler in (previous or {}).items():
+    def _on_signal(self, signum, frame):
+        """Ctrl-C / SIGTERM (``mpiexec`` forwards both to every rank): ask the ranks to stop;
+        they decide together at the next step and stop after it.  A second signal more than
+        a second after the first ends the job at once, unsaved (a terminal's Ctrl-C can reach a
+        rank twice at once: directly and through mpiexec)."""
+        if self._finishing:
+            return
+        now = time.monotonic()
+        if self._signalled is None:
+            self._signalled = now
+            self._signal_name = "SIGTERM" if signum == getattr(signal, "SIGTERM", None) else "Ctrl-C"
+            again = " (press Ctrl-C again to stop at once, unsaved)" if self._signal_name == "Ctrl-C" else ""
             try:
-                signal.signal(sig, handler)
-            except (ValueError, TypeError):
+                self.log(f"gpucnn: {self._signal_name}: stopping every rank after this step{again}")
+            except RuntimeError:  # the signal came in the middle of a print: "reentrant call"
                 pass
+        elif now - self._signalled > 1.0:
+            print(f"gpucnn: rank {self.comm.rank} of {self.comm.size}: interrupted again; ending "
+                  "all ranks without saving", file=sys.stderr)
+            self.comm.abort(130)
 
     # ------------------------------------------------------------------ a step
     def _step(self, backend, x, y):
-        """This rank's share: forward, loss, backward; then one small all-reduce of
-        (loss sum, correct, images, stop request), the gradient all-reduce and the step."""
+        """This rank's share: forward, loss, backward; then one small all-reduce of (loss sum,
+        correct, images, stop requests), the gradient all-reduce and the update."""
         model, opt, loss_fn, comm = self.model, self.optimizer, self.loss_fn, self.comm
         t0 = time.perf_counter()
         n = len(y)
         loss, correct = 0.0, 0
         opt.zero_grad()
-        if n:
-            xb = to_model_device(backend, model, x)
-            yb = backend.asarray(y)
-            try:
-                out = model(xb)
-                loss = loss_fn(out, yb)
-            except NonFiniteError:
-                if not np.isfinite(x).all() and self._params_finite():
-                    raise                    # the data's fault, on this rank: not a divergence
-                loss = math.nan
-            if math.isfinite(loss):
-                correct = int((backends.asnumpy(out.argmax(axis=1)) == y).sum())
-                model.backward(loss_fn.backward(), input_grad=False)
-        totals = comm.allreduce_host(np.array(
-            [loss * n if n else 0.0, correct, n, 0.0 if self._signalled is None else 1.0]))
-        loss_sum, correct, seen, stop = float(totals[0]), int(totals[1]), int(totals[2]), totals[3]
-        if not math.isfinite(loss_sum):
-            raise self._diverged(loss_sum)
-        self._updating = True
-        opt.step(weight=self.iterator.weight)
-        self._updating = False
-        if stop:
-            self._stop_requested = self._all_ranks_stop = True
-        stats = self._stats
-        stats["loss_sum"] += loss_sum
-        stats["correct"] += correct
-        stats["seen"] += seen
-        stats["time"] += time.perf_counter() - t0
-        self.step_in_epoch += 1
-        self.global_step += 1
+        with quiet_overflow():
+            if n:
+                xb = to_model_device(backend, model, x)
+                yb = backend.asarray(y)
+                try:
+                    out = model(xb)
+                    loss = loss_fn(out, yb)
+                except NonFiniteError:
+                    if not np.isfinite(x).all() and self._params_finite():
+                        raise                # the data's fault, on this rank: not a divergence
+                    loss = math.nan
+                if math.isfinite(loss):
+                    correct = int((backends.asnumpy(out.argmax(axis=1)) == y).sum())
+                    model.backward(loss_fn.backward(), input_grad=False)
+            signalled = self._signalled is not None
+            totals = comm.allreduce_host(np.array(
+                [loss * n if n else 0.0, correct, n, float(signalled),
+                 float(signalled and self._signal_name == "SIGTERM")]))
+            loss_sum, correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
+            if not math.isfinite(loss_sum):
+                raise self._diverged(loss_sum)
+            with self._no_interrupt():   # the update and the step's bookkeeping: all or nothing
+                self._updating = True
+                opt.step(weight=self.iterator.weight)
+                self._updating = False
+                self._updates += 1
+                if totals[3]:            # some rank was asked to stop: every rank stops now
+                    self._stop_requested = self._all_ranks_stop = True
+                    self._signal_name = "SIGTERM" if totals[4] else "Ctrl-C"
+                stats = self._stats
+                stats["loss_sum"] += loss_sum
+                stats["correct"] += correct
+                stats["seen"] += seen
+                stats["time"] += time.perf_counter() - t0
+                self.step_in_epoch += 1
+                self.global_step += 1
         return loss_sum / seen
 
     def _end_epoch(self, epochs):
@@ -845,8 +838,9 @@ class DistributedTrainer(Trainer):
         if self.test_set is None:
             return None, None
         try:
-            res = evaluate(self.model, self.test_set, self.comm, batch_size=self.eval_batch_size,
-                           classes=self.classes)
+            with quiet_overflow():
+                res = evaluate(self.model, self.test_set, self.comm,
+                               batch_size=self.eval_batch_size, classes=self.classes)
         except NonFiniteError as exc:   # raised on every rank by evaluate
             if np.isfinite(self.test_set.images).all():
                 raise self._diverged("NaN/infinite", at_epoch_end=True) from exc

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import backends
 from .data import ImageSet
+from .errors import NonFiniteError, quiet_overflow
 
 __all__ = ["predict_logits", "predict_proba", "EvalResult", "evaluate"]
 
@@ -42,16 +43,42 @@ def predict_logits(model, images, batch_size=500) -> np.ndarray:
     was_training = model.training
     model.eval()
     try:
-        outs = [backends.asnumpy(model(to_model_device(backend, model, images[i:i + batch_size])))
-                for i in range(0, len(images), batch_size)]
+        with quiet_overflow():   # non-finite outputs: checked by the callers
+            outs = [backends.asnumpy(model(to_model_device(backend, model, images[i:i + batch_size])))
+                    for i in range(0, len(images), batch_size)]
     finally:
         model.train(was_training)
     return np.concatenate(outs).astype(np.float64)
 
 
+def nonfinite_weight(model):
+    """The name of the first parameter of ``model`` holding NaN/inf, or None."""
+    for name, p in model.named_parameters():
+        if not backends.backend_of(p.data).all_finite(p.data):
+            return name
+    return None
+
+
+def _outputs_not_finite(model, rows, what):
+    bad = nonfinite_weight(model)
+    if bad is not None:
+        return NonFiniteError(f"{what}: the model's weight {bad} holds NaN or infinity")
+    exc = NonFiniteError(f"{what}: the network's outputs for image {rows[0]} are not finite "
+                         f"(its weights are finite: the image overflows the network)")
+    exc.rows = [int(r) for r in rows]
+    return exc
+
+
 def predict_proba(model, images, batch_size=500) -> np.ndarray:
-    """Softmax probabilities (float64, rows sum to 1) for ``images`` (N, C, H, W)."""
+    """Softmax probabilities (float64, rows sum to 1) for ``images`` (N, C, H, W).
+
+    Raises :class:`~gpucnn.NonFiniteError` when an output is not finite: a NaN is
+    never returned as a probability.
+    """
     logits = predict_logits(model, images, batch_size)
+    rows = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+    if rows.size:
+        raise _outputs_not_finite(model, rows, "predict_proba")
     logits -= logits.max(axis=1, keepdims=True)
     p = np.exp(logits)
     return p / p.sum(axis=1, keepdims=True)
@@ -116,8 +143,16 @@ def evaluate(model, data, *, batch_size=500, classes=None) -> EvalResult:
     try:
         for i in range(0, len(data), batch_size):
             x, y = data.images[i:i + batch_size], data.labels[i:i + batch_size]
-            out = model(to_model_device(backend, model, x))
-            loss_sum += loss_fn(out, backend.asarray(y)) * len(y)
+            with quiet_overflow():
+                out = model(to_model_device(backend, model, x))
+                try:
+                    loss_sum += loss_fn(out, backend.asarray(y)) * len(y)
+                except NonFiniteError:  # name the cause: a weight, else the images of this batch
+                    bad = nonfinite_weight(model)
+                    if bad is not None:
+                        raise NonFiniteError(f"evaluate: the model's weight {bad} holds NaN or "
+                                             f"infinity") from None
+                    raise
             preds.append(backends.asnumpy(out.argmax(axis=1)))
     finally:
         model.train(was_training)

@@ -9,6 +9,7 @@ walks the layers in reverse: the tutorial's δ recursion
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numpy as np
 
@@ -35,6 +36,9 @@ def check_float_input(layer, x, ndim=None, what="input", finite=True):
                          f"({x.ndim}-D)")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{layer}: expected a float32 or float64 {what}, got dtype {x.dtype}")
+    if what == "input" and x.ndim >= 1 and x.shape[0] == 0:  # (losses say it in their own words)
+        raise ValueError(f"{layer}: the {what} is an empty batch (shape {tuple(x.shape)}); "
+                         f"a batch needs at least one sample")
     if finite and _inner_depth == 0 and not backend.all_finite(x):
         raise NonFiniteError(f"{layer}: the {what} contains NaN or infinity")
     return backend
@@ -54,6 +58,17 @@ class _inside:
     def __exit__(self, *exc):
         global _inner_depth
         _inner_depth -= 1
+
+
+class IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    """What ``Module.load_state_dict`` returns (PyTorch's ``_IncompatibleKeys``)."""
+
+    def __repr__(self):
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
+
+    __str__ = __repr__
 
 
 class Parameter:
@@ -139,16 +154,23 @@ class Module:
         return {name: np.array(backends.asnumpy(p.data), copy=True)
                 for name, p in self.named_parameters()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from ``state`` (name -> array) into the parameters; everything is checked first.
+
+        As PyTorch: ``strict=True`` requires the keys to match exactly; ``strict=False``
+        loads the keys both have and ignores the rest (shapes and dtypes must still
+        fit).  Returns ``(missing_keys, unexpected_keys)``, a named tuple.
+        """
         params = dict(self.named_parameters())
         if not isinstance(state, dict):
             raise TypeError(f"{self._name}.load_state_dict: expected a dict of arrays, "
                             f"got {type(state).__name__}")
         missing = sorted(set(params) - set(state))
         unexpected = sorted(set(state) - set(params))
-        if missing or unexpected:
+        if strict and (missing or unexpected):
             raise ValueError(f"{self._name}.load_state_dict: keys do not match; missing "
                              f"{missing or 'none'}, unexpected {unexpected or 'none'}")
+        params = {name: p for name, p in params.items() if name in state}
         arrays = {}
         for name, p in params.items():
             a = np.array(backends.asnumpy(state[name]), copy=True)  # never alias the caller's dict
@@ -163,7 +185,7 @@ class Module:
             backend = backends.backend_of(p.data)
             p.data = backend.asarray(arrays[name], dtype=p.dtype)
             p.grad = None
-        return self
+        return IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------ device / dtype
     @property

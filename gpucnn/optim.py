@@ -16,10 +16,15 @@ class Optimizer:
         params = list(params)
         if not params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        first = {}
         for i, p in enumerate(params):
             if not isinstance(p, Parameter):
                 raise TypeError(f"{type(self).__name__}: parameter {i} is a {type(p).__name__}, "
                                 "expected a gpucnn Parameter (use model.parameters())")
+            if id(p) in first:  # it would be updated twice per step (PyTorch refuses it too)
+                raise ValueError(f"{type(self).__name__}: parameter {i} is parameter {first[id(p)]} "
+                                 f"again; each parameter may appear only once")
+            first[id(p)] = i
         self.params = params
         self.state = [dict() for _ in params]
 

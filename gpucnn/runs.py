@@ -18,6 +18,7 @@ from .backends import DEVICES
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, load_checkpoint
 from .data import DATASETS, Dataset, load_dataset
 from .plots import CURVES_PNG, HISTORY_CSV, HISTORY_JSON
+from .runlock import RunDirError, RunLock
 from .trainer import Trainer, make_optimizer
 from .validation import FRACTION, POSITIVE, POSITIVE_INT, one_of
 
@@ -75,6 +76,11 @@ class TrainConfig:
         FRACTION(cfg.lr_decay, "lr_decay", "TrainConfig")
         one_of(cfg.dtype, "dtype", ("float32", "float64"), "TrainConfig")
         one_of(cfg.device, "device", DEVICES, "TrainConfig")
+        if cfg.data == "digits" and cfg.data_dir is not None:   # would be silently ignored
+            raise ValueError("--data-dir does not apply to the bundled digits (they ship with "
+                             "gpucnn); it is for --data mnist or cifar10")
+        if cfg.t10k_split is not None and cfg.data != "mnist":
+            raise ValueError(f"--t10k-split applies to --data mnist only, not to {cfg.data}")
         return cfg
 
     def to_dict(self) -> dict:
@@ -154,6 +160,9 @@ def _new_run_dir(root, cfg):
             return candidate
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise RunDirError(f"cannot create a run folder under {root} ({exc.strerror or exc}); "
+                              f"choose another --runs-dir or --out") from None
     raise RuntimeError(f"cannot create a new run directory under {root}")
 
 
@@ -172,12 +181,12 @@ def _new_run(config, overrides, out):
     cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in overrides.items() if v is not None}})
     cfg = cfg.resolved()
     if out is None:
-        return cfg, None, True           # a fresh folder under runs_root, made once the model is built
+        return cfg, None, True           # a fresh folder under runs_root
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"--out {run_dir} exists and is not a folder")
     created_dir = not run_dir.exists()
-    _check_no_outputs(run_dir)
+    _check_no_outputs(run_dir)           # checked again once the folder is locked
     return cfg, run_dir, created_dir
 
 
@@ -200,10 +209,10 @@ def _resumed_run(ckpt, config, overrides, out):
         raise ValueError(f"checkpoint {ckpt.path} already has {done} epochs; pass --epochs N "
                          f"with N > {done} to train further")
     run_dir = Path(out) if out is not None else ckpt.path.parent
+    created_dir = not run_dir.exists()
     if run_dir.resolve() != ckpt.path.parent.resolve():
-        run_dir.mkdir(parents=True, exist_ok=True)
         _check_no_outputs(run_dir, resume_hint=False)
-    return cfg, run_dir, False
+    return cfg, run_dir, created_dir
 
 
 def _build(cfg):
@@ -235,7 +244,7 @@ def _describe(cfg, dataset, model, run_dir):
 
 def _describe_ranks(cfg, comm):
     """The processes of a multi-process run, with their process ids (what mpiexec names when
-    one of them is killed)."""
+    one of them is killed).  A collective: every rank calls it."""
     import os
     pids = comm.allgather_obj(os.getpid())
     lo, hi = cfg.batch_size // comm.size, -(-cfg.batch_size // comm.size)
@@ -243,6 +252,31 @@ def _describe_ranks(cfg, comm):
     machines = f"{comm.node_count} machine{'s' if comm.node_count > 1 else ''}"
     return (f"; {comm.size} processes on {machines} ({comm.transport} all-reduce), {share} images "
             f"per process and step; process ids by rank: {', '.join(map(str, pids))}")
+
+
+def _trainer_for(cfg, run_dir, ckpt, progress, log, on_step, comm=None):
+    """The data, model, optimizer and :class:`Trainer` of a run (restored from ``ckpt`` if given).
+
+    With ``comm``: rank 0 loads the data first (a first use may download or unpack it), and
+    the trainer is a :class:`~gpucnn.distributed.DistributedTrainer`."""
+    if comm is None:
+        dataset, model, optimizer = _build(cfg)
+        trainer_class, across = Trainer, {}
+    else:
+        from .distributed import DistributedTrainer
+        dataset, model, optimizer = comm.root_first(lambda: _build(cfg))
+        trainer_class, across = DistributedTrainer, {"comm": comm}
+    trainer = trainer_class(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
+                            seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
+                            progress=progress, log=log, on_step=on_step, lr_decay=cfg.lr_decay,
+                            title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
+                            extra_state={"dataset": _dataset_record(dataset)}, **across)
+    if ckpt is not None:
+        trainer.restore(ckpt)
+        where = (f"epoch {trainer.epoch}" if not trainer.step_in_epoch
+                 else f"epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}")
+        log(f"resuming {ckpt.path} from {where} (of {cfg.epochs})")
+    return trainer, dataset, model
 
 
 def run_training(config=None, *, out=None, resume=None, runs_root="runs", progress=True, log=print,
@@ -258,7 +292,8 @@ def run_training(config=None, *, out=None, resume=None, runs_root="runs", progre
 
     ``comm``: a :class:`gpucnn.distributed.Communicator` to train across its ranks
     (``batch_size`` stays the global batch).  Rank 0 alone reads the checkpoint to resume,
-    makes the run directory and writes into it; every rank returns the same history.
+    makes, locks and writes the run directory, and logs; an error it meets there is raised on
+    every rank; every rank returns the same history.
     """
     started = time.perf_counter()
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
@@ -270,44 +305,40 @@ def run_training(config=None, *, out=None, resume=None, runs_root="runs", progre
     root = comm is None or comm.rank == 0
     if log is None or not root:
         log = lambda *_: None  # noqa: E731 - quiet; in a multi-process run rank 0 alone speaks
+    locks = []
+
+    def cleanup(run_dir, created_dir):
+        for lock in locks:
+            lock.release()
+        if created_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before writing anything leaves nothing behind
 
     def prepare():
+        """The checkpoint, the configuration and the run folder, locked (rank 0's work)."""
         ckpt = load_checkpoint(resume) if resume is not None else None
         cfg, run_dir, created_dir = (_resumed_run(ckpt, config, overrides, out) if ckpt is not None
                                      else _new_run(config, overrides, out))
+        if run_dir is None:
+            run_dir = _new_run_dir(runs_root, cfg)
+        # before any work: the folder is writable and no other run uses it (the lock proves both)
+        locks.append(RunLock(run_dir))
+        try:
+            locks[0].acquire()
+            if ckpt is None or run_dir.resolve() != ckpt.path.parent.resolve():
+                _check_no_outputs(run_dir, resume_hint=ckpt is None)
+        except BaseException:
+            cleanup(run_dir, created_dir)
+            raise
         return ckpt, cfg, run_dir, created_dir
 
     ckpt, cfg, run_dir, created_dir = prepare() if comm is None else comm.on_root(prepare)
-    dataset, model, optimizer = _build(cfg) if comm is None else comm.root_first(lambda: _build(cfg))
-
-    def make_run_dir():
-        if run_dir is None:
-            return _new_run_dir(runs_root, cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return run_dir
-
-    run_dir = make_run_dir() if comm is None else comm.on_root(make_run_dir)
-    trainer_class, across = Trainer, {}
-    if comm is not None:
-        from .distributed import DistributedTrainer
-        trainer_class, across = DistributedTrainer, {"comm": comm}
-    trainer = trainer_class(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
-                            seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
-                            progress=progress, log=log, on_step=on_step, lr_decay=cfg.lr_decay,
-                            title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
-                            extra_state={"dataset": _dataset_record(dataset)}, **across)
-    if ckpt is not None:
-        trainer.restore(ckpt)
-        where = (f"epoch {trainer.epoch}" if not trainer.step_in_epoch
-                 else f"epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}")
-        log(f"resuming {ckpt.path} from {where} (of {cfg.epochs})")
-    log(_describe(cfg, dataset, model, run_dir) + (_describe_ranks(cfg, comm) if comm is not None else ""))
     try:
+        trainer, dataset, model = _trainer_for(cfg, run_dir, ckpt, progress, log, on_step, comm)
+        log(_describe(cfg, dataset, model, run_dir) + (_describe_ranks(cfg, comm) if comm else ""))
         trainer.fit(cfg.epochs)
-    except BaseException:
-        if root and created_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run that failed before writing anything leaves nothing behind
-        raise
+    finally:
+        if root:
+            cleanup(run_dir, created_dir)
     final = trainer.history[-1].get("test_acc") if trainer.history else None
     return RunResult(run_dir=run_dir, checkpoint=run_dir / CHECKPOINT_NAME, history=trainer.history,
                      test_accuracy=final, config=cfg, seconds=time.perf_counter() - started,

@@ -3,8 +3,11 @@
 A step: a seeded mini-batch, forward, loss, explicit backward, optimizer update.  The
 end of an epoch: evaluation on the test set, one record in the history, one log line,
 and with a run directory the checkpoint, ``history.json``/``.csv`` and ``curves.png``.
-Ctrl-C saves and says how to resume; a loss that stops being finite stops training
-with :class:`TrainingDiverged`.
+Ctrl-C or SIGTERM saves and says how to resume, at any point of the loop: the
+parameter update, the step's bookkeeping, the end-of-epoch state change and the
+checkpoint write are never cut in half (a second Ctrl-C arriving there takes effect
+right after them); a loss that stops being finite stops training with
+:class:`TrainingDiverged`.
 """
 from __future__ import annotations
 
@@ -13,14 +16,16 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from . import backends
-from .checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT_NAME, Checkpoint, CheckpointError, _first_nonfinite, load_checkpoint,
+                         save_checkpoint)
 from .data import BatchIterator
-from .errors import NonFiniteError
+from .errors import NonFiniteError, quiet_overflow
 from .evaluation import as_imageset, evaluate, model_backend, to_model_device
 from .plots import CURVES_PNG, plot_history, write_history
 from .validation import FRACTION
@@ -41,11 +46,14 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or a KeyboardInterrupt from a callback) stopped :meth:`Trainer.fit`.
+    """Ctrl-C, SIGTERM (or a KeyboardInterrupt from a callback) stopped :meth:`Trainer.fit`.
 
     ``checkpoint`` is where the state at the last completed step was saved (None
-    if nothing could be saved); ``message`` says what happened and how to resume.
+    if nothing could be saved); ``message`` says what happened and how to resume;
+    ``signal`` is "Ctrl-C" or "SIGTERM" when a signal asked to stop, else None.
     """
+
+    signal = None
 
     def __init__(self, message, *, checkpoint=None):
         super().__init__(message)
@@ -141,6 +149,11 @@ class Trainer:
         self._stats = self._fresh_stats()
         self._saved_step = None   # global_step of the checkpoint on disk (None: none written)
         self._stop_requested = False
+        self._signal_name = None  # "Ctrl-C" or "SIGTERM": what asked to stop
+        self._critical = False    # inside an update / state change / checkpoint write
+        self._deferred = False    # a hard stop arrived inside one: raise it when it ends
+        self._finishing = False   # saving after an interrupt: further signals are ignored
+        self._updates = 0         # parameter updates made by this trainer object
         self._updating = False
         self._last_plot = None
         self._plotted_epochs = 0
@@ -169,7 +182,11 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("Trainer.save: no path given and the trainer has no run_dir")
-        save_checkpoint(path, self.model, self.optimizer, config=self.config, state=self.state())
+        bad = self.nonfinite_tensor()
+        if bad is not None:  # a checkpoint that cannot be resumed never replaces one that can
+            raise NonFiniteError(f"Trainer.save: {bad} holds NaN or infinity; not saved to {path}")
+        with self._no_interrupt():
+            save_checkpoint(path, self.model, self.optimizer, config=self.config, state=self.state())
         if path == self.checkpoint_path:
             self._saved_step = self.global_step
         return path
@@ -180,6 +197,10 @@ class Trainer:
         Everything is validated before anything changes.
         """
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        bad = _first_nonfinite(ckpt.model_state, ckpt.optimizer_state)
+        if bad is not None:  # e.g. a Checkpoint read with allow_non_finite=True
+            raise CheckpointError(f"checkpoint {ckpt.path}: {bad[0]} holds NaN or infinity; "
+                                  f"training cannot continue from it")
         st = ckpt.state
         try:
             epoch, step, gstep = int(st["epoch"]), int(st["step_in_epoch"]), int(st["global_step"])
@@ -193,7 +214,7 @@ class Trainer:
                                   f"this trainer uses {self.batch_size}")
         if step and (st.get("epoch_start_rng") is None or st.get("epoch_stats") is None):
             raise CheckpointError(f"checkpoint {ckpt.path} stopped mid-epoch but lacks the epoch's RNG state")
-        if step >= len(self.iterator):
+        if step > len(self.iterator):  # step == len: the steps are done, the end of the epoch is not
             raise CheckpointError(f"checkpoint {ckpt.path} stopped at step {step} of an epoch, but an "
                                   f"epoch here has only {len(self.iterator)} steps (different data?)")
         probe = BatchIterator(self.train_set.images[:1], self.train_set.labels[:1], 1)
@@ -233,9 +254,13 @@ class Trainer:
         epochs = int(epochs)
         if epochs < 1:
             raise ValueError(f"Trainer.fit: epochs must be >= 1, got {epochs}")
+        bad = self.nonfinite_tensor()
+        if bad is not None:  # not a divergence: no learning rate or data changes this
+            raise NonFiniteError(f"Trainer.fit: the {bad} holds NaN or infinity before training "
+                                 f"starts; replace it (or the checkpoint it came from)")
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        previous_handler = self._install_sigint()
+        previous_handlers = self._install_signals()
         try:
             while self.epoch < epochs:
                 self._run_epoch(epochs)
@@ -245,62 +270,121 @@ class Trainer:
             self._plot(force=True)
             raise
         except KeyboardInterrupt:
+            self._finishing = True
             interrupted = self._interrupted()
+            interrupted.signal = self._signal_name
             self._plot(force=True)
             raise interrupted from None
         except TrainingDiverged:
+            self._finishing = True
             self._plot(force=True)
             raise
         finally:
-            self._restore_sigint(previous_handler)
+            self._restore_signals(previous_handlers)
+            self._finishing = self._critical = self._deferred = False
         return self.history
 
-    def _install_sigint(self):
-        self._stop_requested = False
+    #: the signals that stop training with a checkpoint (SIGTERM: what schedulers send before a kill)
+    STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n))
+
+    def _on_signal(self, signum, frame):
+        """First Ctrl-C/SIGTERM: stop after this step.  Second: stop now, except inside a
+        critical section (update, end-of-epoch state change, checkpoint write): right after it."""
+        if self._finishing:
+            return
+        name = "SIGTERM" if signum == getattr(signal, "SIGTERM", None) else "Ctrl-C"
+        if not self._stop_requested:
+            self._stop_requested, self._signal_name = True, name
+            again = " (press Ctrl-C again to stop at once)" if name == "Ctrl-C" else ""
+            try:
+                self.log(f"gpucnn: {name}: stopping after this step{again}")
+            except RuntimeError:  # the signal came in the middle of a print: "reentrant call"
+                pass
+            return
+        if self._critical:
+            self._deferred = True
+            return
+        raise KeyboardInterrupt
+
+    def _install_signals(self):
+        self._stop_requested, self._signal_name = False, None
+        self._finishing = self._critical = self._deferred = False
         if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def handler(signum, frame):
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            self.log("gpucnn: stopping after this step (press Ctrl-C again to stop at once)")
-
-        try:
-            return signal.signal(signal.SIGINT, handler)
-        except ValueError:
-            return None
+            return {}
+        previous = {}
+        for sig in self.STOP_SIGNALS:
+            try:
+                previous[sig] = signal.signal(sig, self._on_signal)
+            except (ValueError, OSError):
+                pass
+        return previous
 
     @staticmethod
-    def _restore_sigint(previous):
-        if previous is not None:
+    def _restore_signals(previous):
+        for sig, handler in previous.items():
             try:
-                signal.signal(signal.SIGINT, previous)
-            except ValueError:
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            except (ValueError, OSError, TypeError):
                 pass
+
+    @contextmanager
+    def _no_interrupt(self):
+        """A section that a signal never cuts in half; a hard stop asked inside takes effect at its end."""
+        if self._critical:          # nested: the outer section decides
+            yield
+            return
+        self._critical = True
+        try:
+            yield
+        finally:
+            self._critical = False
+        if self._deferred and not self._finishing:
+            self._deferred = False
+            raise KeyboardInterrupt
 
     def _where(self):
         return f"epoch {self.epoch + 1}, step {self.step_in_epoch}"
 
+    def _kept(self):
+        """What is on disk when nothing new could be saved."""
+        if self._saved_step is not None:
+            return f"the last checkpoint ({self.checkpoint_path}, step {self._saved_step}) is kept. " \
+                + self._resume_hint()
+        return "no checkpoint was saved"
+
     def _interrupted(self):
+        what = "training interrupted" + (f" ({self._signal_name})" if self._signal_name == "SIGTERM" else "")
         if self._updating:
-            note = "interrupted during a parameter update, so the state in memory is inconsistent; "
-            if self._saved_step is not None:
-                return TrainingInterrupted(
-                    note + f"the last checkpoint ({self.checkpoint_path}, step {self._saved_step}) is kept. "
-                    + self._resume_hint(), checkpoint=self.checkpoint_path)
-            return TrainingInterrupted(note + "no checkpoint was saved")
+            note = f"{what} during a parameter update, so the state in memory is inconsistent; "
+            return TrainingInterrupted(note + self._kept(),
+                                       checkpoint=self.checkpoint_path if self._saved_step is not None else None)
         if self.run_dir is None:
-            return TrainingInterrupted(f"training interrupted at {self._where()}; no run directory, "
+            return TrainingInterrupted(f"{what} at {self._where()}; no run directory, "
                                        "so no checkpoint was saved")
         if self.global_step == 0:
-            return TrainingInterrupted("training interrupted before the first step finished; nothing to save")
+            return TrainingInterrupted(f"{what} before the first step finished; nothing to save")
         if self._saved_step != self.global_step:
-            self.save()
-        where = (f"the end of epoch {self.epoch}" if self.step_in_epoch == 0
-                 else f"epoch {self.epoch + 1}, step {self.step_in_epoch} of {len(self.iterator)}")
+            bad = self.nonfinite_tensor()
+            if bad is not None:
+                return TrainingInterrupted(
+                    f"{what}; {bad} is no longer finite (training diverged), so it was not saved; "
+                    + self._kept(), checkpoint=self.checkpoint_path if self._saved_step is not None else None)
+            try:
+                self.save()
+            except (Exception, KeyboardInterrupt) as exc:  # a full disk, ...: the old file is whole
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                return TrainingInterrupted(
+                    f"{what}; the checkpoint could not be written ({reason}); "
+                    + self._kept(), checkpoint=self.checkpoint_path if self._saved_step is not None else None)
+        n = len(self.iterator)
+        if self.step_in_epoch == 0:
+            where = f"the end of epoch {self.epoch}"
+        elif self.step_in_epoch == n:
+            where = f"epoch {self.epoch + 1}, step {n} of {n} (the epoch's evaluation runs on resume)"
+        else:
+            where = f"epoch {self.epoch + 1}, step {self.step_in_epoch} of {n}"
         return TrainingInterrupted(
-            f"training interrupted; checkpoint saved at {where} (global step {self.global_step}) "
+            f"{what}; checkpoint saved at {where} (global step {self.global_step}) "
             f"in {self.checkpoint_path}. " + self._resume_hint(), checkpoint=self.checkpoint_path)
 
     def _resume_hint(self):
@@ -308,10 +392,18 @@ class Trainer:
             return f"Resume with: gpucnn train --resume {self.checkpoint_path} --epochs {self.config['epochs']}"
         return f"Resume with: trainer.restore('{self.checkpoint_path}') and then trainer.fit(epochs)"
 
-    def _diverged(self, value, at_epoch_end=False):
+    def _diverged(self, value, at_epoch_end=False, what="outputs"):
         lr = getattr(self.optimizer, "lr", None)
-        hint = (f"try a lower learning rate (--lr {lr / 10:g}; it is {lr:g} now)" if lr
-                else "try a lower learning rate")
+        bad = self.nonfinite_tensor()
+        if self._updates == 0:
+            # no update has run yet: the weights training started from are the cause, and no
+            # learning rate changes them
+            hint = (f"the {bad} training started from is not finite; a lower learning rate cannot help"
+                    if bad else "the network overflows before any update (its starting weights are "
+                    "finite); a lower learning rate cannot help")
+        else:
+            hint = (f"try a lower learning rate (--lr {lr / 10:g}; it is {lr:g} now)" if lr
+                    else "try a lower learning rate")
         if self._saved_step is not None:
             kept = f"the last good checkpoint ({self.checkpoint_path}, step {self._saved_step}) is kept"
         elif self.run_dir is not None:
@@ -320,8 +412,12 @@ class Trainer:
             kept = "no checkpoint was written (no run directory)"
         step = self.step_in_epoch + (0 if at_epoch_end else 1)
         gstep = self.global_step + (0 if at_epoch_end else 1)
-        what = (f"the network's test outputs became {value} after epoch {self.epoch + 1}, step {step}"
-                if at_epoch_end else f"the loss became {value} at epoch {self.epoch + 1}, step {step}")
+        if not at_epoch_end:
+            what = f"the loss became {value} at epoch {self.epoch + 1}, step {step}"
+        elif what == "weights":
+            what = f"the {bad} became {value} by epoch {self.epoch + 1}, step {step}"
+        else:
+            what = f"the network's test outputs became {value} after epoch {self.epoch + 1}, step {step}"
         return TrainingDiverged(
             f"{what} (global step {gstep}); training stopped: {hint}; {kept}",
             epoch=self.epoch + 1, step=step, global_step=gstep,
@@ -341,6 +437,18 @@ class Trainer:
 
     def _params_finite(self):
         return all(backends.backend_of(p.data).all_finite(p.data) for p in self.model.parameters())
+
+    def nonfinite_tensor(self):
+        """The name of the first weight or optimizer-state array holding NaN/inf, or None."""
+        for name, p in self.model.named_parameters():
+            if not backends.backend_of(p.data).all_finite(p.data):
+                return f"weight {name}"
+        for i, st in enumerate(getattr(self.optimizer, "state", None) or []):
+            for key, v in (st.items() if isinstance(st, dict) else ()):
+                if hasattr(v, "shape") and hasattr(v, "dtype") and v.dtype.kind == "f" \
+                        and not backends.backend_of(v).all_finite(v):
+                    return f"optimizer state {i}.{key}"
+        return None
 
     def _run_epoch(self, epochs):
         """One epoch (or what is left of it after a resume): its steps, then the end of the epoch."""
@@ -375,27 +483,32 @@ class Trainer:
         xb = to_model_device(backend, model, x)
         yb = backend.asarray(y)
         opt.zero_grad()
-        try:
-            out = model(xb)
-            loss = loss_fn(out, yb)
-        except NonFiniteError as exc:
-            if np.isfinite(x).all() or not self._params_finite():  # not the data's fault
-                raise self._diverged("NaN/infinite (non-finite activations)") from exc
-            raise
-        if not math.isfinite(loss):
-            raise self._diverged(loss)
-        correct = int((backends.asnumpy(out.argmax(axis=1)) == y).sum())
-        model.backward(loss_fn.backward(), input_grad=False)
-        self._updating = True
-        opt.step()
-        self._updating = False
-        stats = self._stats
-        stats["loss_sum"] += loss * len(y)
-        stats["correct"] += correct
-        stats["seen"] += len(y)
-        stats["time"] += time.perf_counter() - t0
-        self.step_in_epoch += 1
-        self.global_step += 1
+        # overflow is expected when a run diverges: the loss check below reports it, in one
+        # line, instead of NumPy printing RuntimeWarnings
+        with quiet_overflow():
+            try:
+                out = model(xb)
+                loss = loss_fn(out, yb)
+            except NonFiniteError as exc:
+                if np.isfinite(x).all() or not self._params_finite():  # not the data's fault
+                    raise self._diverged("NaN/infinite (non-finite activations)") from exc
+                raise
+            if not math.isfinite(loss):
+                raise self._diverged(loss)
+            correct = int((backends.asnumpy(out.argmax(axis=1)) == y).sum())
+            model.backward(loss_fn.backward(), input_grad=False)
+            with self._no_interrupt():   # the update and the step's bookkeeping: all or nothing
+                self._updating = True
+                opt.step()
+                self._updating = False
+                self._updates += 1
+                stats = self._stats
+                stats["loss_sum"] += loss * len(y)
+                stats["correct"] += correct
+                stats["seen"] += len(y)
+                stats["time"] += time.perf_counter() - t0
+                self.step_in_epoch += 1
+                self.global_step += 1
         return loss
 
     def _after_step(self, loss, bar):
@@ -408,8 +521,8 @@ class Trainer:
         if self.on_step is not None:
             self.on_step(self, {"epoch": self.epoch + 1, "step": self.step_in_epoch,
                                 "global_step": self.global_step, "loss": loss})
-        if self._stop_requested and self.step_in_epoch < len(self.iterator):
-            raise KeyboardInterrupt  # after an epoch's last step fit() stops once the epoch has ended
+        if self._stop_requested:
+            raise KeyboardInterrupt
 
     def _end_epoch(self, epochs):
         """Evaluate, record, log; with a run directory save the checkpoint, history and curves."""
@@ -421,13 +534,17 @@ class Trainer:
         record["test_loss"], record["test_acc"] = self._test()
         record["time_s"] = stats["time"] + (time.perf_counter() - t_eval)
         record["images_per_s"] = stats["seen"] / max(stats["time"], 1e-9)
-        self.history.append(record)
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self._stats = self._fresh_stats()
-        self.log(self.format_epoch(record, epochs))
+        if self.nonfinite_tensor() is not None:   # e.g. an inf weight that ReLU hides from the loss
+            raise self._diverged("NaN/infinite", at_epoch_end=True, what="weights")
+        with self._no_interrupt():   # the epoch's end and its checkpoint: all or nothing
+            self.history.append(record)
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self._stats = self._fresh_stats()
+            self.log(self.format_epoch(record, epochs))
+            if self.run_dir is not None:
+                self.save()
         if self.run_dir is not None:
-            self.save()
             write_history(self.history, self.run_dir, self.config)
             self._plot(force=self.epoch >= epochs)
         if self.on_epoch is not None:
@@ -438,7 +555,9 @@ class Trainer:
         if self.test_set is None:
             return None, None
         try:
-            res = evaluate(self.model, self.test_set, batch_size=self.eval_batch_size, classes=self.classes)
+            with quiet_overflow():
+                res = evaluate(self.model, self.test_set, batch_size=self.eval_batch_size,
+                               classes=self.classes)
         except NonFiniteError as exc:
             if np.isfinite(self.test_set.images).all():
                 raise self._diverged("NaN/infinite", at_epoch_end=True) from exc

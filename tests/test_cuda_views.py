@@ -2,8 +2,9 @@
 
 Several CUDA kernels take a faster path (8/16-byte Pair or Vec accesses) only when their
 pointers are aligned, and check the alignment themselves; a view that starts one element in
-is the case that must fall back.  On a GPU the view keeps its odd address; on the CPU
-emulator arrays are copied into aligned buffers, so there this is a plain view check.
+is the case that must fall back.  On a GPU the view keeps its odd address, and so it does on
+the CPU emulator (each array sits at its GPU address modulo 256), which also refuses a
+misaligned vector access (tests/test_kernel_alignment.py).
 Compared against the NumPy backend with the parity suite's tolerances.
 """
 from __future__ import annotations

@@ -82,6 +82,12 @@ def test_wheel_ships_the_kernels(tmp_path):
     probe = (
         "import pathlib, gpucnn\n"
         "from gpucnn.backends import kernels\n"
+        # the NumPy backend's package (gpucnn.backends.numpy) ships too, and computes
+        "import numpy as np\n"
+        "from gpucnn.backends import cpu_backend\n"
+        "y = cpu_backend().conv2d_forward(np.ones((1, 1, 4, 4), np.float32),\n"
+        "                                 np.ones((1, 1, 3, 3), np.float32), (1, 1), (1, 1))\n"
+        "assert y.shape == (1, 1, 4, 4) and y[0, 0, 1, 1] == 9, y\n"
         "d = kernels.kernel_dir()\n"
         "print(pathlib.Path(gpucnn.__file__).resolve())\n"
         "print(d.resolve())\n"

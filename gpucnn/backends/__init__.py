@@ -4,7 +4,8 @@ Layers never compute on arrays themselves. They ask the backend that owns their
 input (``backend_of(x)``) for a *primitive*.  Two backends implement the same
 list of primitives with the same signatures:
 
-* ``numpy_backend.NumpyBackend``  -- name ``"cpu"``, arrays are ``numpy.ndarray``
+* ``numpy.NumpyBackend``          -- name ``"cpu"``, arrays are ``numpy.ndarray``
+  (the package ``backends/numpy/``: one module per primitive family)
 * ``cuda_backend.CudaBackend``    -- name ``"cuda"``, arrays are ``cupy.ndarray``;
   CuPy allocates, our kernels in ``kernels/*.cu`` compute.
 
@@ -30,6 +31,9 @@ Conventions shared by every primitive
   window order.  Its ``argmax`` is an int32 array of the output's shape holding
   the flat index ``h * W + w`` of the chosen element in the (unpadded) input
   plane.  Average pooling counts padded zeros in the divisor (kh*kw always).
+* Pooling padding is at most half the window (``ph <= kh // 2``, ``pw <= kw // 2``,
+  as PyTorch): larger padding is refused with ``ValueError`` ("padding must be at
+  most half the kernel"), so every window holds at least one real element.
 * Backward primitives return new arrays; the ``*_update`` optimizer
   primitives modify ``param`` and their state arrays in place.
 * Scalars (lr, betas, ...) arrive as Python floats/ints; backends convert them
@@ -84,6 +88,30 @@ Optimizer updates (in place; same formulas as torch.optim)
     adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay) -> None
         g = grad + weight_decay*param; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g
         param -= (lr / (1 - b1**step)) * m / (sqrt(v) / sqrt(1 - b2**step) + eps)
+
+Non-finite values (NaN, +-inf): IEEE arithmetic, the same on every backend
+---------------------------------------------------------------------------
+(walked per primitive by tests/test_nonfinite.py)
+* all_finite is False as soon as one element is NaN or +-inf.
+* Formulas (accumulate, bias, conv, linear, avg pooling, sigmoid/tanh backward,
+  the loss gradients, sgd/adam) follow IEEE: NaN propagates, inf - inf and
+  0 * inf are NaN, so e.g. a NaN in dy makes all of conv2d_backward_weight's
+  channel NaN (it meets the zero padding too) and Adam turns an inf gradient
+  into a NaN parameter (inf / inf).  Each element depends only on the inputs its
+  formula reads: a NaN never leaks into unrelated elements.
+* relu_forward: NaN stays NaN (as numpy.maximum), +inf -> +inf, -inf -> 0.
+  sigmoid_forward: NaN -> NaN, +inf -> 1, -inf -> 0.  tanh: +-inf -> +-1.
+* Selections do not multiply: relu_backward gives dy where y > 0, else exactly 0
+  (also for y = NaN and for a non-finite dy where y <= 0); maxpool2d_backward sends
+  each dy to its argmax element only.
+* maxpool2d_forward: a window holding a NaN gives NaN, and argmax is the first NaN
+  in row-major window order (as numpy.argmax); otherwise the first maximum (+inf
+  wins; -inf only where every real element of the window is -inf).
+* softmax_cross_entropy_forward: a row with a NaN or +inf logit gives NaN
+  probabilities for the whole row and a NaN loss; a -inf logit gets probability
+  exactly 0 (loss +inf if it is the label's).  Large finite logits (+-1000 in
+  float32) are exact: the row maximum is taken over every logit before exp.
+* mse_forward: NaN -> NaN, +-inf -> +inf (inf - inf -> NaN).
 """
 from __future__ import annotations
 
@@ -119,7 +147,7 @@ def cpu_backend():
     global _numpy_backend
     if _numpy_backend is None:
         from .checked import checked
-        from .numpy_backend import NumpyBackend
+        from .numpy import NumpyBackend
         _numpy_backend = checked(NumpyBackend())
     return _numpy_backend
 
@@ -157,17 +185,23 @@ def default_device() -> str:
 
 
 def resolve_device(device=None):
-    """Return ``(backend, note)`` for "auto" | "cpu" | "cuda" (None: $GPUCNN_DEVICE or auto).
+    """Return ``(backend, note)`` for "auto" | "cpu" | "cuda" (None is "auto").
 
-    ``note`` is a one-line reason when "auto" fell back to the CPU, else None.
-    Asking for "cuda" when it cannot work raises DeviceError saying why.
+    "auto" means $GPUCNN_DEVICE when it is set (so the variable reaches every place that
+    does not name a device), else the GPU when usable.  ``note`` is a one-line reason
+    when "auto" fell back to the CPU, else None.  Asking for "cuda" (by name or through
+    the variable) when it cannot work raises DeviceError saying why.
     """
     if device is None:
-        device = default_device()
+        device = "auto"
     if not isinstance(device, str):
         raise TypeError(f"device must be a string (one of {', '.join(DEVICES)}), "
                         f"got {type(device).__name__}")
     dev = device.strip().lower()
+    source = ""
+    if dev == "auto":
+        dev = default_device()
+        source = f" (GPUCNN_DEVICE={dev})" if dev != "auto" else ""
     if dev.startswith("cuda:"):
         dev = "cuda"
     if dev == "cpu":
@@ -175,7 +209,7 @@ def resolve_device(device=None):
     if dev == "cuda":
         backend, reason = _try_cuda()
         if backend is None:
-            raise DeviceError(f"device 'cuda' was requested but cannot be used: {reason}")
+            raise DeviceError(f"device 'cuda'{source} was requested but cannot be used: {reason}")
         return backend, None
     if dev == "auto":
         backend, reason = _try_cuda()

@@ -70,9 +70,16 @@ def conv_out_shape(primitive, x_shape, w_shape, stride, padding, x_name="x", w_n
 
 
 def pool_out_shape(primitive, x_shape, kernel, stride, padding, x_name="x"):
-    """``(N, C, OH, OW)`` of pooling an ``x_shape`` input with a ``kernel`` window."""
+    """``(N, C, OH, OW)`` of pooling an ``x_shape`` input with a ``kernel`` window.
+
+    Padding is at most half the window on each axis (as PyTorch): beyond that a window can lie
+    wholly in the padding, where max pooling has no element to choose."""
     n, c, h, w = _nchw(primitive, x_name, x_shape)
     kernel = _pair(primitive, "kernel", kernel, 1)
+    pad = _pair(primitive, "padding", padding, 0)
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+        raise ValueError(f"{primitive}: padding must be at most half the kernel, got padding {pad} "
+                         f"for kernel {kernel} (a window would lie wholly in the padding)")
     oh, ow = _window_out(primitive, lambda: f"kernel {kernel}", x_name, (h, w), kernel, stride,
                          padding)
     return n, c, oh, ow

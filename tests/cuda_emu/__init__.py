@@ -17,6 +17,9 @@ How it works
   array of the wrong dtype. It copies each array into a buffer with guard zones on both sides;
   an access outside an array raises ``KernelMemoryError`` naming the kernel, the argument, the
   element, the thread and the block. Writable arrays are copied back after a clean launch.
+  Each array is placed at its GPU address modulo 256 (``device_misalignment``: a view keeps its
+  offset into its allocation), and an N-byte access that is not N-aligned raises
+  ``KernelAlignmentError`` (a GPU faults on it; the CPU would not).
 * ``EmulatedLoader`` has the CUDA backend's loader interface, ``get(file, name, dtype)``, so
   ``CudaBackend(xp=numpy, loader=EmulatedLoader(), name="emulated")`` runs the backend's own
   launch code unchanged with NumPy standing in for CuPy.
@@ -39,7 +42,7 @@ from .signature import SignatureError, find_kernels, kernel_signature, parse_nam
 
 __all__ = [
     "EmulatorError", "EmulatorCompileError", "KernelArgumentError", "KernelMemoryError",
-    "KernelSyncError", "KernelRaceError", "KernelTimeoutError", "time_limit", "EmulatedModule", "EmulatedRawKernel", "EmulatedLoader", "build_module",
+    "KernelSyncError", "KernelRaceError", "KernelTimeoutError", "KernelAlignmentError", "device_misalignment", "time_limit", "EmulatedModule", "EmulatedRawKernel", "EmulatedLoader", "build_module",
     "poisoned_numpy", "SignatureError", "make_emulated_backend", "emulator_unavailable_reason",
 ]
 
@@ -50,7 +53,9 @@ CXX = os.environ.get("CXX", "g++")
 
 #: Flags for the kernels' translation unit: every memory access becomes a call to runtime.cpp.
 #: -ffp-contract=off mirrors the NVRTC option --fmad=false (no fused multiply-add), whatever the host.
-KERNEL_FLAGS = ("-O1", "-fPIC", "-ffp-contract=off", "-fsanitize=thread",
+#: -fno-tree-sra keeps a vector struct (Pair<float>, float4, ...) loaded or stored as one access, so the
+#: alignment check sees its size instead of its fields'.
+KERNEL_FLAGS = ("-O1", "-fPIC", "-ffp-contract=off", "-fno-tree-sra", "-fsanitize=thread",
                 "--param", "tsan-instrument-func-entry-exit=0")
 RUNTIME_FLAGS = ("-std=c++14", "-O2", "-fPIC", "-fvisibility=hidden")
 LINK_FLAGS = ("-shared", "-Wl,-z,defs", "-Wl,-Bsymbolic")
@@ -59,6 +64,26 @@ LINK_FLAGS = ("-shared", "-Wl,-z,defs", "-Wl,-Bsymbolic")
 #: and of PROT_NONE pages beyond that (accesses there fault and are reported by address).
 GUARD_ZONE = 64 * 1024
 GUARD_FAULT = 1024 * 1024
+
+#: cudaMalloc (and CuPy's pool) return 256-byte aligned memory; an array argument is placed in its
+#: guarded buffer at the address it would have on a GPU modulo this: a view that starts k bytes
+#: into its allocation starts k % 256 bytes past an aligned address, so a kernel's own alignment
+#: tests and the emulator's alignment check see what a GPU would.
+DEVICE_ALIGNMENT = 256
+
+
+def device_misalignment(value: np.ndarray) -> int:
+    """Bytes past a ``DEVICE_ALIGNMENT`` boundary at which ``value`` would start on a GPU.
+
+    The offset of the view into the array that owns its memory (a fresh allocation is aligned,
+    as cudaMalloc's); memory NumPy does not own keeps its host address's misalignment."""
+    root = value
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    offset = value.ctypes.data - root.ctypes.data
+    if not root.flags.owndata:
+        offset += root.ctypes.data
+    return offset % DEVICE_ALIGNMENT
 
 
 
@@ -93,6 +118,10 @@ class KernelRaceError(RuntimeError):
     """Two threads of one launch accessed an element (one of them writing) without ordering."""
 
 
+class KernelAlignmentError(KernelMemoryError):
+    """A kernel loaded or stored N bytes at an address that is not a multiple of N (a GPU faults)."""
+
+
 class KernelTimeoutError(RuntimeError):
     """A launch ran past ``time_limit()`` seconds (probably an endless loop)."""
 
@@ -116,7 +145,7 @@ class _Report(ctypes.Structure):
 
 
 (_OUT_OF_BOUNDS, _FAULT_NEAR_ARRAY, _NULL_POINTER, _BARRIER_EXIT, _BARRIER_MISMATCH, _TRAP, _BAD_LAUNCH, _RACE,
- _WARP_MISMATCH, _WARP_INACTIVE_SOURCE, _WARP_BAD_ARG, _STACK_OVERFLOW, _TIMEOUT, _WILD_ACCESS) = range(1, 15)
+ _WARP_MISMATCH, _WARP_INACTIVE_SOURCE, _WARP_BAD_ARG, _STACK_OVERFLOW, _TIMEOUT, _WILD_ACCESS, _MISALIGNED) = range(1, 16)
 _WARP_OPS = {1: "__shfl_sync", 2: "__shfl_up_sync", 3: "__shfl_down_sync", 4: "__shfl_xor_sync",
              5: "__ballot_sync", 6: "__any_sync", 7: "__all_sync", 8: "__syncwarp"}
 
@@ -476,8 +505,11 @@ class EmulatedRawKernel:
                             f"{self.where}: arguments '{self.params[j].name}' and '{self.params[i].name}' overlap "
                             "partially; the emulator can only guard identical or disjoint arrays")
                 spans.append((value.ctypes.data, value.ctypes.data + value.nbytes, i))
-                if lib.cuda_emu_alloc_guarded(value.nbytes, GUARD_ZONE, GUARD_FAULT, ctypes.byref(guards[i])) != 0:
+                mis = device_misalignment(value)
+                if lib.cuda_emu_alloc_guarded(value.nbytes + mis, GUARD_ZONE, GUARD_FAULT, ctypes.byref(guards[i])) != 0:
                     raise MemoryError(f"{self.where}: cannot map a guarded buffer of {value.nbytes} bytes")
+                guards[i].start += mis      # the bytes before it count as the front guard zone
+                guards[i].end = guards[i].start + value.nbytes
                 allocated.append(i)
                 buffers[key] = i
                 owners[i] = [i]
@@ -533,6 +565,28 @@ class EmulatedRawKernel:
                 f"{where}: out-of-bounds {access}{size} by {who}: argument {i} '{p.name}' ({p.ctype}) "
                 f"holds {nelem} elements (shape {arr.shape}), the access is at element {elem}, "
                 f"{rel}{extra}")
+        if r.kind == _MISALIGNED:
+            if r.is_write == 2:
+                head = (f"{where}: misaligned pointer cast by {who}: reinterpret_cast to a type aligned to "
+                        f"{r.size} bytes of an address that is not a multiple of {r.size} (an access through "
+                        "it faults on a GPU)")
+            else:
+                access = {0: "read", 1: "write"}.get(r.is_write, "access")
+                head = (f"{where}: misaligned {r.size}-byte {access} by {who}: a GPU faults (misaligned "
+                        f"address) on an access of {r.size} bytes whose address is not a multiple of {r.size}")
+            if r.arg >= 0:
+                p, arr = self.params[r.arg], args[r.arg]
+                item = arr.dtype.itemsize
+                start = device_misalignment(arr)
+                raise KernelAlignmentError(
+                    f"{head}; argument {r.arg} '{p.name}' ({p.ctype}) at byte offset {r.offset} (element "
+                    f"{r.offset // item}{f' + {r.offset % item} bytes' if r.offset % item else ''}), the array "
+                    f"starting {start} bytes past a {DEVICE_ALIGNMENT}-byte boundary: address % {r.size} = "
+                    f"{(start + r.offset) % r.size}")
+            if r.arg <= -2:
+                name = self.module.shared_vars[-2 - r.arg][2]
+                raise KernelAlignmentError(f"{head}; __shared__ {name} at byte offset {r.offset}")
+            raise KernelAlignmentError(f"{head}; on the stack or in static data (address ...{r.offset:#x})")
         if r.kind == _RACE and r.arg <= -2:
             name = self.module.shared_vars[-2 - r.arg][2]
             ob, ot = r.other_block, r.other_thread

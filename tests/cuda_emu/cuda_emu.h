@@ -48,6 +48,20 @@ void cuda_emu_trap(void);
 #define gridDim (cuda_emu_builtins.gridDim)
 #define warpSize (cuda_emu_builtins.warpSize)
 
+// ---- vector types: CUDA's sizes and alignments (a load or store of one must be aligned to it) ----
+#define CUDA_EMU_VEC2(name, T, A) struct alignas(A) name { T x, y; }; \
+    static inline name make_##name(T x, T y) { name v; v.x = x; v.y = y; return v; }
+#define CUDA_EMU_VEC4(name, T, A) struct alignas(A) name { T x, y, z, w; }; \
+    static inline name make_##name(T x, T y, T z, T w) { name v; v.x = x; v.y = y; v.z = z; v.w = w; return v; }
+CUDA_EMU_VEC2(float2, float, 8)
+CUDA_EMU_VEC4(float4, float, 16)
+CUDA_EMU_VEC2(double2, double, 16)
+CUDA_EMU_VEC2(int2, int, 8)
+CUDA_EMU_VEC4(int4, int, 16)
+CUDA_EMU_VEC2(longlong2, long long, 16)
+#undef CUDA_EMU_VEC2
+#undef CUDA_EMU_VEC4
+
 // ---- qualifiers --------------------------------------------------------------------------------
 #define __global__
 #define __device__
@@ -138,6 +152,36 @@ CUDA_EMU_ATOMIC(atomicXor, old ^ v)
 template <typename T> static inline T atomicCAS(T* p, T cmp, T v) {
     cuda_emu_atomic_begin(); T old = *p; if (old == cmp) *p = v; cuda_emu_atomic_end(); return old;
 }
+
+// ---- pointer casts: a reinterpret_cast to a pointer must meet the target type's alignment -----
+// (What the kernels use for vector accesses: *reinterpret_cast<const Pair<T>*>(p). Loads and
+// stores up to 16 bytes are checked where they happen, in runtime.cpp; a wider vector type,
+// e.g. a 32-byte Quad<double>, reaches the runtime only as a byte range, so the cast is checked
+// here: the pointer it makes must be aligned to alignof(target), or the access through it is
+// undefined in C++ and faults on a GPU.)
+extern "C" void cuda_emu_check_cast(const volatile void* p, unsigned long long align, int line);
+namespace cuda_emu {
+// (is_convertible rather than is_pointer: g++ keeps __restrict__ on `x + i`, and is_pointer is false
+// for a restrict-qualified pointer)
+template <typename To, typename From,
+          bool = std::is_pointer<To>::value && std::is_convertible<typename std::decay<From>::type, const volatile void*>::value>
+struct Cast {
+    static To run(From&& v) { return reinterpret_cast<To>(std::forward<From>(v)); }
+};
+template <typename To, typename From>
+struct Cast<To, From, true> {
+    static To run(From&& v, int line = 0) {
+        typedef typename std::remove_cv<typename std::remove_pointer<To>::type>::type Target;
+        const unsigned long long align = std::is_void<Target>::value ? 1 : alignof(typename std::conditional<std::is_void<Target>::value, char, Target>::type);
+        // always the (opaque) call: g++ may drop an inline test whose failure it deems undefined
+        if (align > 1) cuda_emu_check_cast(v, align, line);
+        return reinterpret_cast<To>(v);
+    }
+};
+template <typename To, typename From>
+inline To reinterpret(From&& v) { return Cast<To, From>::run(std::forward<From>(v)); }
+}  // namespace cuda_emu
+#define reinterpret_cast ::cuda_emu::reinterpret
 
 // ---- read-only cache load ------------------------------------------------------------------------
 template <typename T> static inline T __ldg(const T* p) { return *p; }

@@ -69,6 +69,7 @@ enum ErrorKind {
     STACK_OVERFLOW = 12,    // a thread overflowed its fiber stack
     TIMEOUT = 13,           // the launch ran past its time limit (an endless loop?)
     WILD_ACCESS = 14,       // an access to memory that is no argument, stack, shared or static data
+    MISALIGNED = 15,        // an N-byte access (N = 2, 4, 8, 16) at an address that is not a multiple of N
 };
 
 enum RaceKind { WRITE_WRITE = 1, READ_AFTER_WRITE = 2, WRITE_AFTER_READ = 3 };
@@ -299,10 +300,43 @@ static void note_wild(uintptr_t a, size_t n, int is_write) {
     note_error(WILD_ACCESS, best, best >= 0 ? (int64_t)(a - g_guards[best].start) : (int64_t)a, (int64_t)n, is_write);
 }
 
-static inline void check_access(uintptr_t a, size_t n, int is_write) {
+// Alignment: a GPU faults ("misaligned address") on an N-byte load or store whose address is
+// not a multiple of N; the host CPU does not. The aligned callbacks (__tsan_readN/writeN, which
+// g++ emits when the type says the access is N-aligned: float at 4, double and float2/Pair<float>
+// at 8, float4/Quad<float>/double2 at 16; the kernels are compiled with -fno-tree-sra so that a
+// vector struct stays one access instead of being split into its fields) check it here and name
+// the argument (or __shared__ variable) and the byte offset.
+static void note_misaligned(uintptr_t a, size_t n, int is_write) {
+    const Guard* g = g_guards;
+    for (int i = 0; i < g_nguards; ++i) {
+        if (a >= g[i].zone_lo && a < g[i].zone_hi) {
+            note_error(MISALIGNED, i, (int64_t)(a - g[i].start), (int64_t)n, is_write);
+            return;
+        }
+    }
+    for (int i = 0; i < g_nshared; ++i) {
+        if (a >= g_shared[i].start && a < g_shared[i].end) {
+            note_error(MISALIGNED, -2 - i, (int64_t)(a - g_shared[i].start), (int64_t)n, is_write);
+            return;
+        }
+    }
+    note_error(MISALIGNED, -1, (int64_t)(a & 0xFFFF), (int64_t)n, is_write);  // stack / static data
+}
+
+// A reinterpret_cast to a pointer whose target type needs `align` bytes, of an address that is
+// not a multiple of it (cuda_emu.h checks the address; this names the argument and the offset).
+extern "C" void cuda_emu_check_cast(const volatile void* p, unsigned long long align, int) {
+    if (((uintptr_t)p & (align - 1)) != 0) note_misaligned((uintptr_t)p, (size_t)align, 2);
+}
+
+static inline void check_access(uintptr_t a, size_t n, int is_write, int aligned = 0) {
     if (g_pending.active) resolve_pending();
     if ((++g_access_count & ((1u << 22) - 1)) == 0) check_time();
     if (a - (uintptr_t)&cuda_emu_builtins < sizeof cuda_emu_builtins) return;  // threadIdx & co.
+    if (aligned && (a & (n - 1)) != 0) {
+        note_misaligned(a, n, is_write);
+        return;
+    }
     const Guard* g = g_guards;
     for (int i = 0; i < g_nguards; ++i) {
         if (a + n > g[i].zone_lo && a < g[i].zone_hi) {
@@ -340,12 +374,12 @@ static inline void check_access(uintptr_t a, size_t n, int is_write) {
 // that follows a load of the same address, which the race detector needs.
 extern "C" {
 #define CUDA_EMU_CB(n)                                                                     \
-    void __tsan_read##n(void* p) { check_access((uintptr_t)p, n, 0); }                     \
-    void __tsan_write##n(void* p) { check_access((uintptr_t)p, n, 1); }                    \
+    void __tsan_read##n(void* p) { check_access((uintptr_t)p, n, 0, 1); }                  \
+    void __tsan_write##n(void* p) { check_access((uintptr_t)p, n, 1, 1); }                 \
     void __tsan_unaligned_read##n(void* p) { check_access((uintptr_t)p, n, 0); }           \
     void __tsan_unaligned_write##n(void* p) { check_access((uintptr_t)p, n, 1); }          \
-    void __tsan_volatile_read##n(void* p) { check_access((uintptr_t)p, n, 0); }            \
-    void __tsan_volatile_write##n(void* p) { check_access((uintptr_t)p, n, 1); }           \
+    void __tsan_volatile_read##n(void* p) { check_access((uintptr_t)p, n, 0, 1); }         \
+    void __tsan_volatile_write##n(void* p) { check_access((uintptr_t)p, n, 1, 1); }        \
     void __tsan_unaligned_volatile_read##n(void* p) { check_access((uintptr_t)p, n, 0); }  \
     void __tsan_unaligned_volatile_write##n(void* p) { check_access((uintptr_t)p, n, 1); }
 CUDA_EMU_CB(1)

@@ -180,3 +180,51 @@ __global__ void warp_shared_exchange(const int* __restrict__ x, int* __restrict_
     if (use_syncwarp) __syncwarp();
     y[threadIdx.x] = s[threadIdx.x ^ 1];
 }
+
+// Alignment demos -------------------------------------------------------------------------------
+
+// A two-float struct loaded as one 8-byte access, as kernels/pool2d.cu's Pair<float>.
+struct alignas(8) FloatPair { float a, b; };
+
+// y[i] = x[offset + 2i] + x[offset + 2i + 1], the two read as one FloatPair: misaligned (a fault
+// on a GPU) when offset is odd, however the bytes happen to lie on the host.
+__global__ void pair_sum(const float* __restrict__ x, float* __restrict__ y, long long offset, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const FloatPair p = *(const FloatPair*)(x + offset + 2 * i);   // C cast: the load is checked
+        y[i] = p.a + p.b;
+    }
+}
+
+// y[offset + 4i .. offset + 4i + 3] = (i, i, i, i), stored as one float4 (16 bytes): misaligned
+// unless offset is a multiple of 4.
+__global__ void float4_fill(float* __restrict__ y, long long offset, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float f = (float)i;
+        *(float4*)(y + offset + 4 * i) = make_float4(f, f, f, f);        // the store is checked
+    }
+}
+
+// out[i] = a[i].x + a[i].y for double2 elements read from a double array at element offset
+// `offset` (16-byte accesses: misaligned when offset is odd; the reinterpret_cast is checked
+// first).
+__global__ void double2_sum(const double* __restrict__ a, double* __restrict__ out, long long offset, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const double2 v = reinterpret_cast<const double2*>(a + offset)[i];
+        out[i] = v.x + v.y;
+    }
+}
+
+// A 32-byte aligned struct of four doubles (as kernels/pool2d.cu's Quad<double>): out[i] = the
+// sum of the four, read as one struct through reinterpret_cast from a + offset + 4i. Wider than
+// 16 bytes, its load reaches the runtime only as a byte range: the cast is what is checked.
+struct alignas(32) Double4 { double a, b, c, d; };
+__global__ void double4_sum(const double* __restrict__ a, double* __restrict__ out, long long offset, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const Double4 v = *reinterpret_cast<const Double4*>(a + offset + 4 * i);
+        out[i] = v.a + v.b + v.c + v.d;
+    }
+}

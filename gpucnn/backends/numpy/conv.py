@@ -1,0 +1,320 @@
+"""Convolution on NumPy: im2col + GEMM, a few samples at a time, one plan per layout.
+
+A *plan* holds one convolution's geometry and its three passes side by side:
+``forward`` (y = W @ cols), ``backward_data`` (dcols = W.T @ dy, then col2im into dx)
+and ``fill_weight`` (the columns that backward-weight multiplies dy by).  Each pass
+works on a range of samples; the functions at the bottom split the batch over the
+workers and pick the plan:
+
+* ``PointwisePlan``: 1x1, stride 1, no padding: x itself is the column matrix.
+* ``WidePlan``: stride 1, rows kept at the padded width (see its docstring).
+* ``RectPlan``: anything else: each window offset's valid rectangle copied.
+
+The column layout per sample is ``(C*kh*kw, OH*OW)``, so ``W @ cols[n]`` is already
+NCHW and ``W.T @ dy[n]`` comes out in the layout col2im adds from.  Columns are built
+and consumed a few samples at a time (``CHUNK_BYTES``), so they are read back from the
+cache, the GEMMs run on operands of the size BLAS does best with, and nothing the size
+of the batch's columns is ever allocated.  im2col copies each window offset's valid
+rectangle (borders stay zero in the reused buffer); col2im adds each offset's valid
+rectangle straight into dx: neither pads a copy of the input nor crops a padded
+gradient.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..geometry import out_hw
+from .memory import empty, scratch
+from .parallel import PARALLEL_MIN_FLOPS_CONV, WORKERS, split_sum
+from .windows import col2im_add, fill_cols, window_offsets
+
+# Columns of at most this many bytes per chunk: the GEMMs run at their best with
+# operands of about this size.
+CHUNK_BYTES = 2 << 20
+# The forward's GEMMs run per sample, so its chunk sets only how long the columns
+# stay alive: at most the 1 MiB L2 of a core keeps them there between the copy and
+# the GEMM; smaller chunks cost more in per-chunk calls than they save.
+FORWARD_CHUNK_BYTES = 1 << 20
+
+# The wide layout saves kh*kw*C*OH short rows per sample and primitive (a few ns of
+# NumPy overhead each) and costs 2*O*C*kh*kw*OH*(Wp - OW) extra GEMM flops (at about
+# 90 GFLOP/s a core); the two balance near O*(Wp - OW) = 150 (measured per layer).
+# Backward-weight saves only im2col rows (there is no col2im) and, when it multiplies
+# per sample, pays for copying dy into wide rows: it takes the wide layout less often.
+WIDE_MAX_WASTE = 150
+WIDE_MAX_WASTE_WEIGHT = 100
+
+
+def chunk(n, per_sample_bytes, limit=CHUNK_BYTES):
+    """Samples per chunk: at most ``limit`` bytes of columns, at least one sample."""
+    return max(1, min(n, limit // max(1, per_sample_bytes)))
+
+
+class _Plan:
+    """One convolution's geometry, and backward-weight, which every layout shares."""
+
+    def __init__(self, x_chw, w_shape, stride, padding):
+        self.c, self.h, self.w = x_chw
+        self.o, _, self.kh, self.kw = w_shape
+        self.kernel, self.stride, self.padding = (self.kh, self.kw), stride, padding
+        self.oh, self.ow = out_hw((self.h, self.w), self.kernel, stride, padding)
+        self.k = self.c * self.kh * self.kw                 # rows of the column matrix
+        self.p = self.oh * self.ow                          # output positions per plane
+        self.row = self.ow              # length of dy's rows in backward-weight's GEMM
+        self.weight_p = self.p          # and the positions per plane it multiplies over
+        self.geom = (type(self).__name__, tuple(x_chw), self.kernel, stride, padding, self.o)
+
+    def weight_planes(self, g, dtype):
+        """Work space fill_weight needs for g samples (only the wide layout has any)."""
+        return None
+
+    def backward_weight(self, dy, x, s0, e0):
+        """dW summed over samples s0:e0: sum over samples of dy[n] @ cols[n].T.
+
+        When the columns are the longer side (C*kh*kw >= p), one GEMM per chunk of
+        samples: columns laid out (C*kh*kw, samples*p) and dy transposed to
+        (O, samples*p).  When dy's planes are the longer side, transposing dy would
+        cost more than it saves: one GEMM per sample on the forward's column layout,
+        then a sum over the chunk.
+        """
+        g = chunk(e0 - s0, self.k * self.weight_p * dy.itemsize)
+        planes = self.weight_planes(g, dy.dtype)
+        step = self._weight_chunk if self.k >= self.weight_p else self._weight_per_sample
+        dw = None
+        for s in range(s0, e0, g):
+            e = min(e0, s + g)
+            pl = planes[:e - s] if planes is not None else None
+            prod = step(dy, x, pl, g, s, e)
+            if dw is None:
+                dw = prod
+            else:
+                dw += prod
+        return dw
+
+    def _weight_chunk(self, dy, x, planes, g, s, e):
+        o, c, kh, kw, k, p, gg = self.o, self.c, self.kh, self.kw, self.k, self.weight_p, e - s
+        # every buffer below: the elements never written (padding, extra columns) stay 0
+        cols_t = scratch(("wgt-cols-t", self.geom), (c, kh, kw, gg, p), dy.dtype)
+        dy_t = scratch(("wgt-dy-t", self.geom), (o, gg, self.oh, self.row), dy.dtype)
+        self.fill_weight(cols_t.transpose(3, 0, 1, 2, 4), planes, x, s, e)
+        dy_t.transpose(1, 0, 2, 3)[..., :self.ow] = dy[s:e]
+        a, b = dy_t.reshape(o, gg * p), cols_t.reshape(k, gg * p)
+        # OpenBLAS is up to twice as fast with the longer side as the GEMM's M
+        return a @ b.T if o >= k else (b @ a.T).T
+
+    def _weight_per_sample(self, dy, x, planes, g, s, e):
+        o, c, kh, kw, k, p, gg = self.o, self.c, self.kh, self.kw, self.k, self.weight_p, e - s
+        cols = scratch(("wgt-cols", self.geom), (g, c, kh, kw, p), dy.dtype)[:gg]
+        self.fill_weight(cols, planes, x, s, e)
+        if self.row != self.ow:                             # wide rows: dy's extra columns 0
+            dyw = scratch(("wgt-dy", self.geom), (g, o, self.oh, self.row), dy.dtype)[:gg]
+            dyw[..., :self.ow] = dy[s:e]
+            d3 = dyw.reshape(gg, o, p)
+        else:
+            d3 = dy[s:e].reshape(gg, o, p)
+        return np.matmul(d3, cols.reshape(gg, k, p).transpose(0, 2, 1)).sum(axis=0)
+
+
+class PointwisePlan(_Plan):
+    """1x1 kernel, stride 1, no padding: x's planes are the columns; no im2col at all."""
+
+    def forward(self, x, w2, y, s0, e0):
+        np.matmul(w2, x[s0:e0].reshape(e0 - s0, self.c, self.p),
+                  out=y[s0:e0].reshape(e0 - s0, self.o, self.p))
+
+    def backward_data(self, dy, w2t, dx, s0, e0):
+        np.matmul(w2t, dy[s0:e0].reshape(e0 - s0, self.o, self.p),
+                  out=dx[s0:e0].reshape(e0 - s0, self.c, self.p))
+
+    def fill_weight(self, cols6, planes, x, s, e):
+        """cols6: a (g, C, kh, kw, p) view of any layout, filled from samples s:e."""
+        np.copyto(cols6.reshape(e - s, self.c, self.p), x[s:e].reshape(e - s, self.c, self.p))
+
+
+class RectPlan(_Plan):
+    """Any stride and padding: each window offset's valid rectangle copied (im2col) or
+    added (col2im); the padding positions of the column buffers are never written."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.offsets = list(window_offsets((self.oh, self.ow), (self.h, self.w),
+                                           self.kernel, self.stride, self.padding))
+
+    def forward(self, x, w2, y, s0, e0):
+        g = chunk(e0 - s0, self.k * self.p * x.itemsize, FORWARD_CHUNK_BYTES)
+        # (samples, C*kh*kw, OH*OW); padding positions are never written and stay 0
+        buf = scratch(("fwd-rect", self.geom), (g, self.c, self.kh, self.kw, self.oh, self.ow),
+                      x.dtype)
+        for s in range(s0, e0, g):
+            e = min(e0, s + g)
+            cols = buf[:e - s]
+            fill_cols(cols, x[s:e], self.offsets)
+            np.matmul(w2, cols.reshape(e - s, self.k, self.p),
+                      out=y[s:e].reshape(e - s, self.o, self.p))
+
+    def backward_data(self, dy, w2t, dx, s0, e0):
+        dx[s0:e0] = 0
+        g = chunk(e0 - s0, self.k * self.p * dy.itemsize)
+        buf = scratch(("bwd-rect", self.geom), (g, self.k, self.p), dy.dtype)
+        for s in range(s0, e0, g):
+            e = min(e0, s + g)
+            dcols = np.matmul(w2t, dy[s:e].reshape(e - s, self.o, self.p), out=buf[:e - s])
+            col2im_add(dx[s:e], dcols.reshape(e - s, self.c, self.kh, self.kw, self.oh, self.ow),
+                       self.offsets)
+
+    def fill_weight(self, cols6, planes, x, s, e):
+        fill_cols(cols6.reshape(e - s, self.c, self.kh, self.kw, self.oh, self.ow), x[s:e],
+                  self.offsets)
+
+
+class WidePlan(_Plan):
+    """Stride-1 convolution on "wide" rows: the padded plane flattened, rows Wp long.
+
+    With stride 1, the window offset (i, j) of output (oh, ow') reads the flattened
+    padded plane at i*Wp + j + (oh*Wp + ow'), so the im2col row of offset (i, j) is
+    one contiguous slice of OH*Wp elements if the output keeps the padded width Wp
+    (ow' >= OW are throw-away columns).  im2col is then a single strided copy and
+    col2im kh*kw long contiguous adds, instead of kh*kw*OH short rows each; the price
+    is GEMM work on the Wp - OW extra columns, which ``use_wide`` weighs.
+    """
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.ph, self.pw = self.padding
+        self.hp, self.wp = self.h + 2 * self.ph, self.w + 2 * self.pw
+        self.q = self.oh * self.wp                          # wide output length per plane
+        self.length = self.hp * self.wp + self.kw - 1       # padded plane + the last window's tail
+        self.row, self.weight_p = self.wp, self.q
+
+    def interior(self, planes):
+        """The image inside (g, C, length) padded planes, as a (g, C, H, W) view."""
+        g = planes.shape[0]
+        img = planes[:, :, :self.hp * self.wp].reshape(g, self.c, self.hp, self.wp)
+        return img[:, :, self.ph:self.ph + self.h, self.pw:self.pw + self.w]
+
+    def windows(self, planes):
+        """(g, C, kh, kw, OH*Wp) view: the im2col rows, each a slice of its plane."""
+        sg, sc, se = planes.strides
+        return as_strided(planes, shape=(planes.shape[0], self.c, self.kh, self.kw, self.q),
+                          strides=(sg, sc, self.wp * se, se, se), writeable=False)
+
+    def forward(self, x, w2, y, s0, e0):
+        c, k, o, q = self.c, self.k, self.o, self.q
+        g = chunk(e0 - s0, k * q * x.itemsize, FORWARD_CHUNK_BYTES)
+        planes = scratch(("fwd-planes", self.geom), (g, c, self.length), x.dtype)
+        cols = scratch(("fwd-cols", self.geom), (g, k, q), x.dtype)
+        yw = scratch(("fwd-y", self.geom), (g, o, q), x.dtype)
+        for s in range(s0, e0, g):
+            e = min(e0, s + g)
+            pl, cl, yc = planes[:e - s], cols[:e - s], yw[:e - s]
+            self.interior(pl)[...] = x[s:e]          # the padding around stays 0
+            np.copyto(cl.reshape(e - s, c, self.kh, self.kw, q), self.windows(pl))
+            np.matmul(w2, cl, out=yc)
+            y[s:e] = yc.reshape(e - s, o, self.oh, self.wp)[..., :self.ow]
+
+    def backward_data(self, dy, w2t, dx, s0, e0):
+        c, k, o, q, length = self.c, self.k, self.o, self.q, self.length
+        g = chunk(e0 - s0, k * length * dy.itemsize)
+        dyw = scratch(("bwd-dy", self.geom), (g, o, self.oh, self.wp), dy.dtype)  # extra columns stay 0
+        # The columns laid out (C*kh*kw, samples, length): a row of one window offset
+        # runs through all the chunk's samples, each plane `length` long, and its
+        # positions past q are never written (0).  col2im is then kh*kw adds of
+        # whole rows: offset (i, j) shifted by i*Wp + j into the planes, laid out the
+        # same way (what spills past a plane's end is those zeros).
+        dbuf = scratch(("bwd-cols", self.geom), (k, g, length), dy.dtype)
+        planes = scratch(("bwd-planes", self.geom), (c, (g + 1) * length), dy.dtype)
+        for s in range(s0, e0, g):
+            e = min(e0, s + g)
+            gs = e - s
+            dw_ = dyw[:gs]
+            dw_[..., :self.ow] = dy[s:e]
+            dcols = dbuf[:, :gs]
+            np.matmul(w2t, dw_.reshape(gs, o, q), out=dcols.transpose(1, 0, 2)[:, :, :q])
+            pl = planes[:, :(gs + 1) * length]
+            pl[...] = 0
+            rows = dcols.reshape(c, self.kh, self.kw, gs * length)
+            for i in range(self.kh):
+                for j in range(self.kw):
+                    at = i * self.wp + j
+                    pl[:, at:at + gs * length] += rows[:, i, j]
+            img = pl[:, :gs * length].reshape(c, gs, length)[:, :, :self.hp * self.wp]
+            img = img.reshape(c, gs, self.hp, self.wp)[:, :, self.ph:self.ph + self.h,
+                                                        self.pw:self.pw + self.w]
+            dx[s:e] = img.transpose(1, 0, 2, 3)
+
+    def weight_planes(self, g, dtype):
+        return scratch(("wgt-planes", self.geom), (g, self.c, self.length), dtype)
+
+    def fill_weight(self, cols6, planes, x, s, e):
+        self.interior(planes)[...] = x[s:e]
+        np.copyto(cols6, self.windows(planes))
+
+
+def is_pointwise(kernel, stride, padding):
+    return tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+
+
+def use_wide(c, o, kernel, stride, padding, x_hw, limit):
+    """Whether a stride-1 convolution runs in the wide layout (see WidePlan)."""
+    if tuple(stride) != (1, 1) or is_pointwise(kernel, stride, padding):
+        return False
+    kh, kw = kernel
+    wp = x_hw[1] + 2 * padding[1]
+    ow = wp - kw + 1
+    if ow < 1 or x_hw[0] + 2 * padding[0] - kh + 1 < 1:
+        return False
+    return o * (wp - ow) <= limit
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(x_chw, w_shape, stride, padding, for_weight):
+    c, h, w = x_chw
+    o, _, kh, kw = w_shape
+    args = (x_chw, w_shape, stride, padding)
+    if for_weight:
+        oh, ow = out_hw((h, w), (kh, kw), stride, padding)
+        if (use_wide(c, o, (kh, kw), stride, padding, (h, w), WIDE_MAX_WASTE_WEIGHT)
+                and (c * kh * kw >= oh * ow or c * kh * kw > o)):
+            return WidePlan(*args)
+    elif use_wide(c, o, (kh, kw), stride, padding, (h, w), WIDE_MAX_WASTE):
+        return WidePlan(*args)
+    return PointwisePlan(*args) if is_pointwise((kh, kw), stride, padding) else RectPlan(*args)
+
+
+def plan_for(x_shape, w_shape, stride, padding, for_weight=False):
+    """The plan for this convolution (cached: a plan holds geometry only, no arrays)."""
+    return _plan(tuple(x_shape[1:]), tuple(w_shape), tuple(stride), tuple(padding), for_weight)
+
+
+def _split(n, plan, p):
+    return WORKERS.parts(n, plan.o * plan.k * p, PARALLEL_MIN_FLOPS_CONV)
+
+
+def conv2d_forward(x, w, stride, padding):
+    n = x.shape[0]
+    plan = plan_for(x.shape, w.shape, stride, padding)
+    w2 = w.reshape(plan.o, plan.k)
+    y = empty((n, plan.o, plan.oh, plan.ow), x.dtype)
+    WORKERS.run(lambda s, e: plan.forward(x, w2, y, s, e), _split(n, plan, plan.p), blas=True)
+    return y
+
+
+def conv2d_backward_data(dy, w, x_shape, stride, padding):
+    n = x_shape[0]
+    plan = plan_for(x_shape, w.shape, stride, padding)
+    w2t = w.reshape(plan.o, plan.k).T
+    dx = empty(x_shape, dy.dtype)
+    WORKERS.run(lambda s, e: plan.backward_data(dy, w2t, dx, s, e), _split(n, plan, plan.p),
+                blas=True)
+    return dx
+
+
+def conv2d_backward_weight(dy, x, w_shape, stride, padding):
+    n = dy.shape[0]
+    plan = plan_for(x.shape, w_shape, stride, padding, for_weight=True)
+    parts = WORKERS.run(lambda s, e: plan.backward_weight(dy, x, s, e),
+                        _split(n, plan, plan.weight_p), blas=True)
+    return split_sum(parts).reshape(w_shape)
