@@ -834,6 +834,15 @@ class DistributedTrainer(Trainer):
         self.comm.allreduce_persistent(self.model)
         super()._end_epoch(epochs)
 
+    def _interrupted(self):
+        """Stopping mid-epoch: average the running statistics before rank 0 saves them.  The
+        statistics' updates are affine, so averaging now or at the epoch's end gives the same
+        end-of-epoch average: the resumed run continues as the uninterrupted one would.  (Only
+        when every rank stopped together: a collective would wait forever otherwise.)"""
+        if self._all_ranks_stop:
+            self.comm.allreduce_persistent(self.model)
+        return super()._interrupted()
+
     def _test(self):
         if self.test_set is None:
             return None, None
