@@ -837,7 +837,8 @@ class DistributedTrainer(Trainer):
     def _interrupted(self):
         """Stopping mid-epoch: average the running statistics before rank 0 saves them.  The
         statistics' updates are affine, so averaging now or at the epoch's end gives the same
-        end-of-epoch average: the resumed run continues as the uninterrupted one would.  (Only
+        end-of-epoch average: resumed on as many processes, the run continues as the uninterrupted
+        one would (on another number, BatchNorm's batch statistics come from other shares).  (Only
         when every rank stopped together: a collective would wait forever otherwise.)"""
         if self._all_ranks_stop:
             self.comm.allreduce_persistent(self.model)
