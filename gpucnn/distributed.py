@@ -48,7 +48,10 @@ Design:
   during an epoch and averaged across ranks at its end (ChainerMN's
   ``AllreducePersistent``, :meth:`Communicator.allreduce_persistent`); integer buffers
   (``num_batches_tracked``) are taken from rank 0.  Batch statistics inside a step are
-  per rank (not synchronised BatchNorm), as in PyTorch DDP without ``SyncBatchNorm``.
+  per rank (not synchronised BatchNorm), as in PyTorch DDP without ``SyncBatchNorm``: so
+  with BatchNorm, N processes equal N simulated shares in one process rather than one
+  process on the whole batch, and a checkpoint resumed on another number of processes
+  continues with other shares' statistics.  Without BatchNorm the count does not matter.
 * **Faults.**  What stops training on one rank must stop it on all at the same step, or
   the others wait forever in the next collective.  So the trainer decides divergence and
   Ctrl-C/SIGTERM together (a small all-reduce per step), setup errors are raised on every
