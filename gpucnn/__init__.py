@@ -4,6 +4,7 @@ The public API follows PyTorch's names, argument orders and weight layouts.
 """
 from .backends import asnumpy
 from .errors import NonFiniteError
+from .export import export_onnx, load_safetensors, save_safetensors
 from .layers import (AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU,
                      Sequential, Sigmoid, Tanh)
 from .losses import CrossEntropyLoss, MSELoss
@@ -15,5 +16,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Module", "Parameter", "Conv2d", "MaxPool2d", "AvgPool2d", "Sigmoid", "ReLU", "Tanh",
     "Linear", "Flatten", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
-    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError", "__version__",
+    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError",
+    "save_safetensors", "load_safetensors", "export_onnx", "__version__",
 ]

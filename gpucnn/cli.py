@@ -1,7 +1,7 @@
 """The ``gpucnn`` command (also ``python -m gpucnn``).
 
 Subcommands: ``train`` (default data: the bundled digits), ``evaluate``,
-``predict``, ``info`` and ``check``.  Errors print one line on stderr and exit
+``predict``, ``export``, ``info`` and ``check``.  Errors print one line on stderr and exit
 non-zero; ``--debug`` prints the traceback as well.
 """
 from __future__ import annotations
@@ -160,6 +160,32 @@ def cmd_predict(args):
             line += f"  [{'; '.join(note)}]"
         print(line)
     return 0
+
+
+# =========================================================================== export
+
+def cmd_export(args):
+    from .export import export_checkpoint
+    out, model, ckpt = export_checkpoint(args.checkpoint, args.format, args.out,
+                                         overwrite=args.force, opset=args.opset)
+    print(f"{ckpt.path} -> {out} ({args.format}, {sum(p.data.size for p in model.parameters())} "
+          f"parameters)")
+    return 0
+
+
+def _add_export_parser(sub, common):
+    from .export import DEFAULT_OPSET, FORMATS
+    x = sub.add_parser("export", parents=[common], help="write a run's model as safetensors or ONNX",
+                       description="Export a checkpoint's weights to safetensors (PyTorch state_dict "
+                       "keys) or its whole network to ONNX (dynamic batch). Needs "
+                       'pip install "gpucnn[export]".')
+    x.add_argument("--checkpoint", required=True, metavar="RUN", help="checkpoint.npz or its run folder")
+    x.add_argument("--format", required=True, choices=tuple(FORMATS))
+    x.add_argument("--out", metavar="FILE", help="default: model.safetensors / model.onnx beside the checkpoint")
+    x.add_argument("--force", action="store_true", help="replace an existing output file")
+    x.add_argument("--opset", type=_positive_int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset (default {DEFAULT_OPSET})")
+    x.set_defaults(func=cmd_export)
 
 
 # =========================================================================== info
@@ -412,6 +438,8 @@ def build_parser():
                    help="invert grey images (auto: when the background is light)")
     p.add_argument("--no-resize", action="store_true", help="fail instead of resizing other sizes")
     p.set_defaults(func=cmd_predict)
+
+    _add_export_parser(sub, common)
 
     i = sub.add_parser("info", parents=[common], help="versions, device choice, GPU, kernel compilation")
     i.set_defaults(func=cmd_info)
