@@ -64,9 +64,17 @@ PYEOF
         "$PY" -m pytest -q -rs -m "not emulated" -p no:cacheprovider --durations=8 \
         tests/test_parity.py tests/test_check.py tests/test_device_fallback.py \
         tests/test_forward.py tests/test_gradcheck.py tests/test_kernels_compile.py \
-        tests/test_cuda_views.py tests/test_cuda_loader.py tests/test_training_step.py
+        tests/test_cuda_views.py tests/test_cuda_loader.py tests/test_training_step.py \
+        tests/test_conv_igemm.py
+    # (the parity tests above run the default convolution, implicit GEMM: kernels/conv2d_igemm.cu,
+    # and test_conv_igemm.py its TF32 kernel, kernels/conv2d_igemm_tf32.cu; this keeps the old path)
+    stage "GPU convolution parity through im2col + cuBLAS (GPUCNN_CONV=im2col)" 90 \
+        env GPUCNN_CONV=im2col "$PY" -m pytest -q -rs -m "not emulated" -p no:cacheprovider \
+        tests/test_parity.py tests/test_cuda_views.py -k conv
     stage "kernel benchmark (bandwidth vs copy, conv vs cuDNN)" 90 \
         "$PY" benchmarks/bench_kernels.py --json "$DEST/bench_kernels.json"
+    stage "implicit-GEMM convolution per layer (vs im2col, cuDNN; TF32)" 150 \
+        "$PY" benchmarks/bench_kernels.py --igemm-only --reps 10 --json "$DEST/bench_igemm.json"
     if [ -f benchmarks/bench_train.py ]; then
         stage "training benchmark vs PyTorch" 120 \
             "$PY" benchmarks/bench_train.py --device cuda --quick --json "$DEST/bench_train.json"

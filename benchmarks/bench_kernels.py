@@ -13,9 +13,19 @@ shapes of the CIFAR-style net, batch 256, against cuDNN (float32, TF32 off,
 cudnn.benchmark on), interleaved, medians; with the largest relative difference of the
 results, and the split of our forward into im2col / GEMM / layout kernels.
 
+Part 3 (--igemm; PyTorch optional).  The implicit-GEMM convolution (kernels/conv2d_igemm.cu)
+per layer of LeNet-5, the CIFAR-style net and ResNet-20 at batch 128 (--batch): forward,
+backward data, backward weight, each timed back to back (device time per call) as ours
+(implicit GEMM), ours through im2col + cuBLAS (conv_algorithm="im2col"), cuDNN with TF32 off,
+and for the forward also our TF32 kernel (allow_tf32) and cuDNN with TF32 on (compute
+capability >= 8.0).  Reported as TFLOP/s (2*N*O*OH*OW*C*KH*KW per op) and as a percentage of
+the device's nominal peak: FP32 = SMs x FP32 lanes per SM x 2 x boost clock, TF32 tensor =
+SMs x dense TF32 FLOP per SM per clock x clock (per-architecture tables below; override with
+--peak-fp32 / --peak-tf32 in TFLOP/s).
+
 Usage (a GPU machine, from the checkout):
     PYTHONPATH=. python benchmarks/bench_kernels.py [--elements 67108864] [--reps 30]
-        [--json out.json] [--no-conv]
+        [--json out.json] [--no-conv] [--igemm [--igemm-only] [--batch 128]]
 """
 from __future__ import annotations
 
@@ -213,13 +223,176 @@ def conv_vs_torch(B, cp, reps, torch_device="cuda", shapes=None):
     return out, None
 
 
+#: (name, C, H, W, O, k, stride, pad): the convolutions of the three models (batch separate)
+IGEMM_LAYERS = [
+    ("lenet.conv1", 1, 28, 28, 6, 5, 1, 2), ("lenet.conv2", 6, 14, 14, 16, 5, 1, 0),
+    ("cifar.conv1", 3, 32, 32, 32, 3, 1, 1), ("cifar.conv2", 32, 32, 32, 32, 3, 1, 1),
+    ("cifar.conv3", 32, 16, 16, 64, 3, 1, 1), ("cifar.conv4", 64, 16, 16, 64, 3, 1, 1),
+    ("resnet20.stem", 3, 32, 32, 16, 3, 1, 1), ("resnet20.s1", 16, 32, 32, 16, 3, 1, 1),
+    ("resnet20.s2.down", 16, 32, 32, 32, 3, 2, 1), ("resnet20.s2", 32, 16, 16, 32, 3, 1, 1),
+    ("resnet20.s2.short1x1", 16, 32, 32, 32, 1, 2, 0),
+    ("resnet20.s3.down", 32, 16, 16, 64, 3, 2, 1), ("resnet20.s3", 64, 8, 8, 64, 3, 1, 1),
+]
+
+#: FP32 lanes per SM, and dense TF32 tensor-core FLOP per SM per clock, by compute capability
+_FP32_LANES = {70: 64, 75: 64, 80: 64, 86: 128, 87: 128, 89: 128, 90: 128, 100: 128, 120: 128}
+_TF32_FLOP_PER_SM_CLK = {80: 1024, 86: 512, 87: 512, 89: 512, 90: 2048, 100: 2048, 120: 512}
+
+
+def device_peaks(cp, peak_fp32=None, peak_tf32=None):
+    """(FP32 TFLOP/s, TF32 TFLOP/s or None, compute capability, note) of the current device."""
+    dev = cp.cuda.Device()
+    cc = int(dev.compute_capability)
+    props = cp.cuda.runtime.getDeviceProperties(dev.id)
+    sms = int(props.get("multiProcessorCount", 0))
+    clock_khz = int(props.get("clockRate", 0) or 0)             # gone from CUDA 13's struct:
+    if not clock_khz:                                          # ask the attribute instead
+        try:
+            clock_khz = int(dev.attributes.get("ClockRate", 0))
+        except Exception:
+            clock_khz = 0
+    clock_ghz = clock_khz / 1e6                                # kHz -> GHz (boost clock)
+    note = f"{sms} SMs at {clock_ghz:.2f} GHz, compute capability {cc / 10:.1f}"
+    fp32 = peak_fp32 or (sms * _FP32_LANES.get(cc, 128) * 2 * clock_ghz / 1e3 if clock_ghz else None)
+    tf32 = peak_tf32 or (sms * _TF32_FLOP_PER_SM_CLK[cc] * clock_ghz / 1e3
+                         if cc in _TF32_FLOP_PER_SM_CLK and clock_ghz else None)
+    return fp32, tf32, cc, note
+
+
+def igemm_layers(B, cp, reps, batch=128, peak_fp32=None, peak_tf32=None, layers=None):
+    """Rows of the Part 3 table (see the module docstring), and the peaks used."""
+    import numpy as np
+    import gpucnn.backends.cuda as cuda_flags
+    fp32_peak, tf32_peak, cc, note = device_peaks(cp, peak_fp32, peak_tf32)
+    try:
+        import torch
+        import torch.nn.functional as F
+        if not torch.cuda.is_available():
+            torch = None
+    except ImportError:
+        torch = None
+    streamed = _stream_timer(cp)
+
+    def torch_time(fn, tf32):
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        for _ in range(3):
+            fn()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        per = max(1, reps // 5)
+        for _ in range(5):
+            start.record()
+            for _ in range(per):
+                fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop) / 1e3 / per)
+        return statistics.median(times)
+
+    rows = []
+    saved_algo, saved_tf32 = B.conv_algorithm, cuda_flags.allow_tf32
+    try:
+        for (name, c, h, w, o, k, st, p) in layers or IGEMM_LAYERS:
+            rng = np.random.default_rng(2)
+            xh = rng.standard_normal((batch, c, h, w)).astype(np.float32)
+            wh = (rng.standard_normal((o, c, k, k)) * 0.1).astype(np.float32)
+            x, wt = cp.asarray(xh), cp.asarray(wh)
+            cuda_flags.allow_tf32 = False
+            B.conv_algorithm = "igemm"
+            y = B.conv2d_forward(x, wt, (st, st), (p, p))
+            dy = cp.asarray(rng.standard_normal(y.shape).astype(np.float32))
+            flops = 2.0 * batch * o * y.shape[2] * y.shape[3] * c * k * k
+            ops = {
+                "forward": lambda: B.conv2d_forward(x, wt, (st, st), (p, p)),
+                "backward_data": lambda: B.conv2d_backward_data(dy, wt, x.shape, (st, st), (p, p)),
+                "backward_weight": lambda: B.conv2d_backward_weight(dy, x, wt.shape, (st, st), (p, p)),
+            }
+            if torch is not None:
+                tx, tw, tdy = (torch.from_numpy(cp.asnumpy(a)).cuda() for a in (x, wt, dy))
+                theirs = {
+                    "forward": lambda: F.conv2d(tx, tw, None, st, p),
+                    "backward_data": lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tdy, st, p),
+                    "backward_weight": lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tdy, st, p),
+                }
+            for op, fn in ops.items():
+                row = dict(layer=name, shape=f"N{batch} C{c} {h}x{w} -> O{o} k{k} s{st} p{p}",
+                           op=op, gflop=flops / 1e9)
+                ref = cp.asnumpy(fn()).astype(np.float64)
+                for label, algo, tf32 in (("igemm", "igemm", False), ("im2col", "im2col", False),
+                                          ("igemm_tf32", "igemm", True)):
+                    if tf32 and (op != "forward" or cc < 80):
+                        continue
+                    B.conv_algorithm, cuda_flags.allow_tf32 = algo, tf32
+                    got = cp.asnumpy(fn()).astype(np.float64)
+                    t = streamed(fn, reps)
+                    row[f"{label}_ms"] = t * 1e3
+                    row[f"{label}_tflops"] = flops / t / 1e12
+                    row[f"{label}_max_rel_diff"] = float(np.abs(got - ref).max()
+                                                         / max(np.abs(ref).max(), 1e-30))
+                B.conv_algorithm, cuda_flags.allow_tf32 = "igemm", False
+                if torch is not None:
+                    for label, tf32 in (("cudnn", False), ("cudnn_tf32", True)):
+                        if tf32 and (op != "forward" or cc < 80):
+                            continue
+                        t = torch_time(theirs[op], tf32)
+                        row[f"{label}_ms"] = t * 1e3
+                        row[f"{label}_tflops"] = flops / t / 1e12
+                if "cudnn_ms" in row:        # the issue's target: <= 1.2x cuDNN per layer
+                    row["igemm_vs_cudnn"] = row["igemm_ms"] / row["cudnn_ms"]
+                if "cudnn_tf32_ms" in row and "igemm_tf32_ms" in row:
+                    row["igemm_tf32_vs_cudnn_tf32"] = row["igemm_tf32_ms"] / row["cudnn_tf32_ms"]
+                if fp32_peak:
+                    row["igemm_pct_fp32_peak"] = 100 * row["igemm_tflops"] / fp32_peak
+                if tf32_peak and "igemm_tf32_tflops" in row:
+                    row["igemm_tf32_pct_tf32_peak"] = 100 * row["igemm_tf32_tflops"] / tf32_peak
+                rows.append(row)
+    finally:
+        B.conv_algorithm, cuda_flags.allow_tf32 = saved_algo, saved_tf32
+    return rows, dict(fp32_tflops=fp32_peak, tf32_tflops=tf32_peak, device=note,
+                      torch=torch is not None)
+
+
+def print_igemm(rows, peaks):
+    print(f"\nimplicit-GEMM convolution per layer, float32 (TFLOP/s; peaks: FP32 "
+          f"{peaks['fp32_tflops'] or float('nan'):.1f}, TF32 tensor "
+          f"{peaks['tf32_tflops'] or float('nan'):.1f}; {peaks['device']}):")
+    cols = ("igemm", "im2col", "cudnn", "igemm_tf32", "cudnn_tf32")
+    print(f"  {'layer':22} {'op':16} " + " ".join(f"{c:>11}" for c in cols)
+          + f" {'% FP32 pk':>9} {'igemm/cuDNN':>11}")
+    for r in rows:
+        vals = " ".join(f"{r[c + '_tflops']:11.2f}" if c + "_tflops" in r else f"{'-':>11}"
+                        for c in cols)
+        pct = r.get("igemm_pct_fp32_peak")
+        ratio = r.get("igemm_vs_cudnn")
+        print(f"  {r['layer']:22} {r['op']:16} {vals} "
+              f"{pct if pct is not None else float('nan'):8.1f}% "
+              f"{ratio if ratio is not None else float('nan'):10.2f}x")
+    ratios = [r["igemm_vs_cudnn"] for r in rows if "igemm_vs_cudnn" in r]
+    if ratios:
+        print(f"  worst igemm/cuDNN ratio {max(ratios):.2f}x (target <= 1.2x)")
+    if not peaks["torch"]:
+        print("  (PyTorch with CUDA not importable: no cuDNN columns)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--elements", type=int, default=64 * 2 ** 20)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--json", metavar="OUT")
     ap.add_argument("--no-conv", action="store_true")
+    ap.add_argument("--igemm", action="store_true",
+                    help="Part 3: implicit-GEMM convolution per layer vs im2col and cuDNN")
+    ap.add_argument("--igemm-only", action="store_true", help="only Part 3 (implies --igemm)")
+    ap.add_argument("--batch", type=int, default=128, help="Part 3 batch size (default 128)")
+    ap.add_argument("--peak-fp32", type=float, metavar="TFLOPS",
+                    help="the device's FP32 peak, if the computed one is wrong")
+    ap.add_argument("--peak-tf32", type=float, metavar="TFLOPS",
+                    help="the device's dense TF32 tensor-core peak")
     args = ap.parse_args(argv)
+    if args.batch < 1 or args.reps < 1:
+        ap.error("--batch and --reps must be positive")
 
     from gpucnn import backends
     try:
@@ -236,6 +409,16 @@ def main(argv=None):
                 driver=cp.cuda.runtime.driverGetVersion(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     print("device:", ", ".join(f"{k} {v}" for k, v in info.items()))
+    result = dict(info=info)
+    if args.igemm or args.igemm_only:
+        rows, peaks = igemm_layers(B, cp, args.reps, args.batch, args.peak_fp32, args.peak_tf32)
+        print_igemm(rows, peaks)
+        result["igemm"] = dict(peaks=peaks, rows=rows)
+    if args.igemm_only:
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(result, fh, indent=1)
+        return 0
 
     shape, copy_gbs, rows = bandwidth(B, cp, args.elements, args.reps)
     print(f"\nmemory-bound kernels, float32 input {shape} ({np.prod(shape) / 2**20:.0f}M elements):")
@@ -244,7 +427,7 @@ def main(argv=None):
     print(f"  1-call ms = median of {args.reps} lone calls, each between its own events (includes "
           "host launch work; the method of gpu_logs/2026-11-26-h100-run1.log)")
     print(f"  {'kernel':34} {'time ms':>9} {'GB/s':>8} {'% of copy':>10} {'1-call ms':>10}")
-    result = dict(info=info, shape=list(shape), copy_gbs=copy_gbs, kernels=[])
+    result.update(shape=list(shape), copy_gbs=copy_gbs, kernels=[])
     for name, t, gbs, t_lone in rows:
         pct = f"{100 * gbs / copy_gbs:9.0f}%" if gbs else "         -"
         print(f"  {name:34} {t * 1e3:9.3f} {gbs if gbs else float('nan'):8.0f} {pct} "
@@ -260,7 +443,7 @@ def main(argv=None):
         if conv is None:
             print(f"\nconvolution vs PyTorch: skipped ({why})")
         else:
-            print("\nconvolution, float32, ours (im2col + cuBLAS + col2im) vs cuDNN (TF32 off):")
+            print(f"\nconvolution, float32, ours ({B.conv_algorithm}) vs cuDNN (TF32 off):")
             print(f"  {'shape':34} {'op':16} {'ours ms':>8} {'torch ms':>9} {'ratio':>6} "
                   f"{'GFLOP/s':>8} {'max rel diff':>12}")
             for r in conv:

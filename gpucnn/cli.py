@@ -243,6 +243,15 @@ def _cupy_lines(cuda_usable):
     return lines, cupy if cuda_usable else None
 
 
+_MISSING_HEADERS = ("not compiled: it includes <mma.h>, and no CUDA toolkit include directory "
+                    "was found (set CUDA_PATH); allow_tf32 then runs the float32 kernel")
+
+
+def _needs_missing_headers(kernels, file):
+    """A file that includes a CUDA toolkit header when no toolkit include directory is found."""
+    return file in getattr(kernels, "NEEDS_CUDA_HEADERS", {}) and not kernels.cuda_include_dirs()
+
+
 def _kernel_lines(cupy):
     try:
         from .backends import kernels
@@ -258,6 +267,9 @@ def _kernel_lines(cupy):
     lines = [f"kernels ({where}):"]
     loader = kernels.CupyKernelLoader(cupy)
     for file in files:
+        if _needs_missing_headers(kernels, file):
+            lines.append(f"  {file}: {_MISSING_HEADERS}")
+            continue
         results = []
         for dt in ("float32", "float64"):
             try:
@@ -286,12 +298,16 @@ def _nvrtc_only_lines(kernels, where, files):
              f"(no GPU, so not loaded):"]
     for file in files:
         exprs = [e for (f, _, _, e) in kernels.instantiations() if f == file]
+        if _needs_missing_headers(kernels, file):
+            lines.append(f"  {file}: {_MISSING_HEADERS}")
+            continue
         try:
             err, prog = nvrtc.nvrtcCreateProgram(kernels.read_source(file).encode(), file.encode(), 0, [], [])
             try:
                 for expr in exprs:
                     nvrtc.nvrtcAddNameExpression(prog, expr.encode())
-                opts = [o.encode() for o in kernels.NVRTC_OPTIONS] + [f"-arch=compute_{arch}".encode()]
+                opts = ([o.encode() for o in kernels.nvrtc_options(file)]
+                        + [f"-arch=compute_{arch}".encode()])
                 (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
                 if err == ok:
                     result = f"ok ({len(exprs)} instantiations)"

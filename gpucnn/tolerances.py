@@ -90,3 +90,18 @@ def compare(got, ref, tol):
     scale = max(float(np.max(np.abs(r))), 1e-30)
     rel = abs_err / scale
     return abs_err, rel, rel <= tol
+
+
+def tf32_rtol(k: int) -> float:
+    """Normwise relative tolerance of a TF32 dot product of ``k`` terms (the convolution forward
+    with ``gpucnn.backends.cuda.allow_tf32``), against a float64 reference.
+
+    TF32 keeps a 10-bit mantissa: rounding an operand to nearest errs by at most 2**-11
+    relative, so a product of two rounded operands by at most ~2**-10 (the product itself and
+    the float32 accumulation are exact to 2**-24, negligible here).  With independent errors of
+    either sign, the error of a k-term sum grows like sqrt(k) times that of one term, while the
+    largest output is at least the size of one term: 2**-10 * sqrt(k) (about 1e-3 * sqrt(k)).
+    This is not the float32 tolerance loosened: float32 (1e-5 for the GEMMs) stays as it is, and
+    the TF32 result must fail it (tests/test_conv_igemm.py checks both).
+    """
+    return 2.0 ** -10 * max(1.0, float(k)) ** 0.5

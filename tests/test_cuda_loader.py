@@ -77,13 +77,15 @@ def emulated_cupy(monkeypatch, tmp_path):
 def test_probe_compiles_every_file_and_runs_a_kernel(emulated_cupy):
     backend, reason = cuda_backend.create_cuda_backend()
     assert reason is None and backend is not None and backend.name == "cuda"
-    # the probe compiled every kernel file once, for float32, with exactly NVRTC_OPTIONS
-    assert len(emulated_cupy) == len(kernels.KERNELS)
+    # the probe compiled every kernel file once, for float32, with exactly NVRTC_OPTIONS, except
+    # the files that need a CUDA toolkit header (compiled on first use; the backend falls back)
+    probed = [f for f in kernels.KERNELS if f not in kernels.NEEDS_CUDA_HEADERS]
+    assert len(emulated_cupy) == len(probed)
     for mod in emulated_cupy:
         assert mod.options == kernels.NVRTC_OPTIONS
         assert all(e.endswith("<float>") for e in mod.name_expressions)
     assert sorted(e for m in emulated_cupy for e in m.name_expressions) == sorted(
-        e for (_, _, dt, e) in kernels.instantiations() if dt == "float32")
+        e for (f, _, dt, e) in kernels.instantiations() if dt == "float32" and f in probed)
 
 
 def test_loader_compiles_once_per_file_and_dtype(emulated_cupy):
@@ -95,10 +97,11 @@ def test_loader_compiles_once_per_file_and_dtype(emulated_cupy):
         y = backend.conv2d_forward(backend.asarray(x, dtype), backend.asarray(w, dtype), (1, 1), (1, 1))
         ref = backends.cpu_backend().conv2d_forward(x.astype(dtype), w.astype(dtype), (1, 1), (1, 1))
         np.testing.assert_allclose(y, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
-    # float64 conv2d.cu compiled once on first use; float32 was compiled by the probe
+    # float64 conv2d_igemm.cu (the default convolution) compiled once on first use; float32 was
+    # compiled by the probe
     assert len(emulated_cupy) == before + 1
     assert emulated_cupy[-1].name_expressions == [
-        kernels.name_expression(k, np.float64) for k in kernels.KERNELS["conv2d.cu"]]
+        kernels.name_expression(k, np.float64) for k in kernels.KERNELS["conv2d_igemm.cu"]]
 
 
 def test_resolve_device_uses_the_probed_backend(emulated_cupy):

@@ -481,6 +481,7 @@ def test_off_by_one_bounds_check_is_an_out_of_bounds_read(tmp_path):
     # `h <= H` lets the bottom padding row read the row after the plane; for the last plane
     # that is past the end of x, and the emulator says which kernel, argument and thread.
     emu = _plant(tmp_path, "conv2d.cu", "im2col", "h < H", "h <= H")
+    emu.conv_algorithm = "im2col"            # (the default is the implicit GEMM)
     x = np.ones((1, 2, 4, 4), np.float32)
     w = np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(KernelMemoryError, match=r"kernel im2col<float> \(conv2d.cu\).*out-of-bounds read of 4 bytes"
@@ -527,22 +528,81 @@ def test_dynamic_shared_memory_is_refused_clearly(tmp_path):
         EmulatedModule(src, ["k"])
 
 
-def test_every_kernel_instantiation_runs_on_the_emulator(cpu):
+def test_every_kernel_instantiation_runs_on_the_emulator(cpu, monkeypatch):
     # The parity cases, both dtypes, through the CUDA backend's own code, until every
     # (file, kernel, dtype) the backend can ask for has been launched at least once: a kernel no
     # primitive reaches on the parity shapes (or a new one without a parity case) fails here.
+    # Convolution runs through both algorithms, backward weight's reduction split in slices of
+    # 16, and the float32 forward in TF32 (its float64 instantiation traps: never launched).
     from gpucnn.backends import kernels as K
+    import gpucnn.backends.cuda as cuda_flags
     from tests.test_parity import CASES, _check, _host
     emu = make_emulated_backend()
+    emu.igemm_min_slice = 16
     expected = {(f, name, dt) for f, name, dt, _ in K.instantiations()}
+    expected.discard(("conv2d_igemm_tf32.cu", "conv2d_igemm_forward_tf32", "float64"))
 
     def launched():
         return {key for key, kern in emu.loader._kernels.items() if kern.launches}
 
-    for c in CASES:
-        if expected <= launched():
-            break
-        if not c.large:
-            for dt in (np.float32, np.float64):
-                _check(_host(emu, c.run(emu, dt)), _host(cpu, c.run(cpu, dt)), c.primitive, dt, repr(c))
+    for algo in ("igemm", "im2col"):
+        emu.conv_algorithm = algo
+        for c in CASES:
+            if expected <= launched():
+                break
+            if not c.large and (algo == "igemm" or c.primitive.startswith("conv2d")):
+                for dt in (np.float32, np.float64):
+                    _check(_host(emu, c.run(emu, dt)), _host(cpu, c.run(cpu, dt)), c.primitive, dt, repr(c))
+    monkeypatch.setattr(cuda_flags, "allow_tf32", True)
+    emu.conv_algorithm = "igemm"
+    c = next(c for c in CASES if c.primitive == "conv2d_forward")
+    assert np.isfinite(_host(emu, c.run(emu, np.float32))[0]).all()
     assert expected - launched() == set(), f"never launched: {sorted(expected - launched())}"
+
+
+# ------------------------------------------------------------------------------------------------
+# the nvcuda::wmma stand-in (tests/cuda_emu/mma.h)
+WMMA_TOY = pathlib.Path(__file__).parent / "cuda_emu" / "toy" / "wmma_toy.cu"
+
+
+@pytest.fixture(scope="module")
+def wmma_toy():
+    return EmulatedModule(WMMA_TOY, ["wmma_tile", "wmma_divergent", "wmma_missing_barrier"])
+
+
+def _tf32(v):
+    """Round to nearest (ties away) to a 10-bit mantissa, as __float_to_tf32."""
+    b = np.asarray(v, np.float32).view(np.uint32)
+    return ((b + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def test_wmma_tile_is_a_tf32_product(wmma_toy):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((16, 8)).astype(np.float32)
+    b = rng.standard_normal((8, 16)).astype(np.float32)
+    c = np.full((16, 16), np.nan, np.float32)
+    wmma_toy.get_function("wmma_tile")((1,), (32,), (a, b, c, np.int64(0)))
+    want = _tf32(a).astype(np.float64) @ _tf32(b).astype(np.float64) + 1.0
+    assert np.abs(c - want).max() <= 1e-5 * np.abs(want).max()
+    full = a.astype(np.float64) @ b.astype(np.float64) + 1.0
+    assert np.abs(c - full).max() > 1e-5 * np.abs(full).max()      # it did round to TF32
+
+
+def test_wmma_misaligned_tile_pointer_is_reported(wmma_toy):
+    a = np.zeros(16 * 8 + 1, np.float32)
+    b = np.zeros((8, 16), np.float32)
+    c = np.zeros((16, 16), np.float32)
+    with pytest.raises(KernelMemoryError, match="misaligned"):
+        wmma_toy.get_function("wmma_tile")((1,), (32,), (a, b, c, np.int64(1)))
+
+
+def test_wmma_divergent_lane_is_reported(wmma_toy):
+    a, b, c = np.zeros((16, 8), np.float32), np.zeros((8, 16), np.float32), np.zeros((16, 16), np.float32)
+    with pytest.raises(KernelSyncError, match="lane"):
+        wmma_toy.get_function("wmma_divergent")((1,), (32,), (a, b, c))
+
+
+def test_wmma_load_without_barrier_is_a_race(wmma_toy):
+    a, b, c = np.ones((16, 8), np.float32), np.zeros((8, 16), np.float32), np.zeros((16, 16), np.float32)
+    with pytest.raises(KernelRaceError, match="As"):
+        wmma_toy.get_function("wmma_missing_barrier")((1,), (32,), (a, b, c))

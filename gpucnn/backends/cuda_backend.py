@@ -24,13 +24,20 @@ fixed order, so results stay bitwise reproducible.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
+from . import cuda as cuda_flags
 from . import kernels as _K
 from .geometry import out_hw
 
 I64 = np.int64
+
+#: kernels/conv2d_igemm.cu's block: 256 threads computing a 64 x 64 output tile, K steps of 16
+_IGEMM_THREADS = 256
+_IGEMM_TILE = 64
+_IGEMM_K = 16
 
 _INSTALL_HINT = ("pip install gpucnn[cuda12] or gpucnn[cuda13] "
                  "(the one matching your NVIDIA driver's CUDA version)")
@@ -43,6 +50,11 @@ class CudaBackend:
     max_cols_elements = 1 << 27
     #: upper bound on the partial sums per channel of the bias gradient's first stage
     max_partials = 8192
+    #: convolution algorithm: "igemm" (implicit GEMM) or "im2col" (im2col + cuBLAS)
+    conv_algorithm = os.environ.get("GPUCNN_CONV", "igemm") or "igemm"
+    #: implicit-GEMM backward weight: blocks to aim for, and least terms per reduction slice
+    igemm_target_blocks = 1024
+    igemm_min_slice = 256
 
     def __init__(self, xp, loader, name="cuda"):
         self.xp = xp
@@ -140,7 +152,116 @@ class CudaBackend:
                      I64(a), I64(b), I64(l))
         return out
 
+    # Which algorithm: implicit GEMM (kernels/conv2d_igemm.cu, no im2col buffer) unless
+    # ``conv_algorithm`` (default: $GPUCNN_CONV, else "igemm") is "im2col", which keeps the
+    # im2col + cuBLAS + col2im path (for comparison in benchmarks/bench_kernels.py).
+    def _igemm(self):
+        algo = self.conv_algorithm
+        if algo == "igemm":
+            return True
+        if algo == "im2col":
+            return False
+        raise ValueError(f"conv_algorithm (or $GPUCNN_CONV) is {algo!r}; expected 'igemm' or 'im2col'")
+
+    def _igemm_launch(self, name, dt, grid, *args):
+        self.loader.get("conv2d_igemm.cu", name, dt)(grid, (_IGEMM_THREADS,), args)
+
+    def _igemm_grid(self, rows, cols, slices=1):
+        return ((cols + _IGEMM_TILE - 1) // _IGEMM_TILE, (rows + _IGEMM_TILE - 1) // _IGEMM_TILE,
+                slices)
+
+    def _split(self, rows, cols, r):
+        """(slices S, chunk) of backward weight's reduction over r = N*OH*OW terms.
+
+        Enough blocks to fill a large GPU (``igemm_target_blocks``) when the output has few
+        tiles, but at least ``igemm_min_slice`` terms per slice; chunk is a multiple of the
+        K step (16).  Depends on the shapes only: the result is the same on every device."""
+        tiles = ((rows + _IGEMM_TILE - 1) // _IGEMM_TILE) * ((cols + _IGEMM_TILE - 1) // _IGEMM_TILE)
+        want = max(1, -(-self.igemm_target_blocks // tiles))
+        s = max(1, min(want, r // max(1, self.igemm_min_slice), 65535))
+        per_slice = max(1, -(-r // s))                        # ceil(r / s)
+        chunk = -(-per_slice // _IGEMM_K) * _IGEMM_K          # rounded up to a K step
+        return max(1, -(-r // chunk)), chunk
+
     def conv2d_forward(self, x, w, stride, padding):
+        if not self._igemm():
+            return self._im2col_forward(x, w, stride, padding)
+        dt = x.dtype
+        x, w = self._c(x), self._c(w)
+        dims = self._conv_geometry(x.shape, w.shape, stride, padding)
+        n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = dims
+        y = self.xp.empty((n, o, oh, ow), dtype=dt)
+        if y.size == 0:
+            return y
+        if self._use_tf32(dt) and self._tf32_forward(x, w, y, dims):
+            return y
+        self._igemm_launch("conv2d_igemm_forward", dt, self._igemm_grid(o, n * oh * ow),
+                           x, w, y, *map(I64, (n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow)))
+        return y
+
+    def conv2d_backward_data(self, dy, w, x_shape, stride, padding):
+        if not self._igemm():
+            return self._im2col_backward_data(dy, w, x_shape, stride, padding)
+        dt = dy.dtype
+        dy, w = self._c(dy), self._c(w)
+        n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
+            x_shape, w.shape, stride, padding)
+        dx = self.xp.empty((n, c, h, wd), dtype=dt)
+        if dx.size == 0:
+            return dx
+        self._igemm_launch("conv2d_igemm_backward_data", dt, self._igemm_grid(c, n * h * wd),
+                           dy, w, dx, *map(I64, (n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow)))
+        return dx
+
+    def conv2d_backward_weight(self, dy, x, w_shape, stride, padding):
+        if not self._igemm():
+            return self._im2col_backward_weight(dy, x, w_shape, stride, padding)
+        dt = dy.dtype
+        dy, x = self._c(dy), self._c(x)
+        n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
+            x.shape, w_shape, stride, padding)
+        cols = c * kh * kw
+        slices, chunk = self._split(o, cols, n * oh * ow)
+        dw = self.xp.empty((o, c, kh, kw), dtype=dt)
+        part = dw if slices == 1 else self.xp.empty((slices, o, cols), dtype=dt)
+        self._igemm_launch("conv2d_igemm_backward_weight", dt, self._igemm_grid(o, cols, slices),
+                           dy, x, part,
+                           *map(I64, (n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow, chunk)))
+        if slices > 1:
+            self._launch("conv2d_igemm.cu", "igemm_split_sum", dt, o * cols, part, dw,
+                         I64(o * cols), I64(slices))
+        return dw
+
+    # TF32: the float32 forward on the tensor cores when gpucnn.backends.cuda.allow_tf32 is
+    # True and the device has compute capability >= 8.0 (kernels/conv2d_igemm_tf32.cu).  If that
+    # file cannot be compiled (it needs the CUDA toolkit's <mma.h>), one warning, then float32.
+    _compute_capability = None
+    _tf32_unavailable = None
+
+    def _use_tf32(self, dt):
+        if not cuda_flags.allow_tf32 or dt != np.float32 or self._tf32_unavailable:
+            return False
+        cc = self._compute_capability
+        if cc is None:
+            get = getattr(self.loader, "compute_capability", None)
+            cc = self._compute_capability = int(get()) if get is not None else 0
+        return cc >= _K.NEEDS_CUDA_HEADERS["conv2d_igemm_tf32.cu"]
+
+    def _tf32_forward(self, x, w, y, dims):
+        n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = dims
+        try:
+            kernel = self.loader.get("conv2d_igemm_tf32.cu", "conv2d_igemm_forward_tf32", x.dtype)
+        except _K.KernelCompileError as exc:
+            import warnings
+            self._tf32_unavailable = str(exc)
+            warnings.warn("gpucnn: allow_tf32 is set but the TF32 convolution kernel does not "
+                          f"compile here ({' '.join(str(exc).split())[:300]}); using float32",
+                          RuntimeWarning, stacklevel=3)
+            return False
+        kernel(self._igemm_grid(o, n * oh * ow), (_IGEMM_THREADS,), (x, w, y, *map(I64, dims)))
+        return True
+
+    def _im2col_forward(self, x, w, stride, padding):
         dt = x.dtype
         x, w = self._c(x), self._c(w)
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
@@ -155,7 +276,7 @@ class CudaBackend:
             self._swap01(y_onl, o, nb, l, out=y[n0:n1])
         return y
 
-    def conv2d_backward_data(self, dy, w, x_shape, stride, padding):
+    def _im2col_backward_data(self, dy, w, x_shape, stride, padding):
         dt = dy.dtype
         dy, w = self._c(dy), self._c(w)
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
@@ -172,7 +293,7 @@ class CudaBackend:
                          *map(I64, (nb, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow)))
         return dx
 
-    def conv2d_backward_weight(self, dy, x, w_shape, stride, padding):
+    def _im2col_backward_weight(self, dy, x, w_shape, stride, padding):
         dy, x = self._c(dy), self._c(x)
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = self._conv_geometry(
             x.shape, w_shape, stride, padding)

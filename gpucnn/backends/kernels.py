@@ -31,6 +31,9 @@ NVRTC_OPTIONS = ("-std=c++14", "--fmad=false")
 #: file -> the kernel templates it defines (each ``template <typename T>``).
 KERNELS = {
     "conv2d.cu": ("im2col", "col2im", "swap_axes01"),
+    "conv2d_igemm.cu": ("conv2d_igemm_forward", "conv2d_igemm_backward_data",
+                        "conv2d_igemm_backward_weight", "igemm_split_sum"),
+    "conv2d_igemm_tf32.cu": ("conv2d_igemm_forward_tf32",),
     "bias.cu": ("bias_forward", "channel_sum_partial", "row_sum"),
     "pool2d.cu": ("maxpool2d_forward", "maxpool2d_backward", "maxpool2d_backward_disjoint",
                   "avgpool2d_forward", "avgpool2d_backward", "avgpool2d_backward_disjoint"),
@@ -41,6 +44,16 @@ KERNELS = {
                 "squared_error_partial", "mse_backward"),
     "optim.cu": ("sgd_update", "adam_update"),
 }
+
+#: Kernels launched with a fixed block (256 threads) and an exact grid of output tiles, not
+#: the grid-stride BLOCK / MAX_BLOCKS launch (they stage tiles in shared memory).
+TILED = frozenset({"conv2d_igemm_forward", "conv2d_igemm_backward_data",
+                   "conv2d_igemm_backward_weight", "conv2d_igemm_forward_tf32"})
+
+#: Files that include a CUDA toolkit header (``<mma.h>``), which NVRTC does not ship: compiled
+#: with ``-I`` the CUDA include directory (``cuda_include_dirs()``), only when first used (not by
+#: ``compile_all``), and only on devices of at least this compute capability.
+NEEDS_CUDA_HEADERS = {"conv2d_igemm_tf32.cu": 80}
 
 #: numpy dtype name -> C++ type the templates are instantiated with.
 CTYPES = {"float32": "float", "float64": "double"}
@@ -70,6 +83,38 @@ def kernel_dir() -> pathlib.Path:
     raise FileNotFoundError(
         "cannot find gpucnn's CUDA kernel sources: neither the installed package "
         f"'gpucnn.kernels' nor the checkout directory {path} holds conv2d.cu")
+
+
+def cuda_include_dirs():
+    """CUDA toolkit include directories holding ``mma.h``: $CUDA_PATH / $CUDA_HOME, CuPy's CUDA
+    path, the pip wheel ``nvidia-cuda-runtime``'s include directory, /usr/local/cuda (first
+    match of each, in that order; empty when none is found)."""
+    import os
+    cands = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME")]
+    try:
+        from cupy.cuda import get_cuda_path
+        cands.append(get_cuda_path())
+    except Exception:
+        pass
+    out = []
+    for root in cands + ["/usr/local/cuda"]:
+        if root and (pathlib.Path(root) / "include" / "mma.h").is_file():
+            out.append(str(pathlib.Path(root) / "include"))
+    try:
+        import nvidia.cuda_runtime as rt
+        for root in getattr(rt, "__path__", ()):
+            if (pathlib.Path(root) / "include" / "mma.h").is_file():
+                out.append(str(pathlib.Path(root) / "include"))
+    except Exception:
+        pass
+    return list(dict.fromkeys(out))
+
+
+def nvrtc_options(file: str):
+    """The NVRTC options for ``file``: NVRTC_OPTIONS, plus -I for the files that need it."""
+    if file in NEEDS_CUDA_HEADERS:
+        return NVRTC_OPTIONS + tuple(f"-I{d}" for d in cuda_include_dirs())
+    return NVRTC_OPTIONS
 
 
 def kernel_path(file: str) -> pathlib.Path:
@@ -132,7 +177,7 @@ class CupyKernelLoader:
         if mod is None:
             exprs = [name_expression(name, dtype) for name in KERNELS[file]]
             try:
-                mod = self.cp.RawModule(code=read_source(file), options=NVRTC_OPTIONS,
+                mod = self.cp.RawModule(code=read_source(file), options=nvrtc_options(file),
                                         name_expressions=exprs)
                 mod.compile()
             except Exception as exc:  # cupy.cuda.compiler.CompileException and friends
@@ -141,6 +186,10 @@ class CupyKernelLoader:
                     f"{type(exc).__name__}: {exc}") from exc
             self._modules[key] = mod
         return mod
+
+    def compute_capability(self) -> int:
+        """The current device's compute capability as an int (80 for 8.0)."""
+        return int(self.cp.cuda.Device().compute_capability)
 
     def get(self, file: str, name: str, dtype):
         """The kernel ``name<T>`` of ``file`` for ``dtype`` (a ``cupy.RawKernel``)."""
@@ -158,7 +207,10 @@ class CupyKernelLoader:
         return kern
 
     def compile_all(self, dtypes=("float32",)):
-        """Compile every file for ``dtypes`` now (surfaces compile errors early)."""
+        """Compile every file for ``dtypes`` now (surfaces compile errors early); the files of
+        NEEDS_CUDA_HEADERS are compiled on first use instead (the backend falls back without)."""
         for file in KERNELS:
+            if file in NEEDS_CUDA_HEADERS:
+                continue
             for dt in dtypes:
                 self.module(file, dt)

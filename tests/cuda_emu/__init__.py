@@ -55,7 +55,10 @@ CXX = os.environ.get("CXX", "g++")
 #: -ffp-contract=off mirrors the NVRTC option --fmad=false (no fused multiply-add), whatever the host.
 #: -fno-tree-sra keeps a vector struct (Pair<float>, float4, ...) loaded or stored as one access, so the
 #: alignment check sees its size instead of its fields'.
-KERNEL_FLAGS = ("-O1", "-fPIC", "-ffp-contract=off", "-fno-tree-sra", "-fsanitize=thread",
+#: -fno-gnu-unique: a __shared__ variable of a kernel template is a static of an inline function,
+#: which g++ would make a process-wide "unique" symbol: two modules of one kernel file (a planted-bug
+#: copy next to the original) would then share one copy, each module's race shadow covering only its own.
+KERNEL_FLAGS = ("-O1", "-fPIC", "-ffp-contract=off", "-fno-tree-sra", "-fno-gnu-unique", "-fsanitize=thread",
                 "--param", "tsan-instrument-func-entry-exit=0")
 RUNTIME_FLAGS = ("-std=c++14", "-O2", "-fPIC", "-fvisibility=hidden")
 LINK_FLAGS = ("-shared", "-Wl,-z,defs", "-Wl,-Bsymbolic")
@@ -147,7 +150,8 @@ class _Report(ctypes.Structure):
 (_OUT_OF_BOUNDS, _FAULT_NEAR_ARRAY, _NULL_POINTER, _BARRIER_EXIT, _BARRIER_MISMATCH, _TRAP, _BAD_LAUNCH, _RACE,
  _WARP_MISMATCH, _WARP_INACTIVE_SOURCE, _WARP_BAD_ARG, _STACK_OVERFLOW, _TIMEOUT, _WILD_ACCESS, _MISALIGNED) = range(1, 16)
 _WARP_OPS = {1: "__shfl_sync", 2: "__shfl_up_sync", 3: "__shfl_down_sync", 4: "__shfl_xor_sync",
-             5: "__ballot_sync", 6: "__any_sync", 7: "__all_sync", 8: "__syncwarp"}
+             5: "__ballot_sync", 6: "__any_sync", 7: "__all_sync", 8: "__syncwarp",
+             9: "an nvcuda::wmma *_sync call"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,7 +241,8 @@ def build_module(source, name_expressions, std="c++14", include_dirs=()) -> path
     includes = [source.parent, *map(pathlib.Path, include_dirs)]
     wrapper = _wrapper_source(source, exprs)
     h = hashlib.sha256()
-    for part in (HEADER.read_bytes(), RUNTIME.read_bytes(), source.read_bytes(), wrapper.encode(),
+    for part in (*(hdr.read_bytes() for hdr in sorted(HERE.glob("*.h"))),  # cuda_emu.h, mma.h
+                 RUNTIME.read_bytes(), source.read_bytes(), wrapper.encode(),
                  repr((KERNEL_FLAGS, LINK_FLAGS, std)).encode(), _compiler_version().encode()):
         h.update(part)
         h.update(b"\0")
@@ -336,7 +341,8 @@ class EmulatedModule:
             raise EmulatorError(f"{self.label}: dynamic shared memory (extern __shared__) is not emulated")
         # Fibers only where a barrier can happen; otherwise a block's threads run in a plain loop.
         self.fiber_mode = bool(re.search(
-            r"__syncthreads|__syncwarp|__shfl\w*_sync|__ballot_sync|__any_sync|__all_sync|__activemask", code))
+            r"__syncthreads|__syncwarp|__shfl\w*_sync|__ballot_sync|__any_sync|__all_sync|__activemask"
+            r"|\b(?:load_matrix|mma|store_matrix)_sync\b", code))  # wmma: warp rendezvous
         self.signatures = {e: kernel_signature(self.source, e) for e in self.name_expressions}
         self.lib_path = build_module(self.path, self.name_expressions, std=std, include_dirs=include_dirs)
         self.lib = ctypes.CDLL(str(self.lib_path))
@@ -664,6 +670,12 @@ class EmulatedLoader:
     Compiles each kernel file once per process (and once per content hash on disk), with every
     kernel template the backend lists instantiated for float and double.
     """
+
+    #: what ``compute_capability()`` reports (the TF32 kernels need >= 80; tests may lower it)
+    emulated_compute_capability = 90
+
+    def compute_capability(self) -> int:
+        return int(self.emulated_compute_capability)
 
     def __init__(self, kernel_dir=None):
         from gpucnn.backends import kernels as K

@@ -69,6 +69,7 @@ CUDA_EMU_VEC2(longlong2, long long, 16)
 #define __forceinline__ inline
 #define __noinline__
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 // Blocks run one after another on one OS thread, so a function-local static is exactly one
 // copy per block, shared by the block's threads (the fibers).
 #define __shared__ static

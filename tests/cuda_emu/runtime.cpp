@@ -553,7 +553,10 @@ extern "C" void cuda_emu_trap(void) { note_error(TRAP, -1, 0, 0, -1); }
 // A lane calling a *_sync intrinsic posts its operands and yields; the scheduler computes the
 // results once every lane named in the mask has arrived (or exited), as the hardware does for a
 // converged warp. Warps are 32 consecutive linear thread indices of the block.
-enum WarpOp { SHFL_IDX = 1, SHFL_UP = 2, SHFL_DOWN = 3, SHFL_XOR = 4, BALLOT = 5, ANY = 6, ALL = 7, SYNCWARP = 8 };
+// WMMA: the rendezvous of an nvcuda::wmma *_sync call (tests/cuda_emu/mma.h); arg = its source
+// line, which every lane must share (a lane at another wmma call is not converged).
+enum WarpOp { SHFL_IDX = 1, SHFL_UP = 2, SHFL_DOWN = 3, SHFL_XOR = 4, BALLOT = 5, ANY = 6, ALL = 7, SYNCWARP = 8,
+              WMMA = 9 };
 struct WarpPost {
     int op;
     unsigned mask;
@@ -618,7 +621,7 @@ static bool release_warps(unsigned nthreads) {
                 if (f.state == DONE) continue;
                 if (f.state != AT_WARP) { ready = false; break; }
                 const WarpPost& q = g_warp[base + j];
-                if (q.op != p.op || q.mask != p.mask) {
+                if (q.op != p.op || q.mask != p.mask || (p.op == WMMA && q.arg != p.arg)) {
                     warp_error(WARP_MISMATCH, base + l, base + j, p.op);
                     return false;
                 }
