@@ -109,13 +109,14 @@ def format_report(rows):
     """A plain-text table of ``run_check``'s rows, notes first, a summary line last."""
     lines = [f"note: {r['note']}" for r in rows if "note" in r]
     checks = [r for r in rows if "note" not in r]
-    head = f"{'primitive':32} {'case':16} {'dtype':8} {'compared':18} {'max abs err':>12} {'rel err':>10} {'tol':>8}  result"
+    pw = max([32] + [len(r["primitive"]) for r in checks])   # the longest primitive name
+    head = f"{'primitive':{pw}} {'case':16} {'dtype':8} {'compared':18} {'max abs err':>12} {'rel err':>10} {'tol':>8}  result"
     lines += [head, "-" * len(head)]
     for r in checks:
         res = "ok" if r["ok"] else "FAIL"
         if r.get("error"):
             res += f" ({r['error']})"
-        lines.append(f"{r['primitive']:32} {r['case']:16} {r['dtype']:8} {r['compared']:18} "
+        lines.append(f"{r['primitive']:{pw}} {r['case']:16} {r['dtype']:8} {r['compared']:18} "
                      f"{r['max_abs']:12.3g} {r['rel']:10.3g} {r['tol']:8.0e}  {res}")
     failed = sum(1 for r in checks if not r["ok"])
     lines.append(f"{len(checks)} checks, {failed} failed" + ("" if failed else ": all within tolerance"))

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from . import backends
+from .blocks import (AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Identity, Residual,
+                     ShortcutA)
 from .layers import (AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential,
                      Sigmoid, Tanh)
 
@@ -270,6 +272,82 @@ def _flatten(g, m, prefix, x, shape):
     if not shape:
         raise ExportError(f"export_onnx: {_where(prefix, m)} needs an input with a batch axis and more")
     return g.node("Flatten", [x], prefix, axis=1), (int(np.prod(shape)),)
+
+
+# ------------------------------------------------- batch norm, dropout, global pooling, residuals
+
+@converter(BatchNorm2d, BatchNorm1d)
+def _batchnorm(g, m, prefix, x, shape):
+    if not m.track_running_stats:
+        raise ExportError(f"export_onnx: {_where(prefix, m)} has track_running_stats=False, so even "
+                          "in eval it normalises with each batch's statistics; ONNX export needs "
+                          "running statistics")
+    if not shape or shape[0] != m.num_features:
+        raise ExportError(f"export_onnx: {_where(prefix, m)} expects {m.num_features} channels (axis 1) "
+                          f"but gets shape (N, {', '.join(map(str, shape))})")
+    c = m.num_features
+    scale = m.weight.data if m.affine else np.ones(c, np.float32)
+    shift = m.bias.data if m.affine else np.zeros(c, np.float32)
+    inputs = [x, g.constant(_key(prefix, "weight") if m.affine else f"{prefix}/ones", scale),
+              g.constant(_key(prefix, "bias") if m.affine else f"{prefix}/zeros", shift),
+              g.constant(_key(prefix, "running_mean"), m.running_mean.data),
+              g.constant(_key(prefix, "running_var"), m.running_var.data)]
+    return g.node("BatchNormalization", inputs, prefix, epsilon=float(m.eps)), shape
+
+
+@converter(Dropout, Identity)
+def _identity(g, m, prefix, x, shape):
+    return x, shape  # eval: dropout passes its input through; no node needed
+
+
+@converter(AdaptiveAvgPool2d)
+def _adaptive_avgpool(g, m, prefix, x, shape):
+    _need_ndim(m, prefix, shape, 3, "a 4-D (N, C, H, W)")
+    h, w = shape[1:]
+    oh = h if m.output_size[0] is None else m.output_size[0]
+    ow = w if m.output_size[1] is None else m.output_size[1]
+    if (oh, ow) == (1, 1):
+        return g.node("GlobalAveragePool", [x], prefix), (shape[0], 1, 1)
+    if h % oh or w % ow:
+        raise ExportError(f"export_onnx: {_where(prefix, m)}: the input's {h}x{w} is not a multiple "
+                          f"of the output size {oh}x{ow}")
+    k = [h // oh, w // ow]
+    return g.node("AveragePool", [x], prefix, kernel_shape=k, strides=k, pads=[0, 0, 0, 0],
+                  ceil_mode=0, count_include_pad=1), (shape[0], oh, ow)
+
+
+@converter(Residual)
+def _residual(g, m, prefix, x, shape):
+    a, a_shape = _convert(g, m.main, _key(prefix, "main"), x, shape)
+    if m.shortcut is None:
+        s, s_shape = x, shape
+    else:
+        s, s_shape = _convert(g, m.shortcut, _key(prefix, "shortcut"), x, shape)
+    if a_shape != s_shape:
+        raise ExportError(f"export_onnx: {_where(prefix, m)}: the main branch gives shape (N, "
+                          f"{', '.join(map(str, a_shape))}) but the shortcut gives (N, "
+                          f"{', '.join(map(str, s_shape))})")
+    return g.node("Add", [a, s], prefix), a_shape
+
+
+@converter(ShortcutA)
+def _shortcut_a(g, m, prefix, x, shape):
+    """x[:, :, ::sh, ::sw] (Slice with steps), then zero channels before and after (Pad)."""
+    _need_ndim(m, prefix, shape, 3, "a 4-D (N, C, H, W)")
+    if shape[0] != m.in_channels:
+        raise ExportError(f"export_onnx: {_where(prefix, m)} expects {m.in_channels} input channels "
+                          f"but gets {shape[0]}")
+    (sh, sw), where = m.stride, prefix + "/ShortcutA"
+    if (sh, sw) != (1, 1):
+        big = np.iinfo(np.int64).max
+        x = g.node("Slice", [x, g.constant(f"{where}/starts", [0, 0], np.int64),
+                             g.constant(f"{where}/ends", [big, big], np.int64),
+                             g.constant(f"{where}/axes", [2, 3], np.int64),
+                             g.constant(f"{where}/steps", [sh, sw], np.int64)], prefix)
+    after = m.out_channels - m.in_channels - m.pad_before
+    y = g.node("Pad", [x, g.constant(f"{where}/pads", [0, m.pad_before, 0, 0, 0, after, 0, 0],
+                                     np.int64)], prefix, mode="constant")
+    return y, (m.out_channels, -(-shape[1] // sh), -(-shape[2] // sw))
 
 
 def _check_input_shape(input_shape):

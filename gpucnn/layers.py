@@ -90,6 +90,26 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
 
+class Buffer:
+    """A non-trainable array saved in ``state_dict`` (BatchNorm's running statistics), as
+    PyTorch's buffers.  Float buffers follow ``Module.to()`` (device and dtype); integer
+    buffers (``num_batches_tracked``) are int64 host arrays that stay on the host."""
+
+    def __init__(self, data):
+        self.data = data
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __repr__(self):
+        return f"Buffer(shape={self.shape}, dtype={self.dtype})"
+
+
 class Module:
     """Base class: parameters, state_dict, device/dtype moves, train/eval."""
 
@@ -130,6 +150,25 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self, prefix=""):
+        out = [(prefix + k, v) for k, v in vars(self).items() if isinstance(v, Buffer)]
+        for k, child in self._children():
+            out.extend(child.named_buffers(prefix + k + "."))
+        return out
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
+    def _named_state(self, prefix=""):
+        """Parameters and buffers in PyTorch's state_dict order: each module's own
+        parameters, then its own buffers, then its children's, depth first."""
+        own = vars(self).items()
+        out = [(prefix + k, v) for k, v in own if isinstance(v, Parameter)]
+        out += [(prefix + k, v) for k, v in own if isinstance(v, Buffer)]
+        for k, child in self._children():
+            out.extend(child._named_state(prefix + k + "."))
+        return out
+
     def modules(self):
         out = [self]
         for _, child in self._children():
@@ -150,18 +189,19 @@ class Module:
 
     # -------------------------------------------------------- state dicts
     def state_dict(self):
-        """Parameter arrays by name, copied to the host as numpy arrays."""
+        """Parameter and buffer arrays by name, copied to the host as numpy arrays."""
         return {name: np.array(backends.asnumpy(p.data), copy=True)
-                for name, p in self.named_parameters()}
+                for name, p in self._named_state()}
 
     def load_state_dict(self, state, strict=True):
-        """Copy arrays from ``state`` (name -> array) into the parameters; everything is checked first.
+        """Copy arrays from ``state`` (name -> array) into the parameters and buffers;
+        everything is checked first.
 
         As PyTorch: ``strict=True`` requires the keys to match exactly; ``strict=False``
         loads the keys both have and ignores the rest (shapes and dtypes must still
         fit).  Returns ``(missing_keys, unexpected_keys)``, a named tuple.
         """
-        params = dict(self.named_parameters())
+        params = dict(self._named_state())
         if not isinstance(state, dict):
             raise TypeError(f"{self._name}.load_state_dict: expected a dict of arrays, "
                             f"got {type(state).__name__}")
@@ -177,14 +217,19 @@ class Module:
             if a.shape != p.shape:
                 raise ValueError(f"{self._name}.load_state_dict: '{name}' has shape "
                                  f"{a.shape}, expected {p.shape}")
-            if a.dtype.kind != "f":
+            want = "f" if p.dtype.kind == "f" else "iu"
+            if a.dtype.kind not in want:
                 raise TypeError(f"{self._name}.load_state_dict: '{name}' has dtype {a.dtype}, "
-                                "expected a float array")
+                                f"expected {'a float' if want == 'f' else 'an integer'} array")
             arrays[name] = a
         for name, p in params.items():  # all checked: now change the model
+            if p.dtype.kind != "f":     # integer buffers live on the host
+                p.data = np.array(arrays[name], dtype=p.dtype)
+                continue
             backend = backends.backend_of(p.data)
             p.data = backend.asarray(arrays[name], dtype=p.dtype)
-            p.grad = None
+            if isinstance(p, Parameter):
+                p.grad = None
         return IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------ device / dtype
@@ -201,7 +246,8 @@ class Module:
         return params[0].dtype if params else getattr(self, "_dtype", np.dtype(np.float32))
 
     def to(self, device=None, dtype=None):
-        """Move parameters (and gradients) to ``device`` and/or cast to ``dtype``; returns self."""
+        """Move parameters (and gradients) and float buffers to ``device`` and/or cast to ``dtype``;
+        returns self.  Integer buffers (``num_batches_tracked``) stay int64 on the host."""
         target = None
         if device is not None and not isinstance(device, str) and dtype is None:
             try:  # .to(numpy.float64), as PyTorch's .to(torch.float64)
@@ -222,6 +268,9 @@ class Module:
             p.data = _move(p.data, backend, new_dtype)
             if p.grad is not None:
                 p.grad = _move(p.grad, backend, new_dtype)
+        for b in self.buffers():
+            if b.dtype.kind == "f":
+                b.data = _move(b.data, target or backends.backend_of(b.data), dtype or b.dtype)
         for m in self.modules():
             if target is not None:
                 m._device = target.name

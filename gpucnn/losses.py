@@ -9,6 +9,7 @@ import numpy as np
 from . import backends
 from .errors import NonFiniteError
 from .layers import check_float_input
+from .validation import Rule
 
 
 def _finite_loss(name, B, loss, output):
@@ -57,7 +58,16 @@ class MSELoss(_Loss):
 
 
 class CrossEntropyLoss(_Loss):
-    """Softmax then negative log-likelihood of integer class labels, mean over the batch."""
+    """Softmax then negative log-likelihood of integer class labels, mean over the batch.
+
+    ``label_smoothing=eps`` (PyTorch's formula): the target is (1 − eps)·onehot + eps/K, so
+    loss = (1 − eps)·CE + eps·mean over the K classes of −log p; backward (p − target)/N.
+    """
+
+    def __init__(self, *, label_smoothing=0.0):
+        super().__init__()
+        self.label_smoothing = Rule(float, 0, 1)(label_smoothing, "label_smoothing",
+                                                 "CrossEntropyLoss")
 
     def __call__(self, output, target):
         B = check_float_input("CrossEntropyLoss", output, 2, what="output (N, classes)",
@@ -84,11 +94,20 @@ class CrossEntropyLoss(_Loss):
             raise ValueError(f"CrossEntropyLoss: labels must be in [0, {k}) for {k} classes, "
                              f"got {int(bad)}")
         labels = B.asarray(labels, dtype=np.int64)
+        eps = self.label_smoothing
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf output: reported below
-            loss, probs = B.softmax_cross_entropy_forward(output, labels)
+            if eps:
+                loss, probs = B.label_smoothing_cross_entropy_forward(output, labels, eps)
+            else:
+                loss, probs = B.softmax_cross_entropy_forward(output, labels)
         self._saved = (B, probs, labels)
         return _finite_loss("CrossEntropyLoss", B, loss, output)
 
     def backward(self):
         B, probs, labels = self._need_forward()
+        if self.label_smoothing:
+            return B.label_smoothing_cross_entropy_backward(probs, labels, self.label_smoothing)
         return B.softmax_cross_entropy_backward(probs, labels)
+
+    def __repr__(self):
+        return f"CrossEntropyLoss(label_smoothing={self.label_smoothing})"

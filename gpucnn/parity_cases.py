@@ -477,6 +477,240 @@ def arrays():
     return [Case(p, "basic") for p in ("asarray", "to_numpy", "zeros", "all_finite", "accumulate")]
 
 
+# ------------------------------ issue 10: batch norm, dropout, residual blocks, smoothing
+def _bn_inputs(dt, shape, bad):
+    """x with a per-channel offset, dy, weight, bias, a mean and a variance; ``bad`` (NaN or
+    inf) is written once into every channel of x and dy, so every per-channel statistic is
+    non-finite (non-finite results are compared exactly)."""
+    c = shape[1]
+    x = _rand(40, shape, dt, 2.0) + np.arange(c, dtype=dt).reshape((1, c) + (1,) * (len(shape) - 2))
+    dy = _rand(41, shape, dt)
+    if bad is not None:
+        x.reshape(shape[0], c, -1)[0, :, 0] = bad
+        dy.reshape(shape[0], c, -1)[0, :, 0] = bad
+    w = _rand(42, (c,), dt, 0.5) + dt(1)
+    b = _rand(43, (c,), dt)
+    mean = _rand(44, (c,), dt)
+    var = np.abs(_rand(45, (c,), dt)) + dt(0.5)
+    return x, dy, w, b, mean, var
+
+
+@_recipe("batchnorm_stats")
+def _(B, dt, shape, bad=None):
+    x = _bn_inputs(dt, shape, bad)[0]
+    with np.errstate(invalid="ignore"):
+        return tuple(B.batchnorm_stats(B.asarray(x)))
+
+
+@_.ref
+def _(dt, shape, bad=None):
+    return reference.batchnorm(_bn_inputs(dt, shape, bad)[0])[1:]
+
+
+@_recipe("batchnorm_forward")
+def _(B, dt, shape, bad=None):
+    x, _, w, b, mean, var = _bn_inputs(dt, shape, bad)
+    with np.errstate(invalid="ignore"):
+        return (B.batchnorm_forward(*(B.asarray(a) for a in (x, mean, var, w, b)), 1e-5),)
+
+
+@_.ref
+def _(dt, shape, bad=None):
+    x, _, w, b, mean, var = _bn_inputs(dt, shape, bad)
+    return (reference.batchnorm(x, w, b, 1e-5, mean, var)[0],)
+
+
+@_recipe("batchnorm_backward")
+def _(B, dt, shape, train, bad=None):
+    x, dy, w, _, mean, var = _bn_inputs(dt, shape, None)
+    dy = _bn_inputs(dt, shape, bad)[1]
+    if train:     # this batch's statistics, the same for every backend
+        mean, var = _cpu().batchnorm_stats(x)
+    with np.errstate(invalid="ignore"):
+        return tuple(B.batchnorm_backward(*(B.asarray(a) for a in (dy, x, mean, var, w)),
+                                          1e-3, train))
+
+
+@_.ref
+def _(dt, shape, train, bad=None):
+    x, dy, w, _, mean, var = _bn_inputs(dt, shape, None)
+    dy = _bn_inputs(dt, shape, bad)[1]
+    stats = (None, None) if train else (mean, var)
+    return reference.batchnorm_backward(dy, x, w, 1e-3, *stats)
+
+
+def batchnorm(ident, shape, bad=None, large=False):
+    """Batch-norm statistics, forward, and backward (batch and running statistics) on ``shape``
+    (N, C, ...)."""
+    args = dict(shape=shape, bad=bad)
+    return [Case("batchnorm_stats", ident, args, large),
+            Case("batchnorm_forward", ident, args, large),
+            Case("batchnorm_backward", ident + "-train", dict(args, train=True), large),
+            Case("batchnorm_backward", ident + "-eval", dict(args, train=False), large)]
+
+
+def _running_inputs(dt, c):
+    return (_rand(46, (c,), dt), np.abs(_rand(47, (c,), dt)), _rand(48, (c,), dt),
+            np.abs(_rand(49, (c,), dt)))
+
+
+@_recipe("batchnorm_update_running")
+def _(B, dt, c, momentum, count):
+    rm, rv, mean, var = (B.asarray(a) for a in _running_inputs(dt, c))
+    B.batchnorm_update_running(rm, rv, mean, var, momentum, count)
+    return rm, rv
+
+
+@_.ref
+def _(dt, c, momentum, count):
+    rm, rv, mean, var = (_f64(a) for a in _running_inputs(dt, c))
+    return (momentum * mean + (1 - momentum) * rm,
+            momentum * var * count / (count - 1) + (1 - momentum) * rv)
+
+
+def running(ident, c, momentum, count):
+    return [Case("batchnorm_update_running", ident, dict(c=c, momentum=momentum, count=count))]
+
+
+_SEED = 0x5DEECE66D1234567
+
+
+def _dropout_input(dt, shape, nonfinite):
+    x = _rand(50, shape, dt)
+    if nonfinite:
+        x.flat[::5] = np.nan
+        x.flat[1::5] = np.inf
+    return x
+
+
+@_recipe("dropout_forward", "dropout_backward")
+def _dropout_run(B, dt, shape, p, primitive, nonfinite=False):
+    with np.errstate(invalid="ignore"):
+        return (getattr(B, primitive)(B.asarray(_dropout_input(dt, shape, nonfinite)), p, _SEED),)
+
+
+@_dropout_run.ref
+def _(dt, shape, p, primitive, nonfinite=False):
+    with np.errstate(invalid="ignore"):
+        return (_f64(_dropout_input(dt, shape, nonfinite)) * reference.dropout_mask(shape, p, _SEED),)
+
+
+def dropout(ident, shape, p, nonfinite=False, large=False):
+    """Dropout forward and backward (the same mask) with probability ``p``."""
+    return [Case(q, ident, dict(shape=shape, p=p, primitive=q, nonfinite=nonfinite), large)
+            for q in ("dropout_forward", "dropout_backward")]
+
+
+def _subsample_inputs(dt, x, out_channels, stride, nonfinite):
+    xa = _rand(51, x, dt)
+    dy = _rand(52, (x[0], out_channels, -(-x[2] // stride[0]), -(-x[3] // stride[1])), dt)
+    if nonfinite:
+        xa.flat[::11] = np.nan
+        dy.flat[::13] = np.inf
+    return xa, dy
+
+
+@_recipe("subsample_pad_forward")
+def _(B, dt, x, out_channels, stride, pad_before, nonfinite=False):
+    xa, _ = _subsample_inputs(dt, x, out_channels, stride, nonfinite)
+    return (B.subsample_pad_forward(B.asarray(xa), stride, pad_before, out_channels),)
+
+
+@_.ref
+def _(dt, x, out_channels, stride, pad_before, nonfinite=False):
+    xa, _ = _subsample_inputs(dt, x, out_channels, stride, nonfinite)
+    return (reference.subsample_pad(xa, out_channels, stride, pad_before),)
+
+
+@_recipe("subsample_pad_backward")
+def _(B, dt, x, out_channels, stride, pad_before, nonfinite=False):
+    _, dy = _subsample_inputs(dt, x, out_channels, stride, nonfinite)
+    return (B.subsample_pad_backward(B.asarray(dy), x, stride, pad_before),)
+
+
+@_.ref
+def _(dt, x, out_channels, stride, pad_before, nonfinite=False):
+    _, dy = _subsample_inputs(dt, x, out_channels, stride, nonfinite)
+    return (reference.subsample_pad_backward(dy, x, stride, pad_before),)
+
+
+def subsample_pad(ident, x, out_channels, stride, pad_before, nonfinite=False, large=False):
+    """The option-A shortcut (subsampling + zero channels), forward and backward."""
+    args = dict(x=x, out_channels=out_channels, stride=stride, pad_before=pad_before,
+                nonfinite=nonfinite)
+    return [Case(p, ident, args, large) for p in ("subsample_pad_forward", "subsample_pad_backward")]
+
+
+def _add_inputs(dt, shape, nonfinite):
+    a, b = _rand(53, shape, dt), _rand(54, shape, dt)
+    if nonfinite and a.size > 3:
+        a.flat[:3] = (np.nan, np.inf, np.inf)
+        b.flat[:3] = (1.0, -np.inf, 2.0)
+    return a, b
+
+
+@_recipe("add")
+def _(B, dt, shape, nonfinite=False):
+    a, b = _add_inputs(dt, shape, nonfinite)
+    with np.errstate(invalid="ignore"):
+        return (B.add(B.asarray(a), B.asarray(b)),)
+
+
+@_.ref
+def _(dt, shape, nonfinite=False):
+    a, b = _add_inputs(dt, shape, nonfinite)
+    with np.errstate(invalid="ignore"):
+        return (_f64(a) + _f64(b),)
+
+
+def add(ident, shape, nonfinite=False, large=False):
+    return [Case("add", ident, dict(shape=shape, nonfinite=nonfinite), large)]
+
+
+def _ls_inputs(dt, n, k, logits):
+    z = _rand(55, (n, k), dt, 4.0) if logits is None else np.array(logits, dtype=dt)
+    labels = np.random.default_rng(56).integers(0, z.shape[1], size=z.shape[0]).astype(np.int64)
+    return z, labels
+
+
+@_recipe("label_smoothing_cross_entropy_forward")
+def _(B, dt, eps, n=None, k=None, logits=None):
+    z, labels = _ls_inputs(dt, n, k, logits)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return tuple(B.label_smoothing_cross_entropy_forward(B.asarray(z), B.asarray(labels), eps))
+
+
+@_.ref
+def _(dt, eps, n=None, k=None, logits=None):
+    z, labels = _ls_inputs(dt, n, k, logits)
+    loss, grad = reference.label_smoothing_cross_entropy(z, labels, eps)
+    n, k = z.shape
+    probs = grad * n + eps / k
+    probs[np.arange(n), labels] += 1.0 - eps
+    return loss, probs
+
+
+@_recipe("label_smoothing_cross_entropy_backward")
+def _(B, dt, eps, n=None, k=None, logits=None):
+    z, labels = _ls_inputs(dt, n, k, logits)
+    _, probs = _cpu().label_smoothing_cross_entropy_forward(z, labels, eps)  # the same for all
+    return (B.label_smoothing_cross_entropy_backward(B.asarray(probs), B.asarray(labels), eps),)
+
+
+@_.ref
+def _(dt, eps, n=None, k=None, logits=None):
+    z, labels = _ls_inputs(dt, n, k, logits)
+    return (reference.label_smoothing_cross_entropy(z, labels, eps)[1],)
+
+
+def label_smoothing(ident, eps, n=None, k=None, logits=None, backward=True):
+    """Label-smoothed cross-entropy on ``n`` x ``k`` random logits (or the given ``logits``)."""
+    names = ("label_smoothing_cross_entropy_forward",)
+    if backward:
+        names += ("label_smoothing_cross_entropy_backward",)
+    return [Case(p, ident, dict(eps=eps, n=n, k=k, logits=logits)) for p in names]
+
+
 # --------------------------------------------------------------------------- the table
 #: every primitive on small, awkward shapes: what `gpucnn check` runs (twice, float32 and
 #: float64) and the tests start from.
@@ -497,4 +731,12 @@ CASES: list[Case] = [
     *adam("step1", 1),
     *adam("step7-wd", 7, weight_decay=0.01),
     *arrays(),
+    *batchnorm("nchw", (3, 2, 4, 5)),
+    *batchnorm("2d", (7, 3)),
+    *running("c5", 5, 0.1, 8),
+    *dropout("p0.25", (4, 37), 0.25),
+    *dropout("p1", (3, 5), 1.0),
+    *subsample_pad("3to8-s2", x=(2, 3, 5, 6), out_channels=8, stride=(2, 2), pad_before=2),
+    *add("3x4x5", (3, 4, 5)),
+    *label_smoothing("6x4-e0.1", 0.1, 6, 4),
 ]

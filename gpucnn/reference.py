@@ -38,6 +38,9 @@ __all__ = [
     "avgpool2d", "avgpool2d_backward", "sigmoid", "sigmoid_backward", "relu",
     "relu_backward", "tanh", "tanh_backward", "linear", "linear_backward",
     "softmax_cross_entropy", "mse", "sgd_step", "adam_step", "pool_out_size",
+    "batchnorm", "batchnorm_backward", "batchnorm_running", "dropout_mask",
+    "adaptive_avgpool2d", "subsample_pad", "subsample_pad_backward",
+    "label_smoothing_cross_entropy",
 ]
 
 
@@ -423,3 +426,169 @@ def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, we
         new_v[idx] = vi
     return new_param, new_m, new_v
 
+
+
+# --------------------------------------------------------------------------
+# Issue 10: batch normalisation, dropout, adaptive average pooling, the
+# option-A shortcut, label smoothing
+# --------------------------------------------------------------------------
+
+def _channel_items(shape, c):
+    """Every index of channel c of an (N, C, ...) array, in row-major order."""
+    return [idx for idx in np.ndindex(tuple(shape)) if idx[1] == c]
+
+
+def batchnorm(x, weight=None, bias=None, eps=1e-5, mean=None, var=None):
+    """Return (y, mean, var).  Without mean/var (training): the batch's mean and biased
+    variance of each channel over every axis but 1; y = (x - mean)/sqrt(var + eps)*w + b
+    (w = 1, b = 0 when not given)."""
+    x = _f64(x)
+    C = x.shape[1]
+    batch = mean is None
+    mean = np.zeros(C) if batch else _f64(mean)
+    var = np.zeros(C) if batch else _f64(var)
+    y = np.zeros(x.shape)
+    for c in range(C):
+        items = _channel_items(x.shape, c)
+        if batch:
+            mean[c] = sum(float(x[i]) for i in items) / len(items)
+            var[c] = sum((float(x[i]) - mean[c]) ** 2 for i in items) / len(items)
+        w = 1.0 if weight is None else float(weight[c])
+        b = 0.0 if bias is None else float(bias[c])
+        for i in items:
+            y[i] = (float(x[i]) - mean[c]) / math.sqrt(var[c] + eps) * w + b
+    return y, mean, var
+
+
+def batchnorm_backward(dy, x, weight=None, eps=1e-5, mean=None, var=None):
+    """Return (dx, dweight, dbias).  Training (no mean/var given): the gradient through the
+    batch statistics, from the chain rule on xhat = (x - mean)/sqrt(var + eps):
+    dx_i = w/(M sigma) * (M dy_i - sum_j dy_j - xhat_i sum_j dy_j xhat_j);
+    with running mean/var: dx_i = w dy_i / sigma."""
+    dy, x = _f64(dy), _f64(x)
+    batch = mean is None
+    _, mean, var = batchnorm(x, None, None, eps, mean, var)
+    C = x.shape[1]
+    dx = np.zeros(x.shape)
+    dw, db = np.zeros(C), np.zeros(C)
+    for c in range(C):
+        items = _channel_items(x.shape, c)
+        M = len(items)
+        sigma = math.sqrt(var[c] + eps)
+        w = 1.0 if weight is None else float(weight[c])
+        xhat = {i: (float(x[i]) - mean[c]) / sigma for i in items}
+        db[c] = sum(float(dy[i]) for i in items)
+        dw[c] = sum(float(dy[i]) * xhat[i] for i in items)
+        for i in items:
+            if batch:
+                dx[i] = w / (M * sigma) * (M * float(dy[i]) - db[c] - xhat[i] * dw[c])
+            else:
+                dx[i] = w * float(dy[i]) / sigma
+    return dx, dw, db
+
+
+def batchnorm_running(running_mean, running_var, x, momentum):
+    """One update of the running statistics from batch x (PyTorch's rule): the unbiased
+    variance sum (x - mean)^2 / (M - 1); momentum None = the cumulative average is the
+    caller's business (pass 1/num_batches_tracked)."""
+    _, mean, var = batchnorm(x)
+    M = np.size(x) // np.shape(x)[1]
+    rm, rv = _f64(running_mean), _f64(running_var)
+    for c in range(len(rm)):
+        rm[c] = (1 - momentum) * rm[c] + momentum * mean[c]
+        rv[c] = (1 - momentum) * rv[c] + momentum * var[c] * M / (M - 1)
+    return rm, rv
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(z):
+    z &= _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def dropout_mask(shape, p, seed):
+    """The dropout mask of the seam (Python integers, element by element): element i (flat,
+    row-major) is kept when splitmix64(seed + (i+1)*0x9E3779B97F4A7C15) >> 11 >=
+    ceil(p * 2^53); kept elements are scaled by 1/(1-p)."""
+    threshold = math.ceil(p * 2.0 ** 53)
+    mask = np.zeros(int(np.prod(shape)))
+    for i in range(mask.size):
+        h = _splitmix64(seed + (i + 1) * 0x9E3779B97F4A7C15)
+        if p < 1 and (h >> 11) >= threshold:
+            mask[i] = 1.0 / (1.0 - p)
+    return mask.reshape(shape)
+
+
+def adaptive_avgpool2d(x, output_size):
+    """PyTorch's adaptive average pooling: output cell i of n averages input rows
+    floor(i*H/n) .. ceil((i+1)*H/n) - 1 (likewise columns)."""
+    x = _f64(x)
+    N, C, H, W = x.shape
+    oh, ow = pair(output_size)
+    y = np.zeros((N, C, oh, ow))
+    for n in range(N):
+        for c in range(C):
+            for i in range(oh):
+                h0, h1 = (i * H) // oh, -((-(i + 1) * H) // oh)
+                for j in range(ow):
+                    w0, w1 = (j * W) // ow, -((-(j + 1) * W) // ow)
+                    vals = [float(x[n, c, h, w]) for h in range(h0, h1) for w in range(w0, w1)]
+                    y[n, c, i, j] = sum(vals) / len(vals)
+    return y
+
+
+def subsample_pad(x, out_channels, stride=2, pad_before=None):
+    """The ResNet option-A shortcut: y[n, o, i, j] = x[n, o - pad_before, i*sh, j*sw] for the
+    input channels, zero for the padded ones; pad_before = (out - in) // 2 by default."""
+    x = _f64(x)
+    N, C, H, W = x.shape
+    sh, sw = pair(stride)
+    pb = (out_channels - C) // 2 if pad_before is None else pad_before
+    oh, ow = -(-H // sh), -(-W // sw)
+    y = np.zeros((N, out_channels, oh, ow))
+    for n in range(N):
+        for o in range(out_channels):
+            c = o - pb
+            if 0 <= c < C:
+                for i in range(oh):
+                    for j in range(ow):
+                        y[n, o, i, j] = x[n, c, i * sh, j * sw]
+    return y
+
+
+def label_smoothing_cross_entropy(logits, labels, eps):
+    """Return (loss, dlogits) of PyTorch's CrossEntropyLoss(label_smoothing=eps):
+    target[n,k] = (1 - eps)[k == label] + eps/K; loss = mean_n sum_k -target log softmax;
+    dlogits = (softmax - target) / N."""
+    z = _f64(logits)
+    N, K = z.shape
+    loss = 0.0
+    grad = np.zeros((N, K))
+    for n in range(N):
+        m = max(float(z[n, k]) for k in range(K))
+        log_denom = m + math.log(sum(math.exp(float(z[n, k]) - m) for k in range(K)))
+        for k in range(K):
+            target = (1 - eps) * (1.0 if k == int(labels[n]) else 0.0) + eps / K
+            logp = float(z[n, k]) - log_denom
+            loss -= target * logp
+            grad[n, k] = (math.exp(logp) - target) / N
+    return loss / N, grad
+
+
+def subsample_pad_backward(dy, x_shape, stride=2, pad_before=0):
+    """dx of the option-A shortcut: each input element that the subsampling read gets the
+    gradient of the output element it became; every other element gets zero."""
+    dy = _f64(dy)
+    N, C, H, W = x_shape
+    sh, sw = pair(stride)
+    dx = np.zeros((N, C, H, W))
+    for n in range(N):
+        for c in range(C):
+            for i in range(dy.shape[2]):
+                for j in range(dy.shape[3]):
+                    dx[n, c, i * sh, j * sw] = dy[n, c + pad_before, i, j]
+    return dx

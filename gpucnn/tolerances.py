@@ -34,7 +34,10 @@ FLOAT64_RTOL = 1e-10
 
 _GEMM = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight",
          "linear_forward", "linear_backward_data", "linear_backward_weight")
-_REDUCTIONS = ("bias_backward", "mse_forward", "softmax_cross_entropy_forward")
+_REDUCTIONS = ("bias_backward", "mse_forward", "softmax_cross_entropy_forward",
+               # per-channel sums (the batch-norm backward's dx reads them: one rounding of a
+               # sum of M terms, then an element-wise formula)
+               "batchnorm_stats", "batchnorm_backward", "label_smoothing_cross_entropy_forward")
 
 _FLOAT32 = {name: 1e-5 for name in _GEMM + _REDUCTIONS}
 
@@ -49,7 +52,11 @@ for _name in ("asarray", "to_numpy", "zeros", "all_finite", "accumulate",
               "sigmoid_forward", "sigmoid_backward", "relu_forward", "relu_backward",
               "tanh_forward", "tanh_backward",
               "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
-              "mse_forward", "mse_backward", "sgd_update", "adam_update"):
+              "mse_forward", "mse_backward", "sgd_update", "adam_update",
+              "add", "batchnorm_stats", "batchnorm_forward", "batchnorm_backward",
+              "batchnorm_update_running", "dropout_forward", "dropout_backward",
+              "subsample_pad_forward", "subsample_pad_backward",
+              "label_smoothing_cross_entropy_forward", "label_smoothing_cross_entropy_backward"):
     TOLERANCES[_name] = {"float32": _FLOAT32.get(_name, 1e-6), "float64": FLOAT64_RTOL}
 del _name
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends
+from . import random as _random
 from .checkpoint import (CHECKPOINT_NAME, Checkpoint, CheckpointError, _first_nonfinite, load_checkpoint,
                          save_checkpoint)
 from .data import BatchIterator
@@ -146,6 +147,7 @@ class Trainer:
         self.step_in_epoch = 0    # completed steps of the epoch in progress
         self.global_step = 0      # completed steps in all
         self._epoch_start_rng = None
+        self._rng_after_step = None   # gpucnn's generator after the last completed step
         self._stats = self._fresh_stats()
         self._saved_step = None   # global_step of the checkpoint on disk (None: none written)
         self._stop_requested = False
@@ -175,7 +177,8 @@ class Trainer:
                 "epoch_start_rng": self._epoch_start_rng if self.step_in_epoch else None,
                 "iterator_rng": self.iterator.get_state(),
                 "epoch_stats": dict(self._stats) if self.step_in_epoch else None,
-                "history": self.history, **self.extra_state}
+                "history": self.history,
+                "gpucnn_rng": self._rng_after_step or _random.get_rng_state(), **self.extra_state}
 
     def save(self, path=None):
         """Save a checkpoint (default: ``run_dir/checkpoint.npz``); returns its path."""
@@ -226,6 +229,11 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt.model_state)
             self.optimizer.load_state_dict(ckpt.optimizer_state)
+            # gpucnn's generator after the checkpoint's last step: Dropout's masks continue
+            rng = st.get("gpucnn_rng") or ckpt.meta.get("init_rng_state")
+            if rng is not None:
+                _random.set_rng_state(rng)
+                self._rng_after_step = _random.get_rng_state()
         except (ValueError, TypeError) as exc:
             self.model.load_state_dict(snapshot)
             self.optimizer.load_state_dict(opt_snapshot)
@@ -260,6 +268,9 @@ class Trainer:
                                  f"starts; replace it (or the checkpoint it came from)")
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._rng_after_step is None:
+            self._rng_after_step = _random.get_rng_state()
+        self._buffers = self.model.buffers()   # BatchNorm's running statistics, if any
         previous_handlers = self._install_signals()
         try:
             while self.epoch < epochs:
@@ -483,20 +494,29 @@ class Trainer:
         xb = to_model_device(backend, model, x)
         yb = backend.asarray(y)
         opt.zero_grad()
+        # the forward updates BatchNorm's running statistics in place: an interruption before
+        # the update below puts them back, so a checkpoint holds the last completed step
+        # (device-side copies of a few small arrays; nothing when the model has no buffers)
+        saved = [(b, b.data.copy() if b.dtype.kind == "f" else b.data) for b in self._buffers]
         # overflow is expected when a run diverges: the loss check below reports it, in one
         # line, instead of NumPy printing RuntimeWarnings
         with quiet_overflow():
             try:
-                out = model(xb)
-                loss = loss_fn(out, yb)
-            except NonFiniteError as exc:
-                if np.isfinite(x).all() or not self._params_finite():  # not the data's fault
-                    raise self._diverged("NaN/infinite (non-finite activations)") from exc
+                try:
+                    out = model(xb)
+                    loss = loss_fn(out, yb)
+                except NonFiniteError as exc:
+                    if np.isfinite(x).all() or not self._params_finite():  # not the data's fault
+                        raise self._diverged("NaN/infinite (non-finite activations)") from exc
+                    raise
+                if not math.isfinite(loss):
+                    raise self._diverged(loss)
+                correct = int((backends.asnumpy(out.argmax(axis=1)) == y).sum())
+                model.backward(loss_fn.backward(), input_grad=False)
+            except KeyboardInterrupt:
+                for b, data in saved:
+                    b.data = data
                 raise
-            if not math.isfinite(loss):
-                raise self._diverged(loss)
-            correct = int((backends.asnumpy(out.argmax(axis=1)) == y).sum())
-            model.backward(loss_fn.backward(), input_grad=False)
             with self._no_interrupt():   # the update and the step's bookkeeping: all or nothing
                 self._updating = True
                 opt.step()
@@ -509,6 +529,9 @@ class Trainer:
                 stats["time"] += time.perf_counter() - t0
                 self.step_in_epoch += 1
                 self.global_step += 1
+                # Dropout draws from gpucnn's generator: a checkpoint stores its state after
+                # the last completed step, not the state an interrupted step left behind
+                self._rng_after_step = _random.get_rng_state()
         return loss
 
     def _after_step(self, loss, bar):

@@ -40,15 +40,38 @@ def assert_matches(ours, theirs, rtol=RTOL):
 
 
 def every_layer_model():
-    """Every layer type with awkward settings: strides, padding, no bias, nested Sequential."""
+    """Every layer type with awkward settings: strides, padding, no bias, nested Sequential,
+    residual blocks with the identity, option-A and option-B shortcuts, batch norm with
+    non-trivial running statistics; in eval mode."""
     nn.manual_seed(3)
-    return nn.Sequential(
-        nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.Sigmoid(),
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.Sigmoid(),   # 8x6x7
         nn.MaxPool2d(3, stride=1, padding=1),
-        nn.Sequential(nn.Conv2d(5, 4, (3, 2), padding=(1, 0), bias=False), nn.Tanh()),
-        nn.AvgPool2d(2, stride=1, padding=1),        # padded zeros count in the mean
-        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(4 * 3 * 3, 7, bias=False), nn.Tanh(), nn.Linear(7, 4))
+        nn.Residual(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(8, affine=False), nn.ReLU(), nn.Dropout(0.3))),
+        nn.Residual(nn.Sequential(nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.ReLU()),  # 12x3x4
+                    nn.ShortcutA(8, 12)),
+        nn.Residual(nn.Sequential(nn.Conv2d(12, 12, 1), nn.Tanh()),
+                    nn.Sequential(nn.Conv2d(12, 12, 1, bias=False), nn.BatchNorm2d(12))),
+        nn.Sequential(nn.Conv2d(12, 4, (3, 2), padding=(1, 0), bias=False), nn.Tanh()),  # 4x3x3
+        nn.AvgPool2d(2, stride=1, padding=1),        # 4x4x4; padded zeros count in the mean
+        nn.ReLU(), nn.Identity(),
+        nn.AdaptiveAvgPool2d((2, None)),             # 4x2x4: an AveragePool
+        nn.MaxPool2d(2),                             # 4x1x2
+        nn.AdaptiveAvgPool2d(1),                     # 4x1x1: GlobalAveragePool
+        nn.Flatten(),
+        nn.Linear(4, 7, bias=False), nn.BatchNorm1d(7), nn.Tanh(), nn.Dropout(), nn.Linear(7, 4))
+    rng = np.random.default_rng(7)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            c = m.num_features
+            m.running_mean.data = rng.normal(0, 0.5, c).astype(np.float32)
+            m.running_var.data = rng.uniform(0.5, 2.0, c).astype(np.float32)
+            m.num_batches_tracked.data = np.array(12, dtype=np.int64)
+            if m.affine:
+                m.weight.data = rng.uniform(0.5, 1.5, c).astype(np.float32)
+                m.bias.data = rng.normal(0, 0.3, c).astype(np.float32)
+    return model.eval()
 
 
 EVERY_SHAPE = (3, 11, 13)
@@ -89,23 +112,25 @@ def test_onnx_graph_is_checked_dynamic_and_named_like_state_dict(tmp_path):
     (inp,), (out,) = proto.graph.input, proto.graph.output
     assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", *EVERY_SHAPE]
     assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 4]
-    assert {i.name for i in proto.graph.initializer} == set(model.state_dict())
+    weights = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    assert {i.name for i in proto.graph.initializer if "/" not in i.name} == weights
     assert {p.key: p.value for p in proto.metadata_props} == {"k": "v"}
     ops = {n.op_type for n in proto.graph.node}
-    assert ops == {"Conv", "Sigmoid", "MaxPool", "Tanh", "AveragePool", "Relu", "Flatten", "Gemm"}
+    assert ops == {"Conv", "Sigmoid", "MaxPool", "Tanh", "AveragePool", "Relu", "Flatten", "Gemm",
+                   "BatchNormalization", "Add", "Slice", "Pad", "GlobalAveragePool"}
     avg = next(n for n in proto.graph.node if n.op_type == "AveragePool")
     assert onnx.helper.get_attribute_value(next(a for a in avg.attribute if a.name == "count_include_pad")) == 1
 
 
-def test_onnx_opset_13_and_model_left_unchanged(tmp_path):
-    model = every_layer_model().eval()
+def test_onnx_opset_13_eval_semantics_and_model_left_unchanged(tmp_path):
+    model = every_layer_model().train()      # exported in training mode: the graph is eval's
     before = {k: v.copy() for k, v in model.state_dict().items()}
     path = export_onnx(model, tmp_path / "m13.onnx", EVERY_SHAPE, opset=13)
+    assert model.training is True
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
     assert onnx.load(str(path)).opset_import[0].version == 13
     x = np.random.default_rng(4).standard_normal((3, *EVERY_SHAPE)).astype(np.float32)
-    assert_matches(model(x), run_onnx(path, x))
-    assert model.training is False
-    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+    assert_matches(model.eval()(x), run_onnx(path, x))
 
 
 def test_onnx_of_a_float64_model_is_float32(tmp_path):
@@ -152,6 +177,29 @@ def test_onnx_bad_arguments_are_one_line(shape, opset, expected, tmp_path):
         export_onnx(model, tmp_path / "m.onnx", shape, opset=opset)
     assert expected in str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_onnx_block_errors_are_one_line(tmp_path):
+    cases = [
+        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False)),
+         "layer 1 (BatchNorm2d) has track_running_stats=False"),
+        (nn.Residual(nn.Conv2d(1, 2, 3, padding=1)),
+         "Residual: the main branch gives shape (N, 2, 6, 6) but the shortcut gives (N, 1, 6, 6)"),
+        (nn.Sequential(nn.AdaptiveAvgPool2d(4)), "layer 0 (AdaptiveAvgPool2d): the input's 6x6 is not "
+                                                 "a multiple of the output size 4x4"),
+        (nn.Sequential(nn.ShortcutA(2, 4)), "layer 0 (ShortcutA) expects 2 input channels but gets 1"),
+    ]
+    for model, expected in cases:
+        with pytest.raises(ExportError) as info:
+            export_onnx(model, tmp_path / "m.onnx", (1, 6, 6))
+        assert expected in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_onnx_identity_network(tmp_path):
+    path = export_onnx(nn.Sequential(nn.Identity(), nn.Dropout()), tmp_path / "id.onnx", (2, 3))
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    assert np.array_equal(run_onnx(path, x), x)
 
 
 # ===================================================================== safetensors
@@ -358,7 +406,55 @@ def torch_twin(model):
         return tnn.MaxPool2d(model.kernel_size, model.stride, model.padding)
     if isinstance(model, nn.AvgPool2d):
         return tnn.AvgPool2d(model.kernel_size, model.stride, model.padding)
+    if isinstance(model, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        kind = tnn.BatchNorm2d if isinstance(model, nn.BatchNorm2d) else tnn.BatchNorm1d
+        return kind(model.num_features, eps=model.eps, momentum=model.momentum, affine=model.affine,
+                    track_running_stats=model.track_running_stats)
+    if isinstance(model, nn.Dropout):
+        return tnn.Dropout(model.p)
+    if isinstance(model, nn.Identity):
+        return tnn.Identity()
+    if isinstance(model, nn.AdaptiveAvgPool2d):
+        return tnn.AdaptiveAvgPool2d(model.output_size)
+    if isinstance(model, nn.Residual):
+        return _TorchResidual(torch_twin(model.main),
+                              None if model.shortcut is None else torch_twin(model.shortcut))
+    if isinstance(model, nn.ShortcutA):
+        return _TorchShortcutA(model.stride, model.pad_before, model.out_channels - model.in_channels
+                               - model.pad_before)
     raise AssertionError(f"no torch twin for {type(model).__name__}")
+
+
+def _torch_classes():
+    tnn = pytest.importorskip("torch.nn", reason="PyTorch is not installed (not a test dependency)")
+    import torch.nn.functional as F
+
+    class Residual(tnn.Module):
+        def __init__(self, main, shortcut):
+            super().__init__()
+            self.main, self.shortcut = main, shortcut
+
+        def forward(self, x):
+            return self.main(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    class ShortcutA(tnn.Module):
+        def __init__(self, stride, before, after):
+            super().__init__()
+            self.stride, self.before, self.after = stride, before, after
+
+        def forward(self, x):
+            return F.pad(x[:, :, ::self.stride[0], ::self.stride[1]],
+                         (0, 0, 0, 0, self.before, self.after))
+
+    return Residual, ShortcutA
+
+
+def _TorchResidual(main, shortcut):
+    return _torch_classes()[0](main, shortcut)
+
+
+def _TorchShortcutA(stride, before, after):
+    return _torch_classes()[1](stride, before, after)
 
 
 @pytest.mark.parametrize("which", ["every-layer", "lenet"])

@@ -147,8 +147,8 @@ def test_backend_launches_only_listed_kernels():
     """Every (file, kernel) the CUDA backend launches is in KERNELS."""
     import inspect
 
-    from gpucnn.backends import cuda_backend
-    src = inspect.getsource(cuda_backend)
+    from gpucnn.backends import cuda_backend, cuda_layers
+    src = inspect.getsource(cuda_backend) + inspect.getsource(cuda_layers)
     launched = re.findall(r'_launch\(\s*"(\w+\.cu)",\s*"?(\w+)"?', src)
     assert launched
     for file, name in launched:

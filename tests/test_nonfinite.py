@@ -338,6 +338,88 @@ def _adam(B, dt, bad):
             (_host(B, v), [abs(bad) * 0.001 if not math.isnan(bad) else NAN, 0.001, 0.001])]
 
 
+# ---------------------------------------------------------------------------- issue 10's layers
+@case("add", "add")
+def _add(B, dt, bad):
+    # a + b, IEEE: NaN -> NaN, inf + (-inf) -> NaN.
+    got = _host(B, B.add(B.asarray(_arr([bad, 1, INF, 2], dt)), B.asarray(_arr([1, bad, -INF, 3], dt))))
+    return [(got, [bad + 1, 1 + bad, NAN, 5])]
+
+
+@case("batchnorm", "batchnorm_stats", "batchnorm_forward", "batchnorm_backward")
+def _batchnorm(B, dt, bad):
+    # stats: a non-finite value makes its channel's mean non-finite (NaN, or the inf itself)
+    # and its variance NaN (inf - inf); the other channel is untouched.
+    mean, var = B.batchnorm_stats(B.asarray(_arr([[bad, 1], [2, 3]], dt)))
+    out = [(_host(B, mean), [bad, 2]), (_host(B, var), [NAN, 1])]
+    # forward (x - mean) * w / sqrt(var + eps) + b: with var + eps = 4, scale = w / 2 = [1, 2]
+    args = [_arr(v, dt) for v in ([0, 2], [3, 3], [2, 4], [0.5, -1])]
+    y = B.batchnorm_forward(B.asarray(_arr([[bad, 1], [2, 3]], dt)), *map(B.asarray, args), 1.0)
+    out.append((_host(B, y), [[bad + 0.5, -3], [2.5, 1]]))
+    args[0] = _arr([bad, 2], dt)       # a non-finite mean: its channel only
+    y = B.batchnorm_forward(B.asarray(_arr([[1, 1], [2, 3]], dt)), *map(B.asarray, args), 1.0)
+    out.append((_host(B, y), [[(1 - bad) + 0.5, -3], [(2 - bad) + 0.5, 1]]))
+    # backward with invstd = 1 (var 0.75 + eps 0.25), w = [2, 1], x - mean = [-1, 1] in both
+    # channels, a non-finite dy in channel 0: dbias0 = bad + 1, dweight0 = -bad + 1; the
+    # training dx of channel 0 is NaN everywhere (bad - bad), channel 1 is finite: 0.
+    x, dy = _arr([[0, 1], [2, 3]], dt), _arr([[bad, 1], [1, 3]], dt)
+    st = [B.asarray(_arr(v, dt)) for v in ([1, 2], [0.75, 0.75], [2, 1])]
+    for batch_stats, want_dx in ((True, [[NAN, 0], [NAN, 0]]), (False, [[2 * bad, 1], [2, 3]])):
+        dx, dw, db = B.batchnorm_backward(B.asarray(dy), B.asarray(x), *st, 0.25, batch_stats)
+        out += [(_host(B, dx), want_dx), (_host(B, dw), [-bad + 1, 2]), (_host(B, db), [bad + 1, 4])]
+    return out
+
+
+@case("batchnorm_running", "batchnorm_update_running")
+def _batchnorm_running(B, dt, bad):
+    # in place, elementwise: a non-finite batch mean/var moves only its own running entry.
+    rm, rv = B.asarray(np.zeros(2, dt)), B.asarray(np.ones(2, dt))
+    B.batchnorm_update_running(rm, rv, B.asarray(_arr([bad, 1], dt)), B.asarray(_arr([1, bad], dt)),
+                               0.5, 2)
+    return [(_host(B, rm), [0.5 * bad, 0.5]), (_host(B, rv), [1.5, 0.5 * (bad * 2) + 0.5])]
+
+
+@case("dropout", "dropout_forward", "dropout_backward")
+def _dropout(B, dt, bad):
+    # x * mask: a kept NaN/inf stays (times 2), a dropped one gives NaN (0 * inf, 0 * NaN).
+    from gpucnn.reference import dropout_mask
+    mask = dropout_mask((64,), 0.5, 99)
+    assert 0 < np.count_nonzero(mask) < 64
+    x = np.full(64, bad, dt)
+    with np.errstate(invalid="ignore"):
+        want = np.full(64, bad) * mask
+    return [(_host(B, B.dropout_forward(B.asarray(x), 0.5, 99)), want),
+            (_host(B, B.dropout_backward(B.asarray(x), 0.5, 99)), want)]
+
+
+@case("subsample_pad", "subsample_pad_forward", "subsample_pad_backward")
+def _subsample_pad(B, dt, bad):
+    # copies: the padded channels are exactly 0, and the backward never reads dy's padded
+    # channels (non-finite there) nor the skipped positions.
+    y = B.subsample_pad_forward(B.asarray(_arr([[[[bad, 1], [2, 3]]]], dt)), (2, 2), 1, 3)
+    dx = B.subsample_pad_backward(B.asarray(_arr([bad, 5, bad], dt, (1, 3, 1, 1))), (1, 1, 2, 2),
+                                  (2, 2), 1)
+    return [(_host(B, y), [[[[0]], [[bad]], [[0]]]]), (_host(B, dx), [[[[5, 0], [0, 0]]]])]
+
+
+@case("label_smoothing", "label_smoothing_cross_entropy_forward",
+      "label_smoothing_cross_entropy_backward")
+def _label_smoothing(B, dt, bad):
+    # forward: as softmax_cross_entropy, except that a -inf logit gives a +inf loss (the
+    # smoothed target gives it weight eps/K).  backward: (probs - target) / N, IEEE.
+    logits = _arr([[0, bad, 1], [0, 1, 2]], dt)
+    loss, probs = B.label_smoothing_cross_entropy_forward(B.asarray(logits),
+                                                          B.asarray(np.array([0, 1])), 0.1)
+    row1 = np.exp([0, 1, 2] - np.log(np.exp([0, 1, 2]).sum()))
+    row0 = np.exp([0, -INF, 1] - np.log(1 + math.e)) if bad == -INF else [NAN] * 3
+    _same(loss, INF if bad == -INF else NAN, dt, "label_smoothing_cross_entropy_forward loss")
+    probs_in = _arr([[0.25, bad, 0.5], [0.25, 0.25, 0.5]], dt)
+    dx = _host(B, B.label_smoothing_cross_entropy_backward(B.asarray(probs_in),
+                                                           B.asarray(np.array([1, 2])), 0.3))
+    want_dx = np.array([[0.25 - 0.1, bad - 0.8, 0.5 - 0.1], [0.25 - 0.1, 0.25 - 0.1, 0.5 - 0.8]]) / 2
+    return [(_host(B, probs), [row0, row1]), (dx, want_dx)]
+
+
 def test_every_kernel_primitive_has_a_nonfinite_case():
     covered = {p for prims, _ in CASES.values() for p in prims}
     missing = set(PRIMITIVES) - covered - {"asarray", "to_numpy", "zeros"}

@@ -87,6 +87,47 @@ CASES: list[pc.Case] = pc.CASES + [
     *pc.sgd("momentum", momentum=0.9),
     *pc.sgd("nesterov-first", momentum=0.8, nesterov=True, first=True),
     *pc.adam("step1000", 1000),
+    # issue 10; NaN/inf inputs: non-finite results must agree exactly, so those cases make
+    # every per-channel statistic non-finite (finite results of a reduction may differ in
+    # the last bits between backends)
+    *pc.batchnorm("nchw-odd", (3, 5, 7, 6)),
+    *pc.batchnorm("ncl", (4, 6, 11)),
+    *pc.batchnorm("batch1", (1, 3, 5, 5)),
+    *pc.batchnorm("c1-s1", (2, 1)),
+    *pc.batchnorm("2d-c33", (9, 33)),
+    *pc.batchnorm("nan-nchw", (2, 3, 4, 5), bad=np.nan),
+    *pc.batchnorm("inf-2d", (5, 4), bad=np.inf),
+    *pc.batchnorm("large", (32, 16, 16, 16), large=True),   # 8192 values per channel: 256 partials
+    *pc.running("m1-count2", 33, 1.0, 2),
+    *pc.running("cumulative", 33, 1 / 3, 1000),
+    *pc.dropout("nchw-p0.5", (3, 4, 5, 6), 0.5),
+    *pc.dropout("p0.9", (1000,), 0.9),
+    *pc.dropout("p0", (4, 9), 0.0),
+    *pc.dropout("nan-inf", (6, 7), 0.5, nonfinite=True),
+    *pc.dropout("large", (256, 16, 16, 16), 0.3, large=True),
+    *pc.subsample_pad("resnet-a", x=(2, 4, 8, 8), out_channels=8, stride=(2, 2), pad_before=2),
+    *pc.subsample_pad("odd-hw-nan-inf", x=(3, 3, 7, 5), out_channels=6, stride=(2, 2),
+                      pad_before=1, nonfinite=True),
+    *pc.subsample_pad("stride1", x=(1, 2, 4, 3), out_channels=5, stride=(1, 1), pad_before=1),
+    *pc.subsample_pad("rect-stride", x=(2, 3, 9, 6), out_channels=3, stride=(3, 2), pad_before=0),
+    *pc.subsample_pad("pad-after-only", x=(2, 2, 5, 5), out_channels=4, stride=(2, 2),
+                      pad_before=0),
+    *pc.subsample_pad("large", x=(32, 16, 32, 32), out_channels=32, stride=(2, 2), pad_before=8,
+                      large=True),
+    *pc.add("nan-inf", (2, 3, 4, 5), nonfinite=True),
+    *pc.add("one", (1,)),
+    *pc.add("large", (256, 16, 16, 16), large=True),
+    *pc.label_smoothing("1x10-e0.1", 0.1, 1, 10),
+    *pc.label_smoothing("7x3-e0.5", 0.5, 7, 3),
+    *pc.label_smoothing("64x100-e0.1", 0.1, 64, 100),
+    *pc.label_smoothing("5x1-e0.2", 0.2, 5, 1),
+    *pc.label_smoothing("9x4-e1", 1.0, 9, 4),
+    *pc.label_smoothing("extreme", 0.3, logits=[[1000.0, -1000.0, 0.0, 1.0],
+                                                [-1000.0, -1000.0, -999.0, 3.0],
+                                                [88.0, 89.0, 90.0, 0.5]]),
+    # only non-finite rows (exp's last bit differs between CUDA and NumPy in finite rows)
+    *pc.label_smoothing("nan-inf", 0.1, logits=[[np.nan, 1.0, 2.0, 3.0], [np.inf, 0.0, 1.0, 2.0]],
+                        backward=False),
 ]
 
 

@@ -79,6 +79,43 @@ Losses (mean reductions, as PyTorch's defaults)
     mse_forward(y, t) -> float  mean((y - t)**2)
     mse_backward(y, t) -> 2 * (y - t) / y.size
 
+Normalisation, dropout, residual blocks (the layers of issue 10)
+    Tensors are viewed as (N, C, S): S = H*W for NCHW, S = L for (N, C, L), 1 for (N, C);
+    "per channel" means over the N*S values of one channel c, M = N*S of them.
+    add(a, b) -> a + b, a new array (same shape and dtype)
+    batchnorm_stats(x) -> (mean, var)            per channel, shapes (C,), x's dtype
+        mean = (1/M) sum x;  var = (1/M) sum (x - mean)**2 (biased; mean rounded first)
+    batchnorm_forward(x, mean, var, weight, bias, eps) -> y
+        y = (x - mean[c]) * scale[c] + bias[c],  scale = weight / sqrt(var + eps)
+    batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats) -> (dx, dweight, dbias)
+        invstd = 1 / sqrt(var + eps); dbias = sum dy; dweight = (sum dy*(x - mean)) * invstd
+        batch_stats (mean/var are this batch's, training mode; the full backward):
+            dx = weight*invstd * (dy - dbias/M - (x - mean)*invstd*dweight/M)
+        else (running statistics, eval mode): dx = dy * weight*invstd
+    batchnorm_update_running(running_mean, running_var, mean, var, momentum, count) -> None
+        in place: running_mean = momentum*mean + (1 - momentum)*running_mean
+                  running_var  = momentum*var*count/(count - 1) + (1 - momentum)*running_var
+        (count = M > 1: the running variance is the unbiased one, as PyTorch's)
+    dropout_forward(x, p, seed) -> y = x * mask,   dropout_backward(dy, p, seed) -> dy * mask
+        mask[i] = 1/(1-p) if keep(seed, i) else 0 (0 everywhere when p == 1), i the flat index;
+        keep(seed, i) = (splitmix64(seed + (i+1)*0x9E3779B97F4A7C15) >> 11) >= ceil(p * 2**53),
+        splitmix64(z): z = (z ^ z>>30)*0xBF58476D1CE4E5B9; z = (z ^ z>>27)*0x94D049BB133111EB;
+        z ^ z>>31 (uint64 arithmetic mod 2**64); seed an int in [0, 2**63).  Both backends
+        compute the same mask, so a run is reproducible from the seed alone (no mask stored).
+        Multiplying by the mask keeps NaN/inf where an element is dropped (as PyTorch).
+    subsample_pad_forward(x, stride, pad_before, out_channels) -> y   (ResNet option A)
+        y[n, o, i, j] = x[n, o - pad_before, i*sh, j*sw] if 0 <= o - pad_before < C else 0;
+        y (N, out_channels, ceil(H/sh), ceil(W/sw))
+    subsample_pad_backward(dy, x_shape, stride, pad_before) -> dx
+        dx[n, c, h, w] = dy[n, c + pad_before, h/sh, w/sw] where sh | h and sw | w, else 0
+
+Label smoothing (PyTorch's CrossEntropyLoss(label_smoothing=eps), mean over the batch)
+    label_smoothing_cross_entropy_forward(logits, labels, eps) -> (loss: float, probs)
+        target[n, k] = (1 - eps)*[k == labels[n]] + eps/K;
+        loss = (1/N) sum_n sum_k -target[n,k] * log softmax(logits[n])_k
+             = (1/N) sum_n [lse_n - (1 - eps)*z[n, labels[n]] - eps*mean_k z[n, k]]
+    label_smoothing_cross_entropy_backward(probs, labels, eps) -> (probs - target) / N
+
 Optimizer updates (in place; same formulas as torch.optim)
     sgd_update(param, grad, buf, lr, momentum, weight_decay, nesterov, first) -> None
         g = grad + weight_decay*param
@@ -112,6 +149,15 @@ Non-finite values (NaN, +-inf): IEEE arithmetic, the same on every backend
   exactly 0 (loss +inf if it is the label's).  Large finite logits (+-1000 in
   float32) are exact: the row maximum is taken over every logit before exp.
 * mse_forward: NaN -> NaN, +-inf -> +inf (inf - inf -> NaN).
+* add, batchnorm_*, dropout_*: IEEE formulas as above.  A non-finite value in one
+  channel makes that channel's batch statistics (and, through the training backward's
+  sums, that channel's whole dx) non-finite, and no other channel.  Dropout multiplies
+  by its mask, so a dropped NaN/inf gives NaN (as PyTorch's input * mask).
+* subsample_pad_*: copies (no arithmetic): the padded channels are exactly 0 and the
+  backward never reads dy's padded channels.
+* label_smoothing_cross_entropy_forward: as softmax_cross_entropy_forward, except that
+  a -inf logit makes its row's loss +inf whenever eps > 0 (the smoothed target puts
+  weight eps/K on it).
 """
 from __future__ import annotations
 
@@ -130,6 +176,11 @@ PRIMITIVES = (
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "mse_forward", "mse_backward",
     "sgd_update", "adam_update",
+    # issue 10: normalisation, dropout, residual blocks, label smoothing
+    "add", "batchnorm_stats", "batchnorm_forward", "batchnorm_backward",
+    "batchnorm_update_running", "dropout_forward", "dropout_backward",
+    "subsample_pad_forward", "subsample_pad_backward",
+    "label_smoothing_cross_entropy_forward", "label_smoothing_cross_entropy_backward",
 )
 
 DEVICES = ("auto", "cpu", "cuda")

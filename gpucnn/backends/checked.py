@@ -297,6 +297,158 @@ def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
         raise ValueError(f"{p}: step is {step}; expected a step count >= 1")
 
 
+# --------------------------------- issue 10: batch norm, dropout, residual, label smoothing
+def _channels(p, name, a):
+    """``a``: float, at least 2-D (N, C, ...) with N*S >= 1 values per channel; returns C."""
+    _float(p, name, a)
+    if len(a.shape) < 2:
+        raise ValueError(f"{p}: {name} has shape {tuple(a.shape)}; expected at least 2-D "
+                         f"(N, C, ...)")
+    if a.size == 0:
+        raise ValueError(f"{p}: {name} has shape {tuple(a.shape)}; expected at least one value "
+                         f"per channel")
+    return a.shape[1]
+
+
+def _per_channel(p, x_name, x, **arrays):
+    """Each of ``arrays`` is (C,) of x's dtype, C = the channels of x."""
+    c = x.shape[1]
+    for name, a in arrays.items():
+        _same(p, name, a, x.dtype, x_name)
+        _shape(p, name, a, (c,), lambda: f", the channels of {x_name} {tuple(x.shape)}")
+
+
+def _eps(p, eps):
+    if not eps > 0:
+        raise ValueError(f"{p}: eps is {eps!r}; expected a positive number")
+
+
+@_check
+def add(a, b):
+    _float("add", "a", a)
+    _like("add", "b", b, a, "a")
+
+
+@_check
+def batchnorm_stats(x):
+    _channels("batchnorm_stats", "x", x)
+
+
+@_check
+def batchnorm_forward(x, mean, var, weight, bias, eps):
+    p = "batchnorm_forward"
+    _channels(p, "x", x)
+    _per_channel(p, "x", x, mean=mean, var=var, weight=weight, bias=bias)
+    _eps(p, eps)
+
+
+@_check
+def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats):
+    p = "batchnorm_backward"
+    _channels(p, "dy", dy)
+    _like(p, "x", x, dy, "dy")
+    _per_channel(p, "x", x, mean=mean, var=var, weight=weight)
+    _eps(p, eps)
+
+
+@_check
+def batchnorm_update_running(running_mean, running_var, mean, var, momentum, count):
+    p = "batchnorm_update_running"
+    _float(p, "running_mean", running_mean)
+    _ndim(p, "running_mean", running_mean, 1, "(C,)")
+    _contiguous(p, "running_mean", running_mean)
+    _like(p, "running_var", running_var, running_mean, "running_mean")
+    _contiguous(p, "running_var", running_var)
+    _like(p, "mean", mean, running_mean, "running_mean")
+    _like(p, "var", var, running_mean, "running_mean")
+    if not 0 <= momentum <= 1:
+        raise ValueError(f"{p}: momentum is {momentum!r}; expected a number in [0, 1]")
+    if count < 2:
+        raise ValueError(f"{p}: count is {count!r}; expected at least 2 values per channel "
+                         f"(the unbiased variance divides by count - 1)")
+
+
+def _dropout(p, name, a, prob, seed):
+    _float(p, name, a)
+    if not 0 <= prob <= 1:
+        raise ValueError(f"{p}: p is {prob!r}; expected a probability in [0, 1]")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"{p}: seed is {seed!r}; expected an integer in [0, 2**63)")
+
+
+@_check
+def dropout_forward(x, p, seed):
+    _dropout("dropout_forward", "x", x, p, seed)
+
+
+@_check
+def dropout_backward(dy, p, seed):
+    _dropout("dropout_backward", "dy", dy, p, seed)
+
+
+def _subsample(p, stride, pad_before):
+    if len(stride) != 2 or min(stride) < 1:
+        raise ValueError(f"{p}: stride is {stride!r}; expected an (h, w) pair of integers >= 1")
+    if pad_before < 0:
+        raise ValueError(f"{p}: pad_before is {pad_before!r}; expected an integer >= 0")
+
+
+@_check
+def subsample_pad_forward(x, stride, pad_before, out_channels):
+    p = "subsample_pad_forward"
+    _float(p, "x", x)
+    _ndim(p, "x", x, 4, "(N, C, H, W)")
+    _subsample(p, stride, pad_before)
+    if pad_before + x.shape[1] > out_channels:
+        raise ValueError(f"{p}: out_channels is {out_channels}; expected at least "
+                         f"{pad_before + x.shape[1]} (pad_before {pad_before} + the channels of "
+                         f"x {tuple(x.shape)})")
+
+
+@_check
+def subsample_pad_backward(dy, x_shape, stride, pad_before):
+    p = "subsample_pad_backward"
+    _float(p, "dy", dy)
+    _ndim(p, "dy", dy, 4, "(N, C, H, W)")
+    _subsample(p, stride, pad_before)
+    n, c, h, w = (int(v) for v in x_shape)
+    out = (n, dy.shape[1], -(-h // stride[0]), -(-w // stride[1]))
+    _shape(p, "dy", dy, out, lambda: f", the subsampled x_shape {tuple(x_shape)}")
+    if pad_before + c > dy.shape[1]:
+        raise ValueError(f"{p}: dy has {dy.shape[1]} channels; expected at least "
+                         f"{pad_before + c} (pad_before {pad_before} + the channels of x_shape "
+                         f"{tuple(x_shape)})")
+
+
+def _smoothing(p, eps):
+    if not 0 <= eps <= 1:
+        raise ValueError(f"{p}: eps is {eps!r}; expected a label smoothing in [0, 1]")
+
+
+@_check
+def label_smoothing_cross_entropy_forward(logits, labels, eps):
+    p = "label_smoothing_cross_entropy_forward"
+    _float(p, "logits", logits)
+    _ndim(p, "logits", logits, 2, "(N, classes)")
+    _labels(p, labels, "logits", logits)
+    _smoothing(p, eps)
+    k = logits.shape[1]
+    if labels.shape[0] and bool((labels.view(np.uint64) >= k).any()):
+        lo, hi = int(labels.min()), int(labels.max())
+        raise ValueError(f"{p}: labels holds {lo if lo < 0 else hi}; expected class indices "
+                         f"in [0, {k})")
+
+
+@_check
+def label_smoothing_cross_entropy_backward(probs, labels, eps):
+    p = "label_smoothing_cross_entropy_backward"
+    _float(p, "probs", probs)
+    _ndim(p, "probs", probs, 2, "(N, classes)")
+    _labels(p, labels, "probs", probs)
+    _smoothing(p, eps)
+
+
 # ------------------------------------------------------------------------- the wrapper
 def _bind(check, fn):
     def primitive(*args, **kwargs):

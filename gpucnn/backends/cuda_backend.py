@@ -30,6 +30,7 @@ import numpy as np
 
 from . import cuda as cuda_flags
 from . import kernels as _K
+from .cuda_layers import LayerPrimitives
 from .geometry import out_hw
 
 I64 = np.int64
@@ -43,7 +44,7 @@ _INSTALL_HINT = ("pip install gpucnn[cuda12] or gpucnn[cuda13] "
                  "(the one matching your NVIDIA driver's CUDA version)")
 
 
-class CudaBackend:
+class CudaBackend(LayerPrimitives):
     """Every primitive on device arrays of ``xp`` (CuPy), computed by our kernels."""
 
     #: upper bound on the elements of one im2col buffer; larger batches are chunked

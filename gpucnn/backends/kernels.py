@@ -43,6 +43,14 @@ KERNELS = {
     "loss.cu": ("softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
                 "squared_error_partial", "mse_backward"),
     "optim.cu": ("sgd_update", "adam_update"),
+    # issue 10 (gpucnn/backends/cuda_layers.py)
+    "batchnorm.cu": ("channel_mean", "channel_sqdev_partial", "batchnorm_forward",
+                     "batchnorm_backward_partial", "batchnorm_backward_reduce",
+                     "batchnorm_backward_data", "batchnorm_update_running"),
+    "dropout.cu": ("dropout_apply",),
+    "residual.cu": ("add", "subsample_pad_forward", "subsample_pad_backward"),
+    "label_smoothing.cu": ("label_smoothing_cross_entropy_forward",
+                           "label_smoothing_cross_entropy_backward"),
 }
 
 #: Kernels launched with a fixed block (256 threads) and an exact grid of output tiles, not

@@ -8,6 +8,8 @@ Modules, one concern each:
 * ``pooling``   -- max and average pooling, forward and backward.
 * ``dense``     -- fully connected GEMMs.
 * ``pointwise`` -- bias, activations, losses, optimizer updates, the finiteness check.
+* ``blocks``    -- issue 10's layers: batch norm, dropout, the option-A shortcut, the
+                   residual add, label-smoothed cross-entropy.
 * ``windows``   -- the window-offset walk (im2col / col2im rectangles) conv and pooling share.
 * ``parallel``  -- the worker threads and BLAS's thread limit (through threadpoolctl).
 * ``memory``    -- per-thread scratch buffers and the refcount-checked output pool.

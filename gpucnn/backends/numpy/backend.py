@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import conv, dense, pooling, pointwise as pw
+from . import blocks, conv, dense, pooling, pointwise as pw
 from .parallel import WORKERS
 
 
@@ -77,3 +77,17 @@ class NumpyBackend:
     # optimizers
     sgd_update = staticmethod(pw.sgd_update)
     adam_update = staticmethod(pw.adam_update)
+
+    # issue 10 (blocks.py): batch norm, dropout, the option-A shortcut, the residual add,
+    # label smoothing
+    add = staticmethod(blocks.add)
+    batchnorm_stats = staticmethod(blocks.batchnorm_stats)
+    batchnorm_forward = staticmethod(blocks.batchnorm_forward)
+    batchnorm_backward = staticmethod(blocks.batchnorm_backward)
+    batchnorm_update_running = staticmethod(blocks.batchnorm_update_running)
+    dropout_forward = staticmethod(blocks.dropout_forward)
+    dropout_backward = staticmethod(blocks.dropout_backward)
+    subsample_pad_forward = staticmethod(blocks.subsample_pad_forward)
+    subsample_pad_backward = staticmethod(blocks.subsample_pad_backward)
+    label_smoothing_cross_entropy_forward = staticmethod(blocks.label_smoothing_cross_entropy_forward)
+    label_smoothing_cross_entropy_backward = staticmethod(blocks.label_smoothing_cross_entropy_backward)
