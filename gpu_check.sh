@@ -60,12 +60,12 @@ print("gpucnn CUDA backend:", "OK" if b is not None else f"UNAVAILABLE: {why}")
 PYEOF
 
     stage "gpucnn check --device cuda" 60 "$PY" -m gpucnn.check --device cuda
-    stage "GPU tests (parity, determinism, 50-step training, gradcheck, fallback, check)" 150 \
+    stage "GPU tests (parity, determinism, 50-step training, gradcheck, fallback, check, graph)" 240 \
         "$PY" -m pytest -q -rs -m "not emulated" -p no:cacheprovider --durations=8 \
         tests/test_parity.py tests/test_check.py tests/test_device_fallback.py \
         tests/test_forward.py tests/test_gradcheck.py tests/test_kernels_compile.py \
         tests/test_cuda_views.py tests/test_cuda_loader.py tests/test_training_step.py \
-        tests/test_conv_igemm.py tests/test_augment.py
+        tests/test_conv_igemm.py tests/test_graph.py tests/test_nosync.py tests/test_fused.py tests/test_augment.py
     # (the parity tests above run the default convolution, implicit GEMM: kernels/conv2d_igemm.cu,
     # and test_conv_igemm.py its TF32 kernel, kernels/conv2d_igemm_tf32.cu; this keeps the old path)
     stage "GPU convolution parity through im2col + cuBLAS (GPUCNN_CONV=im2col)" 90 \
@@ -78,8 +78,33 @@ PYEOF
     stage "data benchmark (folder loading when ../shared is there; crop+flip and normalise)" 120 \
         "$PY" benchmarks/bench_data.py
     if [ -f benchmarks/bench_train.py ]; then
-        stage "training benchmark vs PyTorch" 120 \
-            "$PY" benchmarks/bench_train.py --device cuda --quick --json "$DEST/bench_train.json"
+        # step time vs PyTorch eager + cuDNN (TF32 off), LeNet and the CIFAR net at batch 64
+        # and 256, then whole epochs (60k MNIST-sized images, data on the device) with the CUDA
+        # graph on and off against a PyTorch eager loop: images/s and step ms
+        stage "training benchmark vs PyTorch (steps; epochs graph on/off)" 180 \
+            "$PY" benchmarks/bench_train.py --device cuda --quick --throughput 60000 \
+            --json "$DEST/bench_train.json"
+    fi
+    # `gpucnn train --data mnist` end to end (issue 11's headline figure): the full 60k when
+    # the IDX files are in $GPUCNN_MNIST_DIR (default data/mnist), else the t10k split
+    MNIST_DIR="${GPUCNN_MNIST_DIR:-data/mnist}"
+    SPLIT=none
+    if ls "$MNIST_DIR"/train-images* >/dev/null 2>&1; then
+        SPLIT=""
+    elif ls "$MNIST_DIR"/t10k-images* >/dev/null 2>&1; then
+        SPLIT="--t10k-split 8000"
+    fi
+    if [ "$SPLIT" != none ]; then
+        for g in "" --no-graph; do
+            # shellcheck disable=SC2086  # $SPLIT and $g are zero or more words on purpose
+            stage "gpucnn train --data mnist $SPLIT $g (images/s in the epoch lines)" 120 \
+                "$PY" -m gpucnn train --data mnist --data-dir "$MNIST_DIR" $SPLIT \
+                --device cuda --epochs 3 --batch-size 256 --no-progress $g \
+                --out "$DEST/mnist_run${g:+_nograph}"
+        done
+    else
+        echo; echo "=== gpucnn train --data mnist: skipped, no MNIST IDX files in $MNIST_DIR" \
+            "(set GPUCNN_MNIST_DIR); bench_train's 60k-image throughput rows stand in"
     fi
     echo
     echo "=== gpu_check.sh done $(date -u +%H:%M:%S): $([ $status -eq 0 ] && echo 'all stages passed' || echo 'SOME STAGES FAILED')"

@@ -68,12 +68,26 @@ def load_old_backend(ref, path=OLD_PATH):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     os.unlink(tmp.name)
-    old = mod.NumpyBackend()
-    # primitives added since (issue 10's layers) come from this checkout's backend: the nets
-    # timed here use none, but the seam's wrapper needs every primitive of PRIMITIVES
-    for name in backends.PRIMITIVES:
-        if not hasattr(old, name):
-            setattr(old, name, getattr(backends.cpu_backend().unchecked, name))
+    return _with_new_primitives(mod.NumpyBackend())
+
+
+def _with_new_primitives(old):
+    """Primitives added to the seam after ``old`` was written, built from its own (bias +
+    activation from its bias_forward and <act>_forward), or else borrowed from today's NumPy
+    backend (data gathers, which a training step on a fixed batch does not use)."""
+    from gpucnn.backends import PRIMITIVES
+    from gpucnn.backends.numpy import NumpyBackend
+    new = NumpyBackend()
+    for name in PRIMITIVES:
+        if hasattr(old, name):
+            continue
+        if name == "bias_act_forward":
+            def bias_act_forward(y, b, act, _old=old):
+                y = _old.bias_forward(y, b)
+                return y if act in (None, "identity") else getattr(_old, f"{act}_forward")(y)
+            setattr(old, name, bias_act_forward)
+        else:
+            setattr(old, name, getattr(new, name))
     return old
 
 

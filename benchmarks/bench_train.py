@@ -138,7 +138,7 @@ class GpucnnRunner:
     def __init__(self, net, batch, backend, x, y, sync):
         self.model = build_gpucnn(net).to(backend.name)
         self.loss_fn = gpucnn.CrossEntropyLoss()
-        self.opt = gpucnn.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.opt = gpucnn.SGD(self.model.parameters(), lr=0.01, momentum=0.9).fuse()
         self.x = backend.asarray(x)
         self.y = backend.asarray(y)
         self.sync = sync
@@ -314,6 +314,62 @@ def measure_memory(net, batch, framework):
                           "--nets", net, "--batch", str(batch)],
                          env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+# ------------------------------------------------------ whole-epoch throughput
+def bench_throughput(net, batch, device, n, epochs, use_torch, torch_device, syncs):
+    """Training images/s over whole epochs through gpucnn's Trainer (data on the device, reads
+    every 50 steps; CUDA graph on and off) and a plain PyTorch eager loop on the same data,
+    also resident on the device.  One untimed epoch first (compilation, graph capture)."""
+    from gpucnn.trainer import Trainer
+    rng = np.random.default_rng(7)
+    images = rng.standard_normal((n,) + IN_SHAPE[net], dtype=np.float32)
+    labels = rng.integers(0, 10, size=n).astype(np.int64)
+    steps = -(-n // batch)
+    rows = []
+    for graph in ((True, False) if device == "cuda" else (False,)):
+        gpucnn.manual_seed(0)
+        model = build_gpucnn(net).to(device)
+        opt = gpucnn.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        tr = Trainer(model, opt, (images, labels), None, batch_size=batch, progress=False,
+                     log=lambda *_: None, graph=graph)
+        tr.fit(1)
+        syncs["gpucnn"]()
+        t0 = time.perf_counter()
+        tr.fit(1 + epochs)
+        syncs["gpucnn"]()
+        dt = time.perf_counter() - t0
+        g = tr.graph
+        rows.append({"framework": "gpucnn", "graph": graph, "net": net, "batch": batch, "n": n,
+                     "epochs": epochs, "images_per_s": epochs * n / dt,
+                     "step_ms": 1e3 * dt / (epochs * steps),
+                     "graph_replays": getattr(g, "replays", None),
+                     "graph_failed": getattr(g, "failed", None)})
+    if use_torch:
+        import torch
+        gpucnn.manual_seed(0)
+        tm = build_torch(net, build_gpucnn(net).state_dict(), torch_device)
+        topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+        lossf = torch.nn.CrossEntropyLoss()
+        xs, ys = torch.from_numpy(images).to(torch_device), torch.from_numpy(labels).to(torch_device)
+        gen = torch.Generator(device="cpu").manual_seed(0)
+
+        def epoch():
+            order = torch.randperm(n, generator=gen).to(torch_device)
+            for b in range(steps):
+                idx = order[b * batch:(b + 1) * batch]
+                topt.zero_grad(set_to_none=True)
+                lossf(tm(xs[idx]), ys[idx]).backward()
+                topt.step()
+        epoch()
+        syncs["torch"]()
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            epoch()
+        syncs["torch"]()
+        dt = time.perf_counter() - t0
+        rows.append({"framework": "torch", "graph": False, "net": net, "batch": batch, "n": n,
+                     "epochs": epochs, "images_per_s": epochs * n / dt,
+                     "step_ms": 1e3 * dt / (epochs * steps)})
+    return rows
 
 
 def main(argv=None):
@@ -335,6 +391,12 @@ def main(argv=None):
                     help="also measure each step's peak memory, each framework in its own "
                          "subprocess (CPU, Linux; see the module docstring)")
     ap.add_argument("--memory-child", choices=("gpucnn", "torch"), help=argparse.SUPPRESS)
+    ap.add_argument("--throughput", type=int, metavar="N", default=None,
+                    help="also time whole epochs of N synthetic images through the Trainer "
+                         "(device-resident data; on cuda the CUDA graph on and off) against a "
+                         "PyTorch eager loop: images/s (default on cuda: 60000, LeNet = MNIST size; "
+                         "0 skips)")
+    ap.add_argument("--throughput-epochs", type=int, default=2, metavar="E")
     args = ap.parse_args(argv)
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.nets[0], args.batch[0])))
@@ -434,11 +496,27 @@ def main(argv=None):
                     r["memory_ratio"] = mem["gpucnn"]["peak_above_baseline_mib"] / t_mib
                     line += f", torch {t_mib:.1f} MiB, ratio {r['memory_ratio']:.2f}"
                 print(line, flush=True)
+    throughput = []
+    n_tp = args.throughput if args.throughput is not None else (60000 if args.device == "cuda" else 0)
+    if n_tp > 0:
+        print(f"bench_train: whole epochs, {n_tp} synthetic images, {args.throughput_epochs} timed "
+              f"epoch(s) after one untimed")
+        print(f"{'net':6} {'batch':>5} {'framework':>10} {'graph':>6} {'images/s':>12} {'step ms':>9}")
+        for net in args.nets:
+            for batch in args.batch or DEFAULT_BATCHES[net]:
+                rows = bench_throughput(net, batch, args.device, n_tp, args.throughput_epochs,
+                                        use_torch, torch_device, syncs)
+                throughput.extend(rows)
+                for r in rows:
+                    note = f"  (capture failed: {r['graph_failed']})" if r.get("graph_failed") else ""
+                    print(f"{net:6} {batch:5d} {r['framework']:>10} {str(r['graph']):>6} "
+                          f"{r['images_per_s']:12,.0f} {r['step_ms']:9.3f}{note}", flush=True)
     if hasattr(os, "getloadavg"):
         print(f"bench_train: load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "gemm_floor_gflops": floor, "results": results}, f, indent=2)
+            json.dump({"info": info, "gemm_floor_gflops": floor, "results": results,
+                       "throughput": throughput}, f, indent=2)
         print(f"bench_train: wrote {args.json}")
     return 0
 

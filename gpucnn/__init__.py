@@ -13,6 +13,8 @@ from .losses import CrossEntropyLoss, MSELoss
 from .optim import SGD, Adam
 from .lr_scheduler import CosineAnnealingLR, LinearLR, MultiStepLR, StepLR
 from .random import get_rng_state, manual_seed, set_rng_state
+from .scalar import Scalar
+from . import transforms  # noqa: E402  gpucnn.transforms.Compose([...]) as torchvision.transforms
 
 __version__ = "0.1.0"
 
@@ -22,6 +24,6 @@ __all__ = [
     "StepLR", "MultiStepLR", "CosineAnnealingLR", "LinearLR",
     "Buffer", "BatchNorm1d", "BatchNorm2d", "Dropout", "AdaptiveAvgPool2d", "Identity",
     "Residual", "ShortcutA",
-    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError",
+    "manual_seed", "get_rng_state", "set_rng_state", "asnumpy", "NonFiniteError", "Scalar",
     "save_safetensors", "load_safetensors", "export_onnx", "__version__",
 ]

@@ -34,6 +34,7 @@ def _version():
 # =========================================================================== train
 
 def cmd_train(args):
+    from .distributed import launched_rank, launched_size
     from .runs import run_training
     from .trainer import TrainingDiverged, TrainingInterrupted
     overrides = {k: getattr(args, k) for k in (
@@ -42,17 +43,54 @@ def cmd_train(args):
         "image_size")}
     if args.data is not None:
         overrides["data"] = args.data  # with --resume: allowed only when it matches the checkpoint
+    comm = None
+    if launched_size() > 1:   # started by mpiexec/mpirun/srun with more than one process
+        from .distributed import DistributedError, create_communicator
+        try:
+            comm = create_communicator(use_device=args.device != "cpu")
+        except DistributedError:
+            if launched_rank() != 0:
+                return EXIT_ERROR  # rank 0 says what to install
+            raise
+    root = comm is None or comm.rank == 0
     try:
         result = run_training(out=args.out, resume=args.resume, runs_root=args.runs_dir,
-                              progress=not args.no_progress and sys.stderr.isatty(), log=print, **overrides)
+                              progress=root and not args.no_progress and sys.stderr.isatty(),
+                              log=print, comm=comm,
+                              graph=False if args.no_graph else "auto", **overrides)
     except TrainingInterrupted as exc:
-        print(f"gpucnn: {exc.message}", file=sys.stderr)
+        _end_job_unless_all_ranks(comm, exc, args)
+        if root:
+            print(f"gpucnn: {exc.message}", file=sys.stderr)
         return EXIT_TERMINATED if exc.signal == "SIGTERM" else EXIT_INTERRUPTED
     except TrainingDiverged as exc:
-        print(f"gpucnn: error: {exc}", file=sys.stderr)
+        _end_job_unless_all_ranks(comm, exc, args)
+        if root:
+            print(f"gpucnn: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    print(result.summary())
+    except BaseException as exc:
+        if comm is None:
+            raise
+        _end_job_unless_all_ranks(comm, exc, args)
+        if root:
+            raise   # main() prints the one line
+        return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_ERROR
+    if root:
+        print(result.summary())
     return 0
+
+
+def _end_job_unless_all_ranks(comm, exc, args):
+    """In a multi-process run, an exception that only this rank raised (the others wait for it
+    in a collective) prints one line naming the rank and ends every rank (MPI_Abort).  One
+    that every rank raised together (``exc.all_ranks``) returns, for rank 0 to report."""
+    if comm is None or getattr(exc, "all_ranks", False):
+        return
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(f"gpucnn: rank {comm.rank} of {comm.size}: error: {_one_line(exc)}; ending all ranks",
+          file=sys.stderr)
+    comm.abort(EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_ERROR)
 
 
 # =========================================================================== evaluate
@@ -302,7 +340,28 @@ def cmd_info(args):
         print(line)
     for line in _kernel_lines(cupy):
         print(line)
+    print(_mpi_line())
     return 0
+
+
+def _mpi_line():
+    """Whether multi-process training can run here (without initialising MPI)."""
+    try:
+        import mpi4py
+        initialize = mpi4py.rc.initialize
+        mpi4py.rc.initialize = False    # MPI_Get_library_version needs no MPI_Init
+        try:
+            from mpi4py import MPI
+        finally:
+            mpi4py.rc.initialize = initialize
+        library = " ".join(MPI.Get_library_version().split()[:3])
+    except ImportError:
+        from .distributed import INSTALL_HINT
+        return f"MPI: mpi4py not installed; multi-process training needs it: {INSTALL_HINT}"
+    except Exception as exc:  # noqa: BLE001 - a broken MPI install: say so, keep going
+        return f"MPI: mpi4py cannot load its MPI library ({type(exc).__name__}: {exc})"
+    return (f"MPI: mpi4py {mpi4py.__version__} on {library}; multi-process training: "
+            f"mpiexec -n N gpucnn train ...")
 
 
 # =========================================================================== check
@@ -371,7 +430,9 @@ def build_parser():
         f"--schedule {r['schedule']} --augment")
     t = sub.add_parser("train", parents=[common], help="train a CNN (default: the bundled digits)",
                        description="Train a CNN. With no options: a small conv net on the bundled "
-                       "8x8 handwritten digits. Unset options take per-dataset defaults.",
+                       "8x8 handwritten digits. Unset options take per-dataset defaults. "
+                       "Under `mpiexec -n N` it trains data-parallel on N processes (one GPU "
+                       "each when there are enough); --batch-size stays the global batch.",
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--data", choices=DATASETS, default=None, help="dataset (default digits)")
     t.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST IDX or CIFAR-10 binary files, or (--data folder) an image folder: train/ and test/ (or val/) with one sub-folder per class, only class folders, or a .tar.gz of one")
@@ -410,6 +471,8 @@ def build_parser():
     t.add_argument("--out", metavar="DIR", help="run directory (default: a new folder under --runs-dir)")
     t.add_argument("--runs-dir", default="runs", metavar="DIR", help="where new run folders go (default runs/)")
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in CHECKPOINT")
+    t.add_argument("--no-graph", action="store_true",
+                   help="on a GPU, run every step eagerly instead of replaying it as one CUDA graph")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal)")
     t.set_defaults(func=cmd_train)
 

@@ -131,7 +131,7 @@ def evaluate(model, data, *, batch_size=500, classes=None) -> EvalResult:
     Runs in eval mode (restored afterwards), on the model's device, in batches.
     ``classes`` names the classes (default ``"0"``, ``"1"``, ...).
     """
-    from .losses import CrossEntropyLoss
+    from .losses import CrossEntropyLoss, check_finite
     data = as_imageset(data, "evaluate")
     if len(data) == 0:
         raise ValueError("evaluate: the data set is empty")
@@ -146,7 +146,9 @@ def evaluate(model, data, *, batch_size=500, classes=None) -> EvalResult:
             with quiet_overflow():
                 out = model(to_model_device(backend, model, x))
                 try:
-                    loss_sum += loss_fn(out, backend.asarray(y)) * len(y)
+                    loss = loss_fn(out, backend.asarray(y))
+                    # on a GPU the loss does not read itself: evaluation reads it anyway
+                    loss_sum += check_finite("CrossEntropyLoss", backend, loss, out) * len(y)
                 except NonFiniteError:  # name the cause: a weight, else the images of this batch
                     bad = nonfinite_weight(model)
                     if bad is not None:

@@ -329,6 +329,11 @@ def _accumulate(param, grad):
         backends.backend_of(param.grad).accumulate(param.grad, grad)
 
 
+def _bias(B, y, b, act):
+    """y + b, or act(y + b) in one launch when ``act`` names the activation that follows."""
+    return B.bias_forward(y, b) if act is None else B.bias_act_forward(y, b, act)
+
+
 def _uniform(shape, bound, rng):
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
@@ -358,7 +363,8 @@ class Conv2d(Module):
         self.bias = Parameter(_uniform((self.out_channels,), bound, rng)) if bias else None
         self._x = None
 
-    def forward(self, x):
+    def forward(self, x, act=None):
+        """``act``: an activation name fused into the bias kernel (see Sequential.forward)."""
         B = check_float_input("Conv2d", x, 4)
         self._check_same(x, B, self.weight)
         if x.shape[1] != self.in_channels:
@@ -371,7 +377,7 @@ class Conv2d(Module):
                              f"({kh}x{kw}); input shape {tuple(x.shape)}")
         y = B.conv2d_forward(x, self.weight.data, self.stride, self.padding)
         if self.bias is not None:
-            y = B.bias_forward(y, self.bias.data)
+            y = _bias(B, y, self.bias.data, act)
         self._x = x
         self._y_shape = y.shape
         return y
@@ -405,7 +411,8 @@ class Linear(Module):
         self.bias = Parameter(_uniform((self.out_features,), bound, rng)) if bias else None
         self._x = None
 
-    def forward(self, x):
+    def forward(self, x, act=None):
+        """``act``: an activation name fused into the bias kernel (see Sequential.forward)."""
         B = check_float_input("Linear", x, 2)
         self._check_same(x, B, self.weight)
         if x.shape[1] != self.in_features:
@@ -413,7 +420,7 @@ class Linear(Module):
                              f"{x.shape[1]} (input shape {tuple(x.shape)})")
         y = B.linear_forward(x, self.weight.data)
         if self.bias is not None:
-            y = B.bias_forward(y, self.bias.data)
+            y = _bias(B, y, self.bias.data, act)
         self._x = x
         return y
 
@@ -561,6 +568,17 @@ class Flatten(Module):
         return "Flatten()"
 
 
+def _fusable(layer, nxt):
+    """The activation name when ``layer`` (Conv2d/Linear with a bias) and ``nxt`` (exactly
+    ReLU, Sigmoid or Tanh) can run as one bias+activation kernel, else None."""
+    if type(nxt) in _FUSED_ACTS and type(layer) in (Conv2d, Linear) and layer.bias is not None:
+        return _FUSED_ACTS[type(nxt)]
+    return None
+
+
+_FUSED_ACTS = {ReLU: "relu", Sigmoid: "sigmoid", Tanh: "tanh"}
+
+
 class Sequential(Module):
     """Layers applied in order; backward walks them in reverse passing δ down."""
 
@@ -586,10 +604,24 @@ class Sequential(Module):
         return self.layers[index]
 
     def forward(self, x):
+        """The layers in order.  A Conv2d or Linear with a bias followed by a ReLU, Sigmoid
+        or Tanh runs as one pair: the bias and the activation in one kernel
+        (``bias_act_forward``, bitwise the two launches), the activation keeping its
+        output for its backward as if it had run itself."""
         check_float_input("Sequential", x)
+        layers = self.layers
         with _inside():
-            for layer in self.layers:
-                x = layer(x)
+            i = 0
+            while i < len(layers):
+                layer = layers[i]
+                nxt = layers[i + 1] if i + 1 < len(layers) else None
+                act = _fusable(layer, nxt)
+                if act is None:
+                    x = layer(x)
+                    i += 1
+                else:
+                    x = nxt._y = layer.forward(x, act=act)
+                    i += 2
         return x
 
     def backward(self, grad, input_grad=True):

@@ -1,20 +1,31 @@
-"""Loss functions: ``loss = fn(output, target)`` returns a float; ``fn.backward()``
-returns ∂loss/∂output (δ for the network's last layer) in the output's dtype."""
+"""Loss functions: ``loss = fn(output, target)`` returns a :class:`~gpucnn.scalar.Scalar`
+(a float that stays on the device until read); ``fn.backward()`` returns ∂loss/∂output
+(δ for the network's last layer) in the output's dtype."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from . import backends
 from .errors import NonFiniteError
 from .layers import check_float_input
+from .scalar import Scalar
 from .validation import Rule
 
 
 def _finite_loss(name, B, loss, output):
-    """The output is scanned for NaN/inf only when the loss is not finite: reading the
-    loss is the one device sync a step needs, a separate scan would be a second one."""
+    """The loss as a Scalar.  On host arrays (reading is free) a non-finite loss whose output
+    holds NaN/inf raises NonFiniteError here.  On a device nothing is read: the loss stays
+    there, and whoever reads it (the trainer, at a bounded interval) checks it then."""
+    loss = Scalar(loss)
+    if isinstance(output, np.ndarray) and not math.isfinite(loss) and not B.all_finite(output):
+        raise NonFiniteError(f"{name}: the output contains NaN or infinity")
+    return loss
+
+
+def check_finite(name, B, loss, output):
+    """Read ``loss`` (a device sync on a GPU) and raise NonFiniteError when it is not finite
+    because ``output`` holds NaN/inf -- what a loss does by itself on host arrays."""
     if not math.isfinite(loss) and not B.all_finite(output):
         raise NonFiniteError(f"{name}: the output contains NaN or infinity")
     return loss
@@ -88,8 +99,8 @@ class CrossEntropyLoss(_Loss):
         if tuple(labels.shape) != (n,):
             raise ValueError(f"CrossEntropyLoss: expected {n} labels (shape ({n},)) for an output "
                              f"of shape {tuple(output.shape)}, got shape {tuple(labels.shape)}")
-        host = backends.asnumpy(labels)
-        if n and (host.min() < 0 or host.max() >= k):
+        host = labels if isinstance(labels, np.ndarray) else None   # device labels: see the seam
+        if n and host is not None and (host.min() < 0 or host.max() >= k):
             bad = host[(host < 0) | (host >= k)][0]
             raise ValueError(f"CrossEntropyLoss: labels must be in [0, {k}) for {k} classes, "
                              f"got {int(bad)}")

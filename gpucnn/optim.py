@@ -33,6 +33,89 @@ class Optimizer:
         for p in self.params:
             p.grad = None
 
+    # ------------------------------------------------ one flat buffer (fused updates)
+    _flat = None
+
+    def fuse(self):
+        """Keep the parameters, their gradients and the optimizer state in one flat buffer
+        each, so that :meth:`step` is one update launch over all parameters.  Returns self.
+
+        Each ``p.data`` becomes a view into the flat parameter buffer (the model does not
+        notice: shapes, dtypes and values are unchanged), and the state arrays views into
+        flat state buffers (``state_dict`` is unchanged).  Results are bitwise those of the
+        per-parameter update (the update is element-wise).  Parameters on several devices or
+        dtypes, or replaced later (``load_state_dict``, ``.to``), are handled: the step
+        adopts replaced arrays back into the buffer, and falls back to per-parameter
+        updates when the parameters do not share a backend and dtype or some have no
+        gradient.  Needs the optimizer's ``_fused_step``."""
+        if not hasattr(self, "_fused_step"):
+            raise NotImplementedError(f"{type(self).__name__} has no fused update")
+        groups = {(id(backends.backend_of(p.data)), np.dtype(p.dtype)) for p in self.params}
+        if len(groups) != 1:
+            return self
+        p0 = self.params[0].data
+        B = backends.backend_of(p0)
+        sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in self.params]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        total = int(offsets[-1])
+        flat = _Flat(B, p0.dtype, total, offsets)
+        flat.data = B.zeros((total,), p0.dtype)
+        flat.grad = B.zeros((total,), p0.dtype)
+        flat.views = [None] * len(self.params)
+        flat.grad_views = [flat.view(flat.grad, i, p.shape) for i, p in enumerate(self.params)]
+        self._flat = flat
+        self._adopt_params()
+        return self
+
+    def _adopt_params(self):
+        """Point every ``p.data`` at its slice of the flat buffer (copying a replaced array in)."""
+        flat = self._flat
+        for i, p in enumerate(self.params):
+            if flat.views[i] is None or p.data is not flat.views[i]:
+                view = flat.view(flat.data, i, p.shape)
+                view[...] = p.data if backends.backend_of(p.data) is flat.B \
+                    else flat.B.asarray(backends.asnumpy(p.data), dtype=flat.dtype)
+                p.data = flat.views[i] = view
+
+    def _flat_state(self, key):
+        """The flat buffer of state ``key``, its per-parameter views in ``self.state``
+        (creating zeros, or copying in arrays that ``load_state_dict`` replaced)."""
+        flat = self._flat
+        buf = flat.state.get(key)
+        if buf is None:
+            buf = flat.state[key] = flat.B.zeros((flat.total,), flat.dtype)
+            flat.state_views[key] = [None] * len(self.params)
+        views = flat.state_views[key]
+        for i, p in enumerate(self.params):
+            cur = self.state[i].get(key)
+            if views[i] is None or cur is not views[i]:
+                view = flat.view(buf, i, p.shape)
+                if cur is not None:
+                    view[...] = cur if backends.backend_of(cur) is flat.B \
+                        else flat.B.asarray(backends.asnumpy(cur), dtype=flat.dtype)
+                else:
+                    view[...] = 0
+                self.state[i][key] = views[i] = view
+        return buf
+
+    def _fusable_now(self):
+        """Whether this step can be one launch: fused, one group, every gradient present."""
+        flat = self._flat
+        if flat is None:
+            return False
+        for p in self.params:
+            if p.grad is None or backends.backend_of(p.data) is not flat.B or p.dtype != flat.dtype:
+                return False
+        self._adopt_params()
+        for i, p in enumerate(self.params):      # gradients into the flat gradient buffer
+            g = flat.grad_views[i]
+            if p.grad is not g:
+                if tuple(p.grad.shape) != tuple(p.data.shape):
+                    return False
+                g[...] = p.grad
+                p.grad = g
+        return True
+
     def _buffer(self, i, key, p):
         """State array ``key`` for parameter i, on the parameter's backend and dtype."""
         B = backends.backend_of(p.data)
@@ -113,6 +196,8 @@ class SGD(Optimizer):
                          "weight_decay": self.weight_decay, "nesterov": self.nesterov}
 
     def step(self):
+        if self._fusable_now() and self._fused_step():
+            return
         for i, p, B in self._grads():
             buf, first = None, False
             if self.momentum:
@@ -120,6 +205,50 @@ class SGD(Optimizer):
                 buf = self._buffer(i, "momentum_buffer", p)
             B.sgd_update(p.data, p.grad, buf, self.lr, self.momentum, self.weight_decay,
                          self.nesterov, first)
+
+    def _fused_step(self):
+        """One sgd_update over the flat buffers (False: state differs between parameters)."""
+        flat = self._flat
+        buf, first = None, False
+        if self.momentum:
+            have = {"momentum_buffer" in st for st in self.state}
+            if len(have) != 1:
+                return False
+            first = not have.pop()
+            buf = self._flat_state("momentum_buffer")
+        flat.B.sgd_update(flat.data, flat.grad, buf, self.lr, self.momentum, self.weight_decay,
+                          self.nesterov, first)
+        return True
+
+
+    # ------------------------------------------ CUDA graph replay (gpucnn/graph.py)
+    def graph_ready(self):
+        """Whether the fused update can be captured now (fused, momentum buffers present)."""
+        if self._flat is None:
+            return False
+        return not self.momentum or all("momentum_buffer" in st for st in self.state)
+
+    def graph_table(self, rows):
+        """The per-replay values for the next ``rows`` replays: here the learning rate alone."""
+        return np.array([self.lr], dtype=self._flat.dtype), self.lr
+
+    def graph_update(self, table, row):
+        """The update as captured into the graph (lr read from ``table``)."""
+        flat = self._flat
+        buf = self._flat_state("momentum_buffer") if self.momentum else None
+        flat.B.sgd_update_indexed(flat.data, flat.grad, buf, table, self.momentum,
+                                  self.weight_decay, self.nesterov)
+
+    #: whether the captured update reads a per-step row of the table (SGD: one lr row)
+    graph_uses_row = False
+
+    def graph_row(self, key):
+        """The table row the next replay reads, or None when a table built for ``key`` does
+        not hold it (the learning rate changed)."""
+        return 0 if key == self.lr else None
+
+    def graph_replayed(self):
+        """Host bookkeeping after one replay (SGD has none)."""
 
 
 class Adam(Optimizer):
@@ -138,6 +267,8 @@ class Adam(Optimizer):
                          "weight_decay": self.weight_decay}
 
     def step(self):
+        if self._fusable_now() and self._fused_step():
+            return
         b1, b2 = self.betas
         for i, p, B in self._grads():
             m = self._buffer(i, "exp_avg", p)
@@ -145,3 +276,65 @@ class Adam(Optimizer):
             step = int(self.state[i].get("step", 0)) + 1
             self.state[i]["step"] = step
             B.adam_update(p.data, p.grad, m, v, step, self.lr, b1, b2, self.eps, self.weight_decay)
+
+    def _fused_step(self):
+        """One adam_update over the flat buffers (False: the step counts differ)."""
+        steps = {int(st.get("step", 0)) for st in self.state}
+        if len(steps) != 1:
+            return False
+        flat = self._flat
+        m = self._flat_state("exp_avg")
+        v = self._flat_state("exp_avg_sq")
+        step = steps.pop() + 1
+        for st in self.state:
+            st["step"] = step
+        b1, b2 = self.betas
+        flat.B.adam_update(flat.data, flat.grad, m, v, step, self.lr, b1, b2, self.eps,
+                           self.weight_decay)
+        return True
+
+
+    # ------------------------------------------ CUDA graph replay (gpucnn/graph.py)
+    def graph_ready(self):
+        """Fused, and every parameter past its first step (the state exists)."""
+        steps = {int(st.get("step", 0)) for st in self.state}
+        return self._flat is not None and len(steps) == 1 and steps.pop() >= 1
+
+    def graph_table(self, rows):
+        """(step_size, inv_sqrt_bc2) for the next ``rows`` steps, as adam_update computes them;
+        the key says what the table was built for (lr, first step)."""
+        first = int(self.state[0].get("step", 0)) + 1
+        b1, b2 = self.betas
+        B = self._flat.B
+        table = np.array([B.adam_table_row(self._flat.dtype, first + r, self.lr, b1, b2)
+                          for r in range(rows)], dtype=self._flat.dtype).reshape(-1)
+        return table, (self.lr, first)
+
+    def graph_update(self, table, row):
+        flat = self._flat
+        m = self._flat_state("exp_avg")
+        v = self._flat_state("exp_avg_sq")
+        b1, b2 = self.betas
+        flat.B.adam_update_indexed(flat.data, flat.grad, m, v, table, row, b1, b2, self.eps,
+                                   self.weight_decay)
+
+    graph_uses_row = True
+
+    def graph_row(self, key):
+        lr, first = key
+        return int(self.state[0].get("step", 0)) + 1 - first if lr == self.lr else None
+
+    def graph_replayed(self):
+        for st in self.state:
+            st["step"] = int(st.get("step", 0)) + 1
+
+
+class _Flat:
+    """The flat buffers of a fused optimizer: parameters, gradients, state by key."""
+
+    def __init__(self, B, dtype, total, offsets):
+        self.B, self.dtype, self.total, self.offsets = B, np.dtype(dtype), total, offsets
+        self.state, self.state_views = {}, {}
+
+    def view(self, buf, i, shape):
+        return buf[int(self.offsets[i]):int(self.offsets[i + 1])].reshape(shape)

@@ -189,6 +189,28 @@ def _(dt, shape):
     return (_f64(_rand(9, shape, dt)).sum(axis=axes),)
 
 
+_ACT_REF = {None: lambda v: v, "relu": lambda v: np.maximum(v, 0.0),
+            "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)), "tanh": np.tanh}
+
+
+@_recipe("bias_act_forward")
+def _(B, dt, shape, act):
+    return (B.bias_act_forward(B.asarray(_rand(7, shape, dt)), B.asarray(_rand(8, (shape[1],), dt)),
+                               act),)
+
+
+@_.ref
+def _(dt, shape, act):
+    b = _f64(_rand(8, (shape[1],), dt)).reshape((1, -1) + (1,) * (len(shape) - 2))
+    return (_ACT_REF[act](_f64(_rand(7, shape, dt)) + b),)
+
+
+def bias_act(ident, shape, acts=(None, "relu", "sigmoid", "tanh"), large=False):
+    """Bias add fused with each activation on ``shape`` (N, C, ...)."""
+    return [Case("bias_act_forward", f"{ident}-{act or 'identity'}", dict(shape=shape, act=act),
+                 large) for act in acts]
+
+
 def bias(ident, shape, large=False, forward=True):
     """Bias add and its gradient on ``shape`` (N, C, ...)."""
     names = ("bias_forward", "bias_backward") if forward else ("bias_backward",)
@@ -409,6 +431,48 @@ def sgd(ident, momentum=0.0, weight_decay=0.0, nesterov=False, first=False):
 
 def adam(ident, step, weight_decay=0.0):
     return [Case("adam_update", ident, dict(step=step, weight_decay=weight_decay))]
+
+
+# -------------------------------------------------------------------------------- data
+def _gather_idx(n, b):
+    return np.random.default_rng(32).integers(0, n, size=b).astype(np.int64)
+
+
+@_recipe("gather_rows")
+def _(B, dt, shape, b):
+    return (B.gather_rows(B.asarray(_rand(33, shape, dt)), B.asarray(_gather_idx(shape[0], b))),)
+
+
+@_.ref
+def _(dt, shape, b):
+    return (_f64(_rand(33, shape, dt)[_gather_idx(shape[0], b)]),)
+
+
+_MEAN_STD = {1: ((0.1307,), (0.3081,)), 3: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))}
+
+
+def _u8(shape):
+    return np.random.default_rng(34).integers(0, 256, size=shape).astype(np.uint8)
+
+
+@_recipe("gather_normalize")
+def _(B, dt, shape, b):
+    mean, std = _MEAN_STD[shape[1]]
+    return (B.gather_normalize(B.asarray(_u8(shape)), B.asarray(_gather_idx(shape[0], b)),
+                               mean, std, 255.0, dt),)
+
+
+@_.ref
+def _(dt, shape, b):
+    mean, std = _MEAN_STD[shape[1]]
+    c = (1, shape[1]) + (1,) * (len(shape) - 2)
+    x = _f64(_u8(shape)[_gather_idx(shape[0], b)]) / 255.0
+    return ((x - np.reshape(mean, c)) / np.reshape(std, c),)
+
+
+def gather(ident, shape, b):
+    """A batch of ``b`` rows gathered from a ``shape`` dataset, float and uint8 (normalised)."""
+    return [Case(p, ident, dict(shape=shape, b=b)) for p in ("gather_rows", "gather_normalize")]
 
 
 # ---------------------------------------------------------------------- array handling
@@ -770,6 +834,10 @@ CASES: list[Case] = [
     *linear("5x7to3", 5, 7, 3),
     *bias("nchw", (2, 5, 3, 4)),
     *bias("2d", (4, 6)),
+    *bias_act("nchw", (2, 5, 3, 4)),
+    *bias_act("2d", (4, 6), acts=("relu",)),
+    *gather("mnist-like", (7, 1, 5, 4), 5),
+    *gather("cifar-like", (6, 3, 3, 5), 9),
     *pool("2x2-s2", x=(2, 3, 6, 6), kernel=(2, 2), stride=(2, 2), padding=(0, 0)),
     *pool("3x3-s2-p1", x=(1, 2, 7, 5), kernel=(3, 3), stride=(2, 2), padding=(1, 1)),
     *activations("2x31", (2, 31)),

@@ -344,20 +344,42 @@ def _describe(cfg, dataset, model, run_dir):
             f"({np.dtype(cfg.dtype).name}), run dir {run_dir}")
 
 
-def _trainer_for(cfg, run_dir, ckpt, progress, log, on_step):
-    """The data, model, optimizer and :class:`Trainer` of a run (restored from ``ckpt`` if given)."""
-    dataset, model, optimizer = _build(cfg)
+def _describe_ranks(cfg, comm):
+    """The processes of a multi-process run, with their process ids (what mpiexec names when
+    one of them is killed).  A collective: every rank calls it."""
+    import os
+    pids = comm.allgather_obj(os.getpid())
+    lo, hi = cfg.batch_size // comm.size, -(-cfg.batch_size // comm.size)
+    share = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    machines = f"{comm.node_count} machine{'s' if comm.node_count > 1 else ''}"
+    return (f"; {comm.size} processes on {machines} ({comm.transport} all-reduce), {share} images "
+            f"per process and step; process ids by rank: {', '.join(map(str, pids))}")
+
+
+def _trainer_for(cfg, run_dir, ckpt, progress, log, on_step, comm=None, graph="auto"):
+    """The data, model, optimizer and :class:`Trainer` of a run (restored from ``ckpt`` if given).
+
+    With ``comm``: rank 0 loads the data first (a first use may download or unpack it), and
+    the trainer is a :class:`~gpucnn.distributed.DistributedTrainer`."""
+    if comm is None:
+        dataset, model, optimizer = _build(cfg)
+        trainer_class, across = Trainer, {}
+    else:
+        from .distributed import DistributedTrainer
+        dataset, model, optimizer = comm.root_first(lambda: _build(cfg))
+        trainer_class, across = DistributedTrainer, {"comm": comm}
     steps = -(-len(dataset.train) // cfg.batch_size)
     scheduler, interval = make_schedule(cfg.schedule, optimizer, cfg.epochs, steps,
                                         cfg.warmup)
     transform = make_augment(dataset.input_shape, cfg.seed) if cfg.augment else None
-    trainer = Trainer(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
-                      seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
-                      progress=progress, log=log, on_step=on_step, lr_decay=cfg.lr_decay,
-                      title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
-                      extra_state={"dataset": _dataset_record(dataset)},
-                      scheduler=scheduler, scheduler_interval=interval, transform=transform,
-                      loss_fn=CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
+    trainer = trainer_class(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
+                            seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
+                            progress=progress, log=log, on_step=on_step, lr_decay=cfg.lr_decay,
+                            title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
+                            extra_state={"dataset": _dataset_record(dataset)},
+                            scheduler=scheduler, scheduler_interval=interval, transform=transform,
+                            loss_fn=CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                            graph=graph, **across)
     if ckpt is not None:
         trainer.restore(ckpt)
         where = (f"epoch {trainer.epoch}" if not trainer.step_in_epoch
@@ -367,7 +389,7 @@ def _trainer_for(cfg, run_dir, ckpt, progress, log, on_step):
 
 
 def run_training(config=None, *, out=None, resume=None, runs_root="runs", progress=True, log=print,
-                 on_step=None, **overrides) -> RunResult:
+                 on_step=None, graph="auto", comm=None, **overrides) -> RunResult:
     """Run ``gpucnn train``: load the data, build model and optimizer, train, write the run directory.
 
     ``config`` is a :class:`TrainConfig` (``overrides`` set its fields).  ``out``
@@ -376,31 +398,58 @@ def run_training(config=None, *, out=None, resume=None, runs_root="runs", progre
     continue: its configuration is used, only ``epochs`` (the new total),
     ``device`` and ``data_dir`` may change, and the run directory defaults to the
     checkpoint's folder.
+
+    ``comm``: a :class:`gpucnn.distributed.Communicator` to train across its ranks
+    (``batch_size`` stays the global batch).  Rank 0 alone reads the checkpoint to resume,
+    makes, locks and writes the run directory, and logs; an error it meets there is raised on
+    every rank; every rank returns the same history.
     """
     started = time.perf_counter()
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise TypeError(f"run_training: unknown settings {', '.join(unknown)}; "
                         f"expected TrainConfig fields")
-    ckpt = load_checkpoint(resume) if resume is not None else None
-    cfg, run_dir, created_dir = (_resumed_run(ckpt, config, overrides, out) if ckpt is not None
-                                 else _new_run(config, overrides, out))
-    if run_dir is None:
-        run_dir = _new_run_dir(runs_root, cfg)
-    # before any work: the folder is writable and no other run uses it (the lock proves both)
-    lock = RunLock(run_dir)
-    try:
-        lock.acquire()
-        if ckpt is None or run_dir.resolve() != ckpt.path.parent.resolve():
-            _check_no_outputs(run_dir, resume_hint=ckpt is None)
-        trainer, dataset, model = _trainer_for(cfg, run_dir, ckpt, progress, log, on_step)
-        log(_describe(cfg, dataset, model, run_dir))
-        trainer.fit(cfg.epochs)
-    finally:
-        lock.release()
+    if comm is not None and comm.size == 1:
+        comm = None
+    root = comm is None or comm.rank == 0
+    if log is None or not root:
+        log = lambda *_: None  # noqa: E731 - quiet; in a multi-process run rank 0 alone speaks
+    locks = []
+
+    def cleanup(run_dir, created_dir):
+        for lock in locks:
+            lock.release()
         if created_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a run that failed before writing anything leaves nothing behind
+
+    def prepare():
+        """The checkpoint, the configuration and the run folder, locked (rank 0's work)."""
+        ckpt = load_checkpoint(resume) if resume is not None else None
+        cfg, run_dir, created_dir = (_resumed_run(ckpt, config, overrides, out) if ckpt is not None
+                                     else _new_run(config, overrides, out))
+        if run_dir is None:
+            run_dir = _new_run_dir(runs_root, cfg)
+        # before any work: the folder is writable and no other run uses it (the lock proves both)
+        locks.append(RunLock(run_dir))
+        try:
+            locks[0].acquire()
+            if ckpt is None or run_dir.resolve() != ckpt.path.parent.resolve():
+                _check_no_outputs(run_dir, resume_hint=ckpt is None)
+        except BaseException:
+            cleanup(run_dir, created_dir)
+            raise
+        return ckpt, cfg, run_dir, created_dir
+
+    ckpt, cfg, run_dir, created_dir = prepare() if comm is None else comm.on_root(prepare)
+    try:
+        trainer, dataset, model = _trainer_for(cfg, run_dir, ckpt, progress, log, on_step, comm,
+                                                graph)
+        log(_describe(cfg, dataset, model, run_dir) + (_describe_ranks(cfg, comm) if comm else ""))
+        trainer.fit(cfg.epochs)
+    finally:
+        if root:
+            cleanup(run_dir, created_dir)
     final = trainer.history[-1].get("test_acc") if trainer.history else None
-    return RunResult(run_dir=run_dir, checkpoint=trainer.checkpoint_path, history=trainer.history,
+    return RunResult(run_dir=run_dir, checkpoint=run_dir / CHECKPOINT_NAME, history=trainer.history,
                      test_accuracy=final, config=cfg, seconds=time.perf_counter() - started,
                      trainer=trainer, dataset=dataset)

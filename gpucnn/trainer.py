@@ -119,9 +119,31 @@ class Trainer:
         resumed run draws the same crops and flips.
     on_step, on_epoch
         Optional callbacks ``on_step(trainer, info)`` after every completed step
-        (``info``: epoch, step, global_step, loss) and ``on_epoch(trainer, record)``
+        (``info``: epoch, step, global_step, loss -- a :class:`~gpucnn.scalar.Scalar`;
+        reading it waits for the device) and ``on_epoch(trainer, record)``
         after every epoch.  Raising ``KeyboardInterrupt`` in one stops training
         as Ctrl-C does.
+    read_every, read_interval
+        How often the step losses and correct counts are read back from the device: every
+        ``read_every`` steps or ``read_interval`` seconds, whichever comes first, and at the
+        end of every epoch (None: every step where the arrays live in host memory, where
+        reading is free, else every 50 steps).  Between reads nothing waits for the device;
+        a non-finite loss is found at the next read and stops training with the last good
+        checkpoint kept (checkpoints are only written after a read found every loss finite).
+        The epoch's figures do not depend on it: the same floats are added in the same order.
+    device_data
+        Keep the training set on the model's device and gather batches there (the same
+        order as the host iterator): ``"auto"`` (default) on a GPU when it fits (else batch
+        k+1 is copied from pinned host memory on a second stream while batch k computes),
+        True, False (plain host batches).
+    graph
+        Capture the training step as a CUDA graph and replay it (``"auto"``, default: on the
+        CUDA backend with device-resident data; True; False).  Bitwise equal to eager steps;
+        the last, smaller batch runs eagerly.  Nothing changes on the CPU.
+    fuse
+        Keep parameters, gradients and optimizer state in one flat buffer each, so the
+        optimizer update is one launch (:meth:`gpucnn.optim.Optimizer.fuse`; bitwise the
+        per-parameter update).  Default True.
 
     ``fit(epochs)`` trains until ``epochs`` epochs are complete in total, so a
     trainer restored from a checkpoint (:meth:`restore`) continues where it
@@ -131,7 +153,8 @@ class Trainer:
     def __init__(self, model, optimizer, train, test=None, *, loss_fn=None, batch_size=64, seed=0,
                  run_dir=None, config=None, classes=None, progress=True, log=print,
                  on_step=None, on_epoch=None, eval_batch_size=500, extra_state=None, title=None,
-                 lr_decay=1.0, scheduler=None, scheduler_interval="epoch", transform=None):
+                 lr_decay=1.0, scheduler=None, scheduler_interval="epoch", transform=None,
+                 read_every=None, read_interval=1.0, device_data="auto", graph="auto", fuse=True):
         from .losses import CrossEntropyLoss
         self.model = model
         self.optimizer = optimizer
@@ -140,8 +163,20 @@ class Trainer:
         self.loss_fn = loss_fn if loss_fn is not None else CrossEntropyLoss()
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        self.iterator = BatchIterator(self.train_set.images, self.train_set.labels, self.batch_size,
-                                      seed=self.seed)
+        self.iterator = self._make_iterator(device_data)
+        from .device_data import device_memory
+        host = not device_memory(model_backend(model))
+        self.read_every = (1 if host else 50) if read_every is None else int(read_every)
+        if self.read_every < 1:
+            raise ValueError(f"Trainer: read_every must be >= 1, got {read_every!r}")
+        self.read_interval = float(read_interval)
+        self._pending = []        # steps not yet read: (step, global_step, loss, correct, n)
+        self._last_read = time.perf_counter()
+        self._data_finite = None  # the training images were checked once (no per-step scan)
+        if fuse and hasattr(optimizer, "fuse") and getattr(optimizer, "_flat", None) is None:
+            optimizer.fuse()      # one update launch over one flat buffer (bitwise the same)
+        from .graph import StepGraph
+        self.graph = StepGraph.for_trainer(self, graph)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.config = dict(config or {})
         self.classes = tuple(classes) if classes is not None else None
@@ -184,6 +219,25 @@ class Trainer:
         self._last_plot = None
         self._plotted_epochs = 0
 
+    def _make_iterator(self, device_data):
+        """The host BatchIterator, or a DeviceBatchIterator (same order) when the data goes to the device."""
+        from .device_data import DeviceBatchIterator, device_memory, fits_on_device
+        if device_data not in ("auto", True, False):
+            raise ValueError(f"Trainer: device_data must be 'auto', True or False, got {device_data!r}")
+        images, labels = self.train_set.images, self.train_set.labels
+        backend = model_backend(self.model)
+        on_gpu = device_memory(backend)
+        use = device_data is True or (device_data == "auto" and on_gpu and fits_on_device(
+            backend, images.size * np.dtype(self.model.dtype).itemsize + labels.nbytes))
+        if use:
+            return DeviceBatchIterator(images, labels, self.batch_size, backend=backend,
+                                       dtype=self.model.dtype, seed=self.seed)
+        if on_gpu and device_data == "auto":   # host data, GPU compute: overlap the copies
+            from .device_data import PrefetchBatchIterator
+            return PrefetchBatchIterator(images, labels, self.batch_size, backend=backend,
+                                         dtype=self.model.dtype, seed=self.seed)
+        return BatchIterator(images, labels, self.batch_size, seed=self.seed)
+
     @staticmethod
     def _fresh_stats():
         return {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
@@ -214,6 +268,7 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("Trainer.save: no path given and the trainer has no run_dir")
+        self._read_pending()      # a loss that went non-finite since the last read stops it here
         bad = self.nonfinite_tensor()
         if bad is not None:  # a checkpoint that cannot be resumed never replaces one that can
             raise NonFiniteError(f"Trainer.save: {bad} holds NaN or infinity; not saved to {path}")
@@ -429,6 +484,13 @@ class Trainer:
         if self.global_step == 0:
             return TrainingInterrupted(f"{what} before the first step finished; nothing to save")
         if self._saved_step != self.global_step:
+            try:
+                self._read_pending()
+            except TrainingDiverged as exc:   # a loss went non-finite since the last read
+                return TrainingInterrupted(
+                    f"{what}; {exc.args[0].split('; training stopped')[0]}, so the state was not "
+                    "saved; " + self._kept(),
+                    checkpoint=self.checkpoint_path if self._saved_step is not None else None)
             bad = self.nonfinite_tensor()
             if bad is not None:
                 return TrainingInterrupted(
@@ -457,7 +519,9 @@ class Trainer:
             return f"Resume with: gpucnn train --resume {self.checkpoint_path} --epochs {self.config['epochs']}"
         return f"Resume with: trainer.restore('{self.checkpoint_path}') and then trainer.fit(epochs)"
 
-    def _diverged(self, value, at_epoch_end=False, what="outputs"):
+    def _diverged(self, value, at_epoch_end=False, what="outputs", at=None):
+        """TrainingDiverged; ``at`` = (step_in_epoch, global_step) of the step whose loss was
+        read non-finite after the fact (default: the step in progress)."""
         lr = getattr(self.optimizer, "lr", None)
         bad = self.nonfinite_tensor()
         if self._updates == 0:
@@ -477,6 +541,8 @@ class Trainer:
             kept = "no checkpoint was written (no run directory)"
         step = self.step_in_epoch + (0 if at_epoch_end else 1)
         gstep = self.global_step + (0 if at_epoch_end else 1)
+        if at is not None:
+            step, gstep = at
         if not at_epoch_end:
             what = f"the loss became {value} at epoch {self.epoch + 1}, step {step}"
         elif what == "weights":
@@ -526,6 +592,7 @@ class Trainer:
             for x, y in self.iterator.epoch(skip=self.step_in_epoch):
                 loss = self._step(backend, x, y)
                 self._after_step(loss, bar)
+            self._read_pending(bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -541,65 +608,116 @@ class Trainer:
         if self.base_lr is not None and self.scheduler is None:
             self.optimizer.lr = self.base_lr * self.lr_decay ** self.epoch
 
+    def _trusted_data(self):
+        """Whether the training images were found finite (checked once, on the host): then the
+        steps skip the per-step scan of the network's input (a device sync on a GPU)."""
+        if self._data_finite is None:
+            self._data_finite = bool(np.isfinite(self.train_set.images).all())
+        return self._data_finite
+
     def _step(self, backend, x, y):
-        """One mini-batch: forward, loss, explicit backward, optimizer update; returns the loss."""
+        """One mini-batch: forward, loss, explicit backward, optimizer update; returns the loss
+        (a Scalar, not read here: reads happen every ``read_every`` steps, :meth:`_read_pending`)."""
         model, opt, loss_fn = self.model, self.optimizer, self.loss_fn
         t0 = time.perf_counter()
-        xb = to_model_device(backend, model, x)
-        if self.transform is not None:
+        if isinstance(x, np.ndarray):      # a host batch (BatchIterator, or data in host memory)
+            xb, yb = to_model_device(backend, model, x), backend.asarray(y)
+        else:                              # gathered on the device (DeviceBatchIterator)
+            xb, yb = x, y
+        if self.transform is not None:     # augmentation, by the backend that holds the batch
             xb = self.transform(xb)
-        yb = backend.asarray(y)
+        deferred = self.read_every > 1
+        trusted = deferred and self._trusted_data()
         opt.zero_grad()
         # the forward updates BatchNorm's running statistics in place: an interruption before
         # the update below puts them back, so a checkpoint holds the last completed step
         # (device-side copies of a few small arrays; nothing when the model has no buffers)
         saved = [(b, b.data.copy() if b.dtype.kind == "f" else b.data) for b in self._buffers]
-        # overflow is expected when a run diverges: the loss check below reports it, in one
+        # overflow is expected when a run diverges: the loss check reports it, in one
         # line, instead of NumPy printing RuntimeWarnings
         with quiet_overflow():
+            if self.graph is not None and self.graph.accepts(xb, yb):
+                with self._no_interrupt():   # capture or replay: the update inside, all or nothing
+                    self._updating = True
+                    done = self.graph.step(xb, yb)
+                    self._updating = False
+                if done is not None:
+                    self._commit_step(done[0], done[1], len(y), t0)
+                    return done[0]
             try:
                 try:
-                    out = model(xb)
+                    with _trusted_input(trusted):
+                        out = model(xb)
                     loss = loss_fn(out, yb)
                 except NonFiniteError as exc:
-                    if np.isfinite(x).all() or not self._params_finite():  # not the data's fault
+                    data_ok = bool(np.isfinite(x).all()) if isinstance(x, np.ndarray) \
+                        else self._trusted_data()
+                    if data_ok or not self._params_finite():  # not the data's fault
                         raise self._diverged("NaN/infinite (non-finite activations)") from exc
                     raise
-                if not math.isfinite(loss):
+                if not deferred and not math.isfinite(loss):
                     raise self._diverged(loss)
-                correct = int((backends.asnumpy(out.argmax(axis=1)) == y).sum())
-                model.backward(loss_fn.backward(), input_grad=False)
+                correct = (out.argmax(axis=1) == yb).sum()
+                with _trusted_input(trusted):
+                    model.backward(loss_fn.backward(), input_grad=False)
             except KeyboardInterrupt:
                 for b, data in saved:
                     b.data = data
                 raise
-            with self._no_interrupt():   # the update and the step's bookkeeping: all or nothing
-                self._updating = True
-                opt.step()
-                if self.scheduler is not None and self.scheduler_interval == "step":
-                    self.scheduler.step()
-                self._updating = False
-                self._updates += 1
-                stats = self._stats
-                stats["loss_sum"] += loss * len(y)
-                stats["correct"] += correct
-                stats["seen"] += len(y)
-                stats["time"] += time.perf_counter() - t0
-                self.step_in_epoch += 1
-                self.global_step += 1
-                # Dropout draws from gpucnn's generator: a checkpoint stores its state after
-                # the last completed step, not the state an interrupted step left behind
-                self._rng_after_step = _random.get_rng_state()
-                if self.transform is not None and hasattr(self.transform, "get_rng_state"):
-                    self._transform_rng_after_step = self.transform.get_rng_state()
+            self._commit_step(loss, correct, len(y), t0, opt.step)
         return loss
 
-    def _after_step(self, loss, bar):
-        """Progress bar, the on_step callback, and a stop that Ctrl-C asked for."""
+    def _commit_step(self, loss, correct, n, t0, update=None):
+        """The update (when not already replayed) and the step's bookkeeping: all or nothing."""
+        with self._no_interrupt():
+            if update is not None:
+                self._updating = True
+                update()
+                self._updating = False
+            if self.scheduler is not None and self.scheduler_interval == "step":
+                self.scheduler.step()
+            self._updates += 1
+            self._pending.append((self.step_in_epoch + 1, self.global_step + 1, loss, correct, n))
+            self._stats["time"] += time.perf_counter() - t0
+            self.step_in_epoch += 1
+            self.global_step += 1
+            # Dropout draws from gpucnn's generator: a checkpoint stores its state after
+            # the last completed step, not the state an interrupted step left behind
+            self._rng_after_step = _random.get_rng_state()
+            if self.transform is not None and hasattr(self.transform, "get_rng_state"):
+                self._transform_rng_after_step = self.transform.get_rng_state()
+
+    def _read_pending(self, bar=None):
+        """Read the losses and correct counts of the steps since the last read (one device
+        sync), check them, and add them to the epoch's figures in step order.
+
+        A non-finite loss raises TrainingDiverged naming its step; the figures keep only
+        the steps before it (nothing after it is ever saved)."""
+        pending, self._pending = self._pending, []
+        self._last_read = time.perf_counter()
+        if not pending:
+            return
+        t0 = time.perf_counter()
+        losses, corrects = _read_values([p[2] for p in pending], [p[3] for p in pending])
         stats = self._stats
+        for (step, gstep, _, _, n), loss, correct in zip(pending, losses, corrects):
+            if not math.isfinite(loss):
+                self._pending = []
+                raise self._diverged(loss, at=(step, gstep))
+            stats["loss_sum"] += loss * n
+            stats["correct"] += correct
+            stats["seen"] += n
+        stats["time"] += time.perf_counter() - t0
         if bar is not None:
             bar.set_postfix_str(f"loss {stats['loss_sum'] / stats['seen']:.4f}, "
                                 f"{stats['seen'] / max(stats['time'], 1e-9):,.0f} img/s", refresh=False)
+
+    def _after_step(self, loss, bar):
+        """Progress bar, the on_step callback, and a stop that Ctrl-C asked for."""
+        if len(self._pending) >= self.read_every or \
+                time.perf_counter() - self._last_read >= self.read_interval:
+            self._read_pending(bar)
+        if bar is not None:
             bar.update(1)
         if self.on_step is not None:
             self.on_step(self, {"epoch": self.epoch + 1, "step": self.step_in_epoch,
@@ -609,6 +727,7 @@ class Trainer:
 
     def _end_epoch(self, epochs):
         """Evaluate, record, log; with a run directory save the checkpoint, history and curves."""
+        self._read_pending()
         stats = self._stats
         t_eval = time.perf_counter()
         record = {"epoch": self.epoch + 1,
@@ -657,6 +776,31 @@ class Trainer:
         if rec.get("test_acc") is not None:
             line += f"  test loss {rec['test_loss']:.4f}  test acc {100 * rec['test_acc']:6.2f}%"
         return line + f"  {rec['time_s']:.1f} s  ({rec['images_per_s']:,.0f} img/s)"
+
+
+@contextmanager
+def _trusted_input(trusted):
+    """Skip the network's own NaN/inf scan of its input and of the loss gradient when the
+    data set was checked once (on a GPU each scan is a device sync)."""
+    if not trusted:
+        yield
+        return
+    from .layers import _inside
+    with _inside():
+        yield
+
+
+def _read_values(losses, corrects):
+    """The losses (Scalars) and correct counts (0-d arrays or ints) as Python floats and
+    ints, with one transfer per kind for device arrays."""
+    arrays = [l.array for l in losses]
+    first = arrays[0]
+    if isinstance(first, np.ndarray) or not hasattr(first, "get"):
+        return [float(l) for l in losses], [int(c) for c in corrects]
+    xp = __import__("cupy")
+    host_l = xp.stack(arrays).get()
+    host_c = xp.stack([xp.asarray(c) for c in corrects]).get()
+    return [float(v) for v in host_l], [int(v) for v in host_c]
 
 
 def make_optimizer(name, params, lr, *, momentum=0.9, weight_decay=0.0):

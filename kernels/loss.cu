@@ -89,3 +89,24 @@ __global__ void mse_backward(const T* __restrict__ y, const T* __restrict__ t,
         dx[i] = (y[i] - t[i]) * scale;
     }
 }
+
+// One warp (the first 32 threads of block 0; any other thread returns at once): lane l sums
+// in double, in increasing i, the values i = l, l + 32, ... (i < n) of v; the 32 lane sums
+// are added by a fixed shuffle tree (lane l takes lane l + 16, then l + 8, 4, 2, 1) and lane
+// 0 writes out[0] = sum / divisor.  The order depends on n only: bitwise reproducible.  This
+// is how a loss becomes a 0-d device value without a host round trip.
+template <typename T>
+__global__ void mean_to_scalar(const T* __restrict__ v, double* __restrict__ out,
+                               long long n, double divisor)
+{
+    if (blockIdx.x != 0 || threadIdx.x >= 32) return;
+    const long long lane = threadIdx.x;
+    double sum = 0.0;
+    for (long long i = lane; i < n; i += 32) {
+        sum += (double)v[i];
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+        sum += __shfl_down_sync(0xffffffffu, sum, offset);
+    }
+    if (lane == 0) out[0] = sum / divisor;
+}

@@ -557,6 +557,14 @@ def test_every_kernel_instantiation_runs_on_the_emulator(cpu, monkeypatch):
     emu.conv_algorithm = "igemm"
     c = next(c for c in CASES if c.primitive == "conv2d_forward")
     assert np.isfinite(_host(emu, c.run(emu, np.float32))[0]).all()
+    # the CUDA graph's replayable updates are not seam primitives (tests/test_graph.py checks
+    # them against the plain updates): launch each once here
+    for dt in (np.float32, np.float64):
+        p, g, m, v = (np.ones(5, dt) for _ in range(4))
+        emu.sgd_update_indexed(p, g, m, np.array([0.1], dt), 0.9, 0.0, False)
+        row = np.zeros(1, np.int64)
+        emu.adam_update_indexed(p, g, m, v, np.ones(2, dt), row, 0.9, 0.999, 1e-8, 0.0)
+        emu.advance_row(row, dt)
     assert expected - launched() == set(), f"never launched: {sorted(expected - launched())}"
 
 

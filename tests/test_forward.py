@@ -16,6 +16,7 @@ import pytest
 
 import gpucnn
 from gpucnn import reference as R
+from gpucnn.scalar import Scalar
 
 F64 = dict(rtol=1e-12, atol=1e-12)
 F32 = dict(rtol=2e-5, atol=2e-5)
@@ -374,13 +375,13 @@ def test_cross_entropy_loss(N, K):
     logits = rng.standard_normal((N, K)) * 2
     labels = rng.integers(0, K, size=N)
     loss = gpucnn.CrossEntropyLoss()(logits, labels)
-    assert type(loss) is float
+    assert isinstance(loss, Scalar) and type(float(loss)) is float
     ref_loss, _ = R.softmax_cross_entropy(logits, labels)
     assert loss == pytest.approx(ref_loss, rel=1e-12, abs=1e-14)
     # softmax is shift invariant; a fused, stable implementation survives +1000
     assert gpucnn.CrossEntropyLoss()(logits + 1000.0, labels) == pytest.approx(ref_loss, rel=1e-9)
     loss32 = gpucnn.CrossEntropyLoss()(logits.astype(np.float32), labels)
-    assert type(loss32) is float
+    assert isinstance(loss32, Scalar)
     # float32 log-sum-exp is accurate to ~1e-7 absolute (1 + tiny rounds), so an absolute bound too
     assert loss32 == pytest.approx(R.softmax_cross_entropy(logits.astype(np.float32), labels)[0], rel=1e-5, abs=1e-6)
 
@@ -390,7 +391,7 @@ def test_mse_loss(shape):
     rng = np.random.default_rng(14)
     y, t = rng.standard_normal(shape), rng.standard_normal(shape)
     loss = gpucnn.MSELoss()(y, t)
-    assert type(loss) is float
+    assert isinstance(loss, Scalar) and type(float(loss)) is float
     assert loss == pytest.approx(R.mse(y, t)[0], rel=1e-12)
     assert gpucnn.MSELoss()(y.astype(np.float32), t.astype(np.float32)) == pytest.approx(R.mse(y, t)[0], rel=1e-5)
 

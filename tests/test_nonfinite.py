@@ -117,6 +117,36 @@ def _relu(B, dt, bad):
     return [(y, want_y), (dx, want_dx)]
 
 
+@case("bias_act", "bias_act_forward")
+def _bias_act(B, dt, bad):
+    # act(y + b) with the activation's own rules: a non-finite y or b meets each act as that
+    # act's forward case does (relu: NaN stays NaN, -inf -> 0; sigmoid: +-inf -> 1/0; tanh).
+    out = []
+    fwd = {"relu": lambda v: v if (v > 0 or math.isnan(v)) else 0.0,
+           "sigmoid": lambda v: NAN if math.isnan(v) else (1.0 if v == INF else
+                                                           0.0 if v == -INF else 1 / (1 + math.exp(-v))),
+           "tanh": lambda v: NAN if math.isnan(v) else math.tanh(v),
+           None: lambda v: v}
+    for act in (None, "relu", "sigmoid", "tanh"):
+        y = _arr([bad, 1, -2, bad], dt, (2, 2))
+        b = _arr([0.5, bad], dt)
+        got = _host(B, B.bias_act_forward(B.asarray(y), B.asarray(b), act))
+        want = [fwd[act](v) for v in (bad + 0.5, 1 + bad, -1.5, bad + bad)]
+        out.append((got.ravel(), want))
+    return out
+
+
+@case("gather", "gather_rows", "gather_normalize")
+def _gather(B, dt, bad):
+    # a copy: a non-finite row arrives unchanged; uint8 sources cannot hold NaN
+    src = _arr([[1, bad], [bad, 2], [3, 4]], dt)
+    got = _host(B, B.gather_rows(B.asarray(src), B.asarray(np.array([1, 1, 0], np.int64))))
+    u8 = np.array([[[0, 255]], [[51, 102]]], np.uint8)
+    g2 = _host(B, B.gather_normalize(B.asarray(u8), B.asarray(np.array([1, 0], np.int64)),
+                                     (0.0,), (1.0,), 255.0, dt))
+    return [(got.ravel(), [bad, 2, bad, 2, 1, bad]), (g2.ravel(), [0.2, 0.4, 0.0, 1.0])]
+
+
 @case("sigmoid", "sigmoid_forward", "sigmoid_backward")
 def _sigmoid(B, dt, bad):
     # forward: NaN -> NaN, +inf -> 1, -inf -> 0 (no NaN from exp overflow); large finite

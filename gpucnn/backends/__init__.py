@@ -57,6 +57,9 @@ Convolution and dense layers
     linear_backward_weight(dy, x) -> dw = dy.T @ x
     bias_forward(y, b) -> y + b broadcast along axis 1 (may update y in place and return it)
     bias_backward(dy) -> db = sum of dy over every axis except 1
+    bias_act_forward(y, b, act) -> act(y + b), act one of None ("identity"), "relu",
+        "sigmoid", "tanh": bitwise bias_forward then <act>_forward, in one pass
+        (may update y in place and return it)
 
 Pooling
     maxpool2d_forward(x, kernel, stride, padding) -> (y, argmax)
@@ -73,10 +76,14 @@ Activations (backward takes the saved *output* y)
     tanh_backward(dy, y) -> dy * (1 - y*y)
 
 Losses (mean reductions, as PyTorch's defaults)
-    softmax_cross_entropy_forward(logits, labels) -> (loss: float, probs)
-        logits (N, K) float; labels (N,) int64 in [0, K)
+    softmax_cross_entropy_forward(logits, labels) -> (loss, probs)
+        logits (N, K) float; labels (N,) int64 in [0, K); loss is a 0-d float64 array on
+        the backend (not a Python float: reading it would wait for the device).  Labels
+        are range-checked at the seam when they are host arrays; device labels are not
+        (that check would be a device sync per step): an out-of-range device label gives
+        a NaN loss for its row, so the mean is NaN and the trainer reports it when read
     softmax_cross_entropy_backward(probs, labels) -> (probs - onehot(labels)) / N
-    mse_forward(y, t) -> float  mean((y - t)**2)
+    mse_forward(y, t) -> loss  mean((y - t)**2), a 0-d float64 array on the backend
     mse_backward(y, t) -> 2 * (y - t) / y.size
 
 Normalisation, dropout, residual blocks (the layers of issue 10)
@@ -110,7 +117,8 @@ Normalisation, dropout, residual blocks (the layers of issue 10)
         dx[n, c, h, w] = dy[n, c + pad_before, h/sh, w/sw] where sh | h and sw | w, else 0
 
 Label smoothing (PyTorch's CrossEntropyLoss(label_smoothing=eps), mean over the batch)
-    label_smoothing_cross_entropy_forward(logits, labels, eps) -> (loss: float, probs)
+    label_smoothing_cross_entropy_forward(logits, labels, eps) -> (loss, probs)
+        loss: a 0-d float64 array on the backend, as softmax_cross_entropy_forward's
         target[n, k] = (1 - eps)*[k == labels[n]] + eps/K;
         loss = (1/N) sum_n sum_k -target[n,k] * log softmax(logits[n])_k
              = (1/N) sum_n [lse_n - (1 - eps)*z[n, labels[n]] - eps*mean_k z[n, k]]
@@ -125,6 +133,12 @@ Optimizer updates (in place; same formulas as torch.optim)
     adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay) -> None
         g = grad + weight_decay*param; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g
         param -= (lr / (1 - b1**step)) * m / (sqrt(v) / sqrt(1 - b2**step) + eps)
+
+Data resident on the device
+    gather_rows(src, idx) -> src[idx]       src (N, ...) float; idx (B,) int64 in [0, N)
+    gather_normalize(src, idx, mean, std, pixel_max, dtype) -> (src[idx] * (1/pixel_max)
+        - mean[c]) / std[c] in ``dtype``, as data.normalize: src (N, C, ...) uint8; mean and
+        std per channel (Python floats); every rounding in ``dtype``
 
 Augmentation (the random numbers are drawn on the host, by gpucnn.transforms, and passed in)
     crop_flip(x, top, left, flip, size, padding) -> y          x (N,C,H,W) float, y (N,C,OH,OW)
@@ -180,7 +194,7 @@ PRIMITIVES = (
     "asarray", "to_numpy", "zeros", "all_finite", "accumulate",
     "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight",
     "linear_forward", "linear_backward_data", "linear_backward_weight",
-    "bias_forward", "bias_backward",
+    "bias_forward", "bias_backward", "bias_act_forward",
     "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
     "sigmoid_forward", "sigmoid_backward",
@@ -189,6 +203,7 @@ PRIMITIVES = (
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "mse_forward", "mse_backward",
     "sgd_update", "adam_update",
+    "gather_rows", "gather_normalize",
     "crop_flip", "channel_normalize",
     # issue 10: normalisation, dropout, residual blocks, label smoothing
     "add", "batchnorm_stats", "batchnorm_forward", "batchnorm_backward",

@@ -155,13 +155,17 @@ def linear_backward_weight(dy, x):
                          f"expected {dy.shape[0]}, the rows of dy {tuple(dy.shape)}")
 
 
-@_check
-def bias_forward(y, b):
-    p = "bias_forward"
+def _bias_check(y, b, p):
     _same(p, "b", b, _float(p, "y", y), "y")
     if len(y.shape) < 2:
         raise ValueError(f"{p}: y has shape {tuple(y.shape)}; expected at least 2-D (N, C, ...)")
     _shape(p, "b", b, (y.shape[1],), lambda: f", the channels of y {tuple(y.shape)}")
+
+
+@_check
+def bias_forward(y, b):
+    _bias_check(y, b, "bias_forward")
+
 
 
 @_check
@@ -170,6 +174,17 @@ def bias_backward(dy):
     if len(dy.shape) < 2:
         raise ValueError(f"bias_backward: dy has shape {tuple(dy.shape)}; expected at least "
                          f"2-D (N, C, ...)")
+
+
+_ACTIVATIONS = (None, "identity", "relu", "sigmoid", "tanh")
+
+
+@_check
+def bias_act_forward(y, b, act):
+    _bias_check(y, b, "bias_act_forward")
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"bias_act_forward: act is {act!r}; expected one of "
+                         f"{', '.join(map(repr, _ACTIVATIONS))}")
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -242,9 +257,11 @@ def softmax_cross_entropy_forward(logits, labels):
     _ndim(p, "logits", logits, 2, "(N, classes)")
     _labels(p, labels, "logits", logits)
     k = logits.shape[1]
-    # as unsigned, a negative label is >= k too: one comparison and one reduction (on a GPU
-    # one small sync per step; the loss itself syncs anyway)
-    if labels.shape[0] and bool((labels.view(np.uint64) >= k).any()):
+    # as unsigned, a negative label is >= k too: one comparison and one reduction.  Host
+    # labels only: on a device this would be a sync per step, and the kernel turns an
+    # out-of-range label into a NaN loss instead (read, and reported, by the trainer)
+    if labels.shape[0] and isinstance(labels, np.ndarray) \
+            and bool((labels.view(np.uint64) >= k).any()):
         lo, hi = int(labels.min()), int(labels.max())
         raise ValueError(f"{p}: labels holds {lo if lo < 0 else hi}; expected class indices "
                          f"in [0, {k})")
@@ -296,6 +313,44 @@ def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
         _contiguous(p, name, a)
     if step < 1:
         raise ValueError(f"{p}: step is {step}; expected a step count >= 1")
+
+
+# ------------------------------------------------------------------------------- data
+def _indices(p, idx, n):
+    if _dtype(p, "idx", idx) != _INT64:
+        raise TypeError(f"{p}: idx has dtype {idx.dtype}; expected int64")
+    _ndim(p, "idx", idx, 1, "(B,) sample indices")
+    # host indices only: on a device the range check would be a sync per batch (the
+    # device iterator draws its indices from a permutation of range(N), in range by design)
+    if isinstance(idx, np.ndarray) and idx.shape[0] and bool((idx.view(np.uint64) >= n).any()):
+        raise ValueError(f"{p}: idx holds values outside [0, {n}), the samples of src")
+
+
+@_check
+def gather_rows(src, idx):
+    p = "gather_rows"
+    _float(p, "src", src)
+    if len(src.shape) < 1:
+        raise ValueError(f"{p}: src has shape (); expected (N, ...)")
+    _indices(p, idx, src.shape[0])
+
+
+@_check
+def gather_normalize(src, idx, mean, std, pixel_max, dtype):
+    p = "gather_normalize"
+    if _dtype(p, "src", src) != np.dtype(np.uint8):
+        raise TypeError(f"{p}: src has dtype {src.dtype}; expected uint8")
+    if len(src.shape) < 2:
+        raise ValueError(f"{p}: src has shape {tuple(src.shape)}; expected (N, C, ...)")
+    if np.dtype(dtype) not in _FLOATS:
+        raise TypeError(f"{p}: dtype is {np.dtype(dtype)}; expected float32 or float64")
+    c = src.shape[1]
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"{p}: mean/std have {len(mean)}/{len(std)} values; expected {c}, "
+                         f"the channels of src {tuple(src.shape)}")
+    if not pixel_max > 0:
+        raise ValueError(f"{p}: pixel_max is {pixel_max!r}; expected a positive number")
+    _indices(p, idx, src.shape[0])
 
 
 # ------------------------------------------------------------------------ augmentation
@@ -445,7 +500,9 @@ def label_smoothing_cross_entropy_forward(logits, labels, eps):
     _labels(p, labels, "logits", logits)
     _smoothing(p, eps)
     k = logits.shape[1]
-    if labels.shape[0] and bool((labels.view(np.uint64) >= k).any()):
+    # host labels only, as softmax_cross_entropy_forward (a device check would be a sync)
+    if labels.shape[0] and isinstance(labels, np.ndarray) \
+            and bool((labels.view(np.uint64) >= k).any()):
         lo, hi = int(labels.min()), int(labels.max())
         raise ValueError(f"{p}: labels holds {lo if lo < 0 else hi}; expected class indices "
                          f"in [0, {k})")

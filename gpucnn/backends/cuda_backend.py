@@ -344,6 +344,41 @@ class CudaBackend(LayerPrimitives):
         self._launch("bias.cu", "row_sum", dt, 32 * c, partial, db, I64(c), I64(p))  # a warp per row
         return db
 
+    #: activation name -> the code bias_act_forward's kernel takes
+    _ACT_CODES = {None: 0, "identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+
+    def bias_act_forward(self, y, b, act):
+        y = self._c(y)
+        b = self._c(b)
+        c = int(y.shape[1])
+        hw = int(np.prod(y.shape[2:], dtype=np.int64)) if y.ndim > 2 else 1
+        self._launch("bias.cu", "bias_act_forward", y.dtype, y.size, y, b,
+                     I64(y.size), I64(c), I64(hw), I64(self._ACT_CODES[act]))
+        return y
+
+    # ---------------------------------------------------------------- data
+    def gather_rows(self, src, idx):
+        src = self._c(src)
+        idx = self.asarray(idx, dtype=np.int64)
+        b = int(idx.shape[0])
+        d = int(np.prod(src.shape[1:], dtype=np.int64))
+        out = self.xp.empty((b,) + tuple(src.shape[1:]), dtype=src.dtype)
+        self._launch("data.cu", "gather_rows", src.dtype, b * d, src, idx, out, I64(b), I64(d))
+        return out
+
+    def gather_normalize(self, src, idx, mean, std, pixel_max, dtype):
+        dt = np.dtype(dtype)
+        src = self._c(src)
+        idx = self.asarray(idx, dtype=np.int64)
+        b, c = int(idx.shape[0]), int(src.shape[1])
+        s = int(np.prod(src.shape[2:], dtype=np.int64))
+        m = self.asarray(np.asarray(mean, dtype=dt))
+        sd = self.asarray(np.asarray(std, dtype=dt))
+        out = self.xp.empty((b,) + tuple(src.shape[1:]), dtype=dt)
+        self._launch("data.cu", "gather_normalize", dt, b * c * s, src, idx, m, sd, out,
+                     I64(b), I64(c), I64(s), dt.type(1.0 / pixel_max))
+        return out
+
     # ------------------------------------------------------------- pooling
     @staticmethod
     def _pool_geometry(x_shape, kernel, stride, padding):
@@ -474,8 +509,7 @@ class CudaBackend(LayerPrimitives):
         row_loss = self.xp.empty((n,), dtype=dt)
         self._launch("loss.cu", "softmax_cross_entropy_forward", dt, n, logits, labels, probs,
                      row_loss, I64(n), I64(k))
-        loss = float(np.sum(self.to_numpy(row_loss), dtype=np.float64) / n) if n else float("nan")
-        return loss, probs
+        return self._mean_scalar(row_loss, n, n), probs
 
     def softmax_cross_entropy_backward(self, probs, labels):
         dt = probs.dtype
@@ -496,7 +530,18 @@ class CudaBackend(LayerPrimitives):
         p = max(1, min(1 << 16, (n + 255) // 256))
         partial = self.xp.zeros((p,), dtype=np.float64)
         self._launch("loss.cu", "squared_error_partial", dt, p, y, t, partial, I64(n), I64(p))
-        return float(np.sum(self.to_numpy(partial), dtype=np.float64) / n) if n else float("nan")
+        return self._mean_scalar(partial, p, n)
+
+    def _mean_scalar(self, values, count, divisor):
+        """A 0-d float64 device array: the first ``count`` of ``values`` summed in a fixed order,
+        divided by ``divisor`` (NaN when it is 0) -- a loss that needs no host round trip."""
+        out = self.xp.empty((), dtype=np.float64)
+        if not divisor:
+            out.fill(np.nan)
+            return out
+        self._launch("loss.cu", "mean_to_scalar", values.dtype, 32, values, out, I64(count),
+                     np.float64(divisor))
+        return out
 
     def mse_backward(self, y, t):
         dt = y.dtype
@@ -547,6 +592,34 @@ class CudaBackend(LayerPrimitives):
         self._launch("augment.cu", "channel_normalize", dt, x.size, x, self.asarray(mean),
                      self.asarray(std), y, I64(x.size), I64(c), I64(hw))
         return y
+
+
+    # ------------------------------------- graph-replayable updates (not seam primitives)
+    # gpucnn/graph.py captures the step once; these read the values that change between
+    # replays (lr, Adam's bias corrections) from device memory.  Bitwise the updates above.
+    def sgd_update_indexed(self, param, grad, buf, lr_table, momentum, weight_decay, nesterov):
+        dt = param.dtype
+        t = dt.type
+        use_buf = bool(momentum)
+        self._launch("optim.cu", "sgd_update_indexed", dt, param.size, param, grad,
+                     buf if use_buf else param, I64(param.size), lr_table, t(momentum),
+                     t(weight_decay), I64(bool(nesterov)), I64(use_buf))
+
+    def adam_update_indexed(self, param, grad, m, v, table, row, beta1, beta2, eps, weight_decay):
+        dt = param.dtype
+        t = dt.type
+        self._launch("optim.cu", "adam_update_indexed", dt, param.size, param, grad, m, v,
+                     I64(param.size), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps),
+                     t(weight_decay), table, row)
+
+    def advance_row(self, row, dtype):
+        self._launch("optim.cu", "advance_row", dtype, 1, row)
+
+    @staticmethod
+    def adam_table_row(dtype, step, lr, beta1, beta2):
+        """(step_size, inv_sqrt_bc2) of step ``step`` exactly as adam_update computes them."""
+        t = np.dtype(dtype).type
+        return t(lr / (1 - beta1 ** step)), t(1.0 / math.sqrt(1 - beta2 ** step))
 
 
 def _one_line(exc):

@@ -145,7 +145,7 @@ class LayerPrimitives:
         self._launch("label_smoothing.cu", "label_smoothing_cross_entropy_forward", dt, n,
                      logits, labels, probs, row_loss, I64(n), I64(k), dt.type(1.0 - eps),
                      dt.type(eps / k))
-        loss = float(np.sum(self.to_numpy(row_loss), dtype=np.float64) / n) if n else float("nan")
+        loss = self._mean_scalar(row_loss, n, n)       # stays on the device (no sync)
         return loss, probs
 
     def label_smoothing_cross_entropy_backward(self, probs, labels, eps):

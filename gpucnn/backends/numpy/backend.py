@@ -53,6 +53,11 @@ class NumpyBackend:
     linear_backward_weight = staticmethod(dense.linear_backward_weight)
     bias_forward = staticmethod(pw.bias_forward)
     bias_backward = staticmethod(pw.bias_backward)
+    bias_act_forward = staticmethod(pw.bias_act_forward)
+
+    # data resident on the device (here: host memory)
+    gather_rows = staticmethod(pw.gather_rows)
+    gather_normalize = staticmethod(pw.gather_normalize)
 
     # pooling
     maxpool2d_forward = staticmethod(pooling.maxpool2d_forward)

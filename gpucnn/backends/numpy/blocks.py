@@ -183,7 +183,7 @@ def label_smoothing_cross_entropy_forward(logits, labels, eps):
     s = e.sum(axis=1)
     rows = np.log(s) - t(1.0 - eps) * z[np.arange(n), labels] - t(eps / k) * z.sum(axis=1)
     probs = e / s[:, None]
-    return float(np.sum(rows, dtype=np.float64) / n), probs
+    return np.array(float(np.sum(rows, dtype=np.float64) / n), dtype=np.float64), probs
 
 
 def label_smoothing_cross_entropy_backward(probs, labels, eps):

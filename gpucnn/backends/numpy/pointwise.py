@@ -46,6 +46,16 @@ def bias_forward(y, b):
     return y
 
 
+_ACTS = {None: None, "identity": None, "relu": "relu_forward", "sigmoid": "sigmoid_forward",
+         "tanh": "tanh_forward"}
+
+
+def bias_act_forward(y, b, act):
+    y = bias_forward(y, b)
+    name = _ACTS[act]
+    return y if name is None else globals()[name](y)
+
+
 def bias_backward(dy):
     if dy.ndim == 4:
         n, c = dy.shape[0], dy.shape[1]
@@ -143,7 +153,7 @@ def softmax_cross_entropy_forward(logits, labels):
     s = e.sum(axis=1, keepdims=True)
     logp_true = z[np.arange(n), labels] - np.log(s[:, 0])
     probs = e / s
-    return float(-logp_true.mean()), probs
+    return np.array(float(-logp_true.mean()), dtype=np.float64), probs
 
 
 def softmax_cross_entropy_backward(probs, labels):
@@ -156,7 +166,7 @@ def softmax_cross_entropy_backward(probs, labels):
 
 def mse_forward(y, t):
     d = y - t
-    return float(np.vdot(d, d) / d.size)
+    return np.array(float(np.vdot(d, d) / d.size), dtype=np.float64)
 
 
 def mse_backward(y, t):
@@ -194,3 +204,17 @@ def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
     denom *= t(1.0 / np.sqrt(bc2))
     denom += t(eps)
     param -= t(lr / bc1) * (m / denom)
+
+
+# ------------------------------------------------------------------ data
+def gather_rows(src, idx):
+    return src[np.asarray(idx, dtype=np.int64)]
+
+
+def gather_normalize(src, idx, mean, std, pixel_max, dtype):
+    """As data.normalize(src[idx] * (1/pixel_max)): the same roundings in ``dtype``."""
+    dt = np.dtype(dtype)
+    c = src.shape[1]
+    shape = (1, c) + (1,) * (src.ndim - 2)
+    x = src[np.asarray(idx, dtype=np.int64)].astype(dt) * dt.type(1.0 / pixel_max)
+    return (x - np.asarray(mean, dtype=dt).reshape(shape)) / np.asarray(std, dtype=dt).reshape(shape)
