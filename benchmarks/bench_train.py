@@ -10,6 +10,9 @@ Nets (from issue 2):
          sigmoid, maxpool 2; flatten; linear 400->120, sigmoid, 120->84, sigmoid, 84->10
   cifar  input 3x32x32: conv 32@3x3 pad 1, ReLU, maxpool 2; conv 64@3x3 pad 1, ReLU,
          maxpool 2; conv 128@3x3 pad 1, ReLU, avgpool 2; flatten; linear 2048->10
+  resnet20  (issue 10) input 3x32x32: gpucnn.models.resnet20, He et al.'s CIFAR ResNet-20
+         with option-A shortcuts (269,722 parameters, batch norm in training mode); the torch
+         twin is benchmarks/torch_resnet.py.  Default batch 128 (the paper's).
 
 The torch nets are built layer for layer identically and start from gpucnn's
 weights (copied through state_dict); the first step's losses are printed side
@@ -26,6 +29,16 @@ Usage:
   python benchmarks/bench_train.py                     # CPU, both nets, batch 64 and 256
   python benchmarks/bench_train.py --device cuda --quick
   python benchmarks/bench_train.py --nets cifar --batch 256 --steps 40 --json out.json
+  python benchmarks/bench_train.py --nets resnet20 --memory   # + peak memory of a step
+
+Peak memory (--memory): each framework runs alone in a fresh subprocess (gpucnn's never
+imports torch) with MALLOC_MMAP_THRESHOLD_=65536 (large blocks mmapped and returned to
+the system when freed, in both, so RSS follows what is live).  The child builds the
+model, the batch and the optimizer, reads its resident set size (VmRSS) as the baseline,
+resets the peak (writing 5 to /proc/self/clear_refs), runs 6 training steps, and reports
+VmHWM - baseline: the most memory the training steps needed on top of the model and data
+(activations kept for the backward, gradients, momentum, temporaries; for gpucnn also the
+activations its layers keep after a step).  Linux only.
 
 Before each timed step the script pauses (untimed, --pause-ms, default 10 ms):
 worker threads of the framework that ran last (OpenMP's, OpenBLAS's) spin for a
@@ -55,13 +68,17 @@ sys.path.insert(0, os.path.dirname(HERE))  # run against the checkout
 import gpucnn  # noqa: E402
 from gpucnn import backends  # noqa: E402
 
-NETS = ("lenet", "cifar")
-IN_SHAPE = {"lenet": (1, 28, 28), "cifar": (3, 32, 32)}
+NETS = ("lenet", "cifar", "resnet20")
+IN_SHAPE = {"lenet": (1, 28, 28), "cifar": (3, 32, 32), "resnet20": (3, 32, 32)}
+DEFAULT_BATCHES = {"lenet": [64, 256], "cifar": [64, 256], "resnet20": [128]}
 
 
 # ---------------------------------------------------------------- the nets
 def build_gpucnn(net):
     g = gpucnn
+    if net == "resnet20":
+        from gpucnn.models import resnet20
+        return resnet20()
     if net == "lenet":
         return g.Sequential(
             g.Conv2d(1, 6, 5, padding=2), g.Sigmoid(), g.MaxPool2d(2),
@@ -81,6 +98,10 @@ def build_gpucnn(net):
 def build_torch(net, state_dict, device):
     import torch
     from torch import nn
+    if net == "resnet20":
+        sys.path.insert(0, HERE)
+        from torch_resnet import torch_model
+        return torch_model("resnet20", state_dict).to(device=device)
     if net == "lenet":
         m = nn.Sequential(
             nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.MaxPool2d(2),
@@ -101,18 +122,12 @@ def build_torch(net, state_dict, device):
 def step_flops(net, batch):
     """3 x forward GEMM FLOPs of every conv / linear layer (see the module docstring)."""
     model = build_gpucnn(net)
-    _, h, w = IN_SHAPE[net]
+    model(np.zeros((2,) + IN_SHAPE[net], dtype=np.float32))   # each conv records its output shape
     total = 0
-    for layer in model:
+    for layer in model.modules():
         if isinstance(layer, gpucnn.Conv2d):
-            (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
-            h = (h + 2 * ph - kh) // sh + 1
-            w = (w + 2 * pw - kw) // sw + 1
+            (kh, kw), (_, _, h, w) = layer.kernel_size, layer._y_shape
             total += 3 * 2 * batch * layer.out_channels * layer.in_channels * kh * kw * h * w
-        elif isinstance(layer, (gpucnn.MaxPool2d, gpucnn.AvgPool2d)):
-            (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
-            h = (h + 2 * ph - kh) // sh + 1
-            w = (w + 2 * pw - kw) // sw + 1
         elif isinstance(layer, gpucnn.Linear):
             total += 3 * 2 * batch * layer.in_features * layer.out_features
     return total
@@ -255,6 +270,50 @@ def bench_one(net, batch, device, backend, steps, warmup, use_torch, torch_devic
     return res
 
 
+# ------------------------------------------------------------ peak memory
+def _proc_status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def memory_child(framework, net, batch, steps=6):
+    """Run in a fresh process: (peak - baseline, retained - baseline) RSS of training steps, MiB."""
+    rng = np.random.default_rng(1234)
+    x = rng.standard_normal((batch,) + IN_SHAPE[net], dtype=np.float32)
+    y = rng.integers(0, 10, size=batch).astype(np.int64)
+    gpucnn.manual_seed(0)
+    nosync = lambda: None  # noqa: E731
+    if framework == "gpucnn":
+        runner = GpucnnRunner(net, batch, backends.resolve_device("cpu")[0], x, y, nosync)
+    else:
+        import torch
+        torch.set_num_threads(os.cpu_count())
+        runner = TorchRunner(net, build_gpucnn(net).state_dict(), x, y, "cpu", nosync)
+    import gc
+    gc.collect()
+    base = _proc_status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:   # resets VmHWM to the current RSS
+        f.write("5")
+    for _ in range(steps):
+        runner.step()
+    peak = _proc_status_kib("VmHWM")
+    gc.collect()
+    after = _proc_status_kib("VmRSS")
+    return {"framework": framework, "net": net, "batch": batch, "steps": steps,
+            "baseline_mib": base / 1024, "peak_above_baseline_mib": (peak - base) / 1024,
+            "retained_above_baseline_mib": (after - base) / 1024}
+
+
+def measure_memory(net, batch, framework):
+    import subprocess
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", framework,
+                          "--nets", net, "--batch", str(batch)],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 # ------------------------------------------------------ whole-epoch throughput
 def bench_throughput(net, batch, device, n, epochs, use_torch, torch_device, syncs):
     """Training images/s over whole epochs through gpucnn's Trainer (data on the device, reads
@@ -318,7 +377,8 @@ def main(argv=None):
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 30, --quick 20)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5, --quick 3)")
-    ap.add_argument("--batch", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--batch", type=int, nargs="+", default=None,
+                    help="batch sizes (default 64 and 256 for lenet/cifar, 128 for resnet20)")
     ap.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS))
     ap.add_argument("--quick", action="store_true", help="small counts, for a fast GPU run")
     ap.add_argument("--no-torch", action="store_true", help="time gpucnn alone")
@@ -327,6 +387,10 @@ def main(argv=None):
                          "framework's idle worker threads, which spin for a while after their "
                          "work, go to sleep instead of competing with the next timed step")
     ap.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
+    ap.add_argument("--memory", action="store_true",
+                    help="also measure each step's peak memory, each framework in its own "
+                         "subprocess (CPU, Linux; see the module docstring)")
+    ap.add_argument("--memory-child", choices=("gpucnn", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--throughput", type=int, metavar="N", default=None,
                     help="also time whole epochs of N synthetic images through the Trainer "
                          "(device-resident data; on cuda the CUDA graph on and off) against a "
@@ -334,6 +398,9 @@ def main(argv=None):
                          "0 skips)")
     ap.add_argument("--throughput-epochs", type=int, default=2, metavar="E")
     args = ap.parse_args(argv)
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, args.nets[0], args.batch[0])))
+        return 0
     steps = args.steps or (20 if args.quick else 30)
     warmup = args.warmup or (3 if args.quick else 5)
     if steps < 1 or warmup < 1:
@@ -405,7 +472,7 @@ def main(argv=None):
     head += "  others  first loss gpucnn" + (" / torch" if use_torch else "")
     print(head)
     for net in args.nets:
-        for batch in args.batch:
+        for batch in args.batch or DEFAULT_BATCHES[net]:
             r = bench_one(net, batch, args.device, backend, steps, warmup, use_torch,
                           torch_device, syncs, pause=args.pause_ms / 1e3)
             results.append(r)
@@ -418,6 +485,17 @@ def main(argv=None):
             if use_torch:
                 line += f" / {r['first_loss_torch']:.6f}"
             print(line, flush=True)
+            if args.memory and args.device == "cpu":
+                mem = {fw: measure_memory(net, batch, fw)
+                       for fw in (("gpucnn", "torch") if use_torch else ("gpucnn",))}
+                r["memory"] = mem
+                line = (f"{'':6} peak memory of {mem['gpucnn']['steps']} steps above the "
+                        f"baseline: gpucnn {mem['gpucnn']['peak_above_baseline_mib']:.1f} MiB")
+                if use_torch:
+                    t_mib = mem["torch"]["peak_above_baseline_mib"]
+                    r["memory_ratio"] = mem["gpucnn"]["peak_above_baseline_mib"] / t_mib
+                    line += f", torch {t_mib:.1f} MiB, ratio {r['memory_ratio']:.2f}"
+                print(line, flush=True)
     throughput = []
     n_tp = args.throughput if args.throughput is not None else (60000 if args.device == "cuda" else 0)
     if n_tp > 0:
@@ -425,7 +503,7 @@ def main(argv=None):
               f"epoch(s) after one untimed")
         print(f"{'net':6} {'batch':>5} {'framework':>10} {'graph':>6} {'images/s':>12} {'step ms':>9}")
         for net in args.nets:
-            for batch in args.batch:
+            for batch in args.batch or DEFAULT_BATCHES[net]:
                 rows = bench_throughput(net, batch, args.device, n_tp, args.throughput_epochs,
                                         use_torch, torch_device, syncs)
                 throughput.extend(rows)

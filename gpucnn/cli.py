@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from .backends import DEVICES
-from .validation import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
+from .validation import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Rule
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -39,7 +39,7 @@ def cmd_train(args):
     from .trainer import TrainingDiverged, TrainingInterrupted
     overrides = {k: getattr(args, k) for k in (
         "data_dir", "t10k_split", "limit_train", "limit_test", "model", "epochs", "batch_size",
-        "lr", "lr_decay", "optimizer", "seed", "device", "dtype", "schedule", "augment",
+        "lr", "lr_decay", "optimizer", "seed", "device", "dtype", "schedule", "augment", "label_smoothing", "warmup", "momentum", "weight_decay",
         "image_size")}
     if args.data is not None:
         overrides["data"] = args.data  # with --resume: allowed only when it matches the checkpoint
@@ -402,6 +402,8 @@ def _image_size(text):
 _nonneg_int = NON_NEGATIVE_INT.parse
 _positive_float = POSITIVE.parse
 _decay = FRACTION.parse
+_nonneg_float = NON_NEGATIVE.parse
+_unit_open = Rule(float, 0, 1, high_open=True).parse
 
 
 def build_parser():
@@ -416,11 +418,16 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"gpucnn {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from .runs import DEFAULTS
+    from .runs import DEFAULTS, PAPER_RECIPE, RECIPES, SCHEDULES
+    r = PAPER_RECIPE
     epilog = "per-dataset defaults:\n" + "\n".join(
         f"  {name:8} --model {d['model']} --epochs {d['epochs']} --batch-size {d['batch_size']} "
         f"--optimizer {d['optimizer']} --lr {d['lr']:g} --lr-decay {d['lr_decay']:g}"
-        for name, d in DEFAULTS.items())
+        for name, d in DEFAULTS.items()) + (
+        f"\nper-model recipe ({', '.join(RECIPES)}; He et al. 2016, scaled to --epochs):\n"
+        f"  --epochs {r['epochs']} --batch-size {r['batch_size']} --optimizer {r['optimizer']} "
+        f"--lr {r['lr']:g} --momentum {r['momentum']:g} --weight-decay {r['weight_decay']:g} "
+        f"--schedule {r['schedule']} --augment")
     t = sub.add_parser("train", parents=[common], help="train a CNN (default: the bundled digits)",
                        description="Train a CNN. With no options: a small conv net on the bundled "
                        "8x8 handwritten digits. Unset options take per-dataset defaults. "
@@ -442,11 +449,21 @@ def build_parser():
     t.add_argument("--image-size", type=_image_size, metavar="HxW",
                    help="--data folder: resize every image to H x W (or N x N for N); without it "
                         "images of different sizes are refused")
-    t.add_argument("--schedule", choices=("none", "cosine", "multistep"),
-                   help="learning-rate schedule over the whole run, stepped every iteration: cosine "
-                        "(to 0) or multistep (/10 at 50%% and 75%%); replaces --lr-decay")
+    t.add_argument("--schedule", choices=SCHEDULES,
+                   help="learning-rate schedule over the whole run, stepped every iteration: "
+                        "multistep (/10 at 50%% and 75%%, the ResNet paper's), step (/10 after "
+                        "each third), cosine (to 0), constant; none: --lr-decay per epoch")
+    t.add_argument("--warmup", type=_nonneg_float, metavar="EPOCHS",
+                   help="linear warm-up from 0.1 x lr over EPOCHS epochs, then the schedule")
     t.add_argument("--augment", action="store_true", default=None,
                    help="random crops (images padded by 1/8 of their size) and horizontal flips")
+    t.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no augmentation (the ResNet recipe turns it on)")
+    t.add_argument("--label-smoothing", type=_unit_open, metavar="EPS",
+                   help="cross-entropy with label smoothing EPS (PyTorch's formula; default 0)")
+    t.add_argument("--momentum", type=_unit_open, help="SGD momentum (default 0.9)")
+    t.add_argument("--weight-decay", type=_nonneg_float, metavar="WD",
+                   help="L2 weight decay (default 0; 1e-4 in the ResNet recipe)")
     t.add_argument("--optimizer", choices=("sgd", "adam"))
     t.add_argument("--seed", type=_nonneg_int, help="seed for initialisation and shuffling (default 0)")
     t.add_argument("--device", choices=DEVICES, help="default auto (a GPU when usable)")

@@ -45,7 +45,8 @@ from collections import Counter
 
 from .validation import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, Rule
 
-__all__ = ["LRScheduler", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LinearLR"]
+__all__ = ["LRScheduler", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LinearLR",
+           "ChainedScheduler"]
 
 
 _LAST_EPOCH = Rule(int, -1)
@@ -257,3 +258,59 @@ class LinearLR(LRScheduler):
     def _get_closed_form_lr(self):
         s, e, n = self.start_factor, self.end_factor, self.total_iters
         return [b * (s + (e - s) * min(n, self.last_epoch) / n) for b in self.base_lrs]
+
+
+class ChainedScheduler:
+    """Several schedules over one optimizer stepped together (PyTorch's ``ChainedScheduler``):
+    each ``step()`` steps every one in order, and since each sets the rate from the current
+    one with its recursive formula, their factors multiply -- ``LinearLR`` warm-up chained
+    with ``MultiStepLR`` gives ``base_lr * warm-up factor * gamma ** (milestones passed)``.
+    ``state_dict()`` holds every schedule's state; ``load_state_dict`` restores them all."""
+
+    def __init__(self, schedulers, optimizer=None):
+        schedulers = list(schedulers)
+        if not schedulers or not all(isinstance(s, LRScheduler) for s in schedulers):
+            raise ValueError("ChainedScheduler: expected a non-empty list of schedulers")
+        optimizer = optimizer if optimizer is not None else schedulers[0].optimizer
+        if any(s.optimizer is not optimizer for s in schedulers):
+            raise ValueError("ChainedScheduler: every scheduler must be built over the same "
+                             "optimizer")
+        self.optimizer = optimizer
+        self.schedulers = schedulers
+        self._last_lr = [float(optimizer.lr)]
+
+    def step(self):
+        for s in self.schedulers:
+            s.step()
+        self._last_lr = [float(self.optimizer.lr)]
+
+    def get_last_lr(self):
+        return list(self._last_lr)
+
+    def state_dict(self):
+        return {"type": "ChainedScheduler", "_last_lr": list(self._last_lr),
+                "schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def check_state_dict(self, state_dict):
+        if not isinstance(state_dict, dict) or state_dict.get("type") != "ChainedScheduler":
+            got = state_dict.get("type") if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"ChainedScheduler.load_state_dict: expected the state of a "
+                             f"ChainedScheduler, got {got!r}")
+        states = state_dict.get("schedulers")
+        if not isinstance(states, list) or len(states) != len(self.schedulers):
+            raise ValueError(f"ChainedScheduler.load_state_dict: expected the states of "
+                             f"{len(self.schedulers)} schedulers "
+                             f"({', '.join(type(s).__name__ for s in self.schedulers)})")
+        for s, st in zip(self.schedulers, states):
+            s.check_state_dict(st)
+        return states
+
+    def load_state_dict(self, state_dict):
+        states = self.check_state_dict(state_dict)
+        for s, st in zip(self.schedulers, states):
+            s.load_state_dict(st)
+        self.optimizer.lr = float(state_dict.get("_last_lr", [self.optimizer.lr])[0])
+        self._last_lr = [float(self.optimizer.lr)]
+
+    def __repr__(self):
+        return f"ChainedScheduler({self.schedulers!r})"

@@ -19,10 +19,14 @@ from .checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, load_check
 from .data import DATASETS, Dataset, load_dataset
 from .plots import CURVES_PNG, HISTORY_CSV, HISTORY_JSON
 from .runlock import RunDirError, RunLock
+from .losses import CrossEntropyLoss
 from .trainer import Trainer, make_optimizer
-from .validation import FRACTION, POSITIVE, POSITIVE_INT, one_of
+from .validation import FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, Rule, one_of
 
-__all__ = ["TrainConfig", "DEFAULTS", "dataset_for", "load_model", "RunResult", "run_training",
+#: [0, 1): SGD momentum, label smoothing
+_UNIT_OPEN = Rule(float, 0, 1, high_open=True)
+
+__all__ = ["TrainConfig", "DEFAULTS", "RECIPES", "SCHEDULES", "dataset_for", "load_model", "RunResult", "run_training",
            "OUTPUT_FILES"]
 
 #: The files a training run writes into its run directory.
@@ -34,6 +38,21 @@ DEFAULTS = {
     "cifar10": {"model": "cifar", "epochs": 10, "batch_size": 64, "lr": 1e-3, "lr_decay": 1.0, "optimizer": "adam"},
     "folder": {"model": "cifar", "epochs": 10, "batch_size": 64, "lr": 1e-3, "lr_decay": 1.0, "optimizer": "adam"},
 }
+
+#: He et al. 2016, section 4.2 (CIFAR-10): SGD 0.1, momentum 0.9, weight decay 1e-4, batch
+#: 128, the rate /10 at 32k and 48k of 64k iterations (50 % and 75 % of the run, stepped per
+#: iteration: ``--schedule multistep``), 4-pixel-pad random crops and horizontal flips
+#: (``--augment``); 164 epochs of 50,000 images are the paper's 64k iterations.  Per-channel
+#: normalisation by the training set's mean and std is what ``--data folder`` does anyway.
+PAPER_RECIPE = {"epochs": 164, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "lr_decay": 1.0,
+                "momentum": 0.9, "weight_decay": 1e-4, "schedule": "multistep", "augment": True}
+
+#: Per-model recipes: a model's defaults, taken before the dataset's (:data:`DEFAULTS`) and
+#: after whatever the user gives.  ``--epochs N`` scales the schedule to N epochs.
+RECIPES = {name: PAPER_RECIPE for name in ("resnet20", "resnet32", "resnet44", "resnet56", "vgg_bn")}
+
+#: Fields every run resolves the same way when neither the user nor a recipe sets them.
+_COMMON_DEFAULTS = {"momentum": 0.9, "weight_decay": 0.0, "label_smoothing": 0.0, "warmup": 0.0}
 
 
 @dataclass
@@ -55,19 +74,28 @@ class TrainConfig:
     lr: float | None = None
     lr_decay: float | None = None
     optimizer: str | None = None
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    momentum: float | None = None    # SGD momentum (default 0.9)
+    weight_decay: float | None = None   # default 0 (1e-4 in the ResNet recipe)
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
-    schedule: str | None = None      # "none" (lr_decay), "cosine" or "multistep", per iteration
+    schedule: str | None = None      # see SCHEDULES; stepped per iteration
     augment: bool | None = None      # random crops (padding H/8) and horizontal flips
     image_size: list | None = None   # --data folder: resize every image to [H, W]
+    label_smoothing: float | None = None   # CrossEntropyLoss(label_smoothing=...), default 0
+    warmup: float | None = None      # epochs of linear warm-up (LinearLR from 0.1 x lr), default 0
 
     def resolved(self) -> "TrainConfig":
         if self.data not in DATASETS:
             raise ValueError(f"unknown dataset {self.data!r}; expected one of {', '.join(DATASETS)}")
         values = asdict(self)
+        model = values["model"] or DEFAULTS[self.data]["model"]
+        for k, v in RECIPES.get(model, {}).items():      # the model's recipe, under the user's
+            if values[k] is None:
+                values[k] = v
+        for k, v in _COMMON_DEFAULTS.items():
+            if values[k] is None:
+                values[k] = v
         values["schedule"] = one_of(values["schedule"] or "none", "schedule", SCHEDULES, "TrainConfig")
         values["augment"] = bool(values["augment"])
         if values["schedule"] != "none":
@@ -85,6 +113,13 @@ class TrainConfig:
             POSITIVE_INT(getattr(cfg, name), name, "TrainConfig")
         POSITIVE(cfg.lr, "lr", "TrainConfig")
         FRACTION(cfg.lr_decay, "lr_decay", "TrainConfig")
+        _UNIT_OPEN(cfg.momentum, "momentum", "TrainConfig")
+        NON_NEGATIVE(cfg.weight_decay, "weight_decay", "TrainConfig")
+        _UNIT_OPEN(cfg.label_smoothing, "label_smoothing", "TrainConfig")
+        NON_NEGATIVE(cfg.warmup, "warmup (epochs)", "TrainConfig")
+        if cfg.warmup > cfg.epochs:
+            raise ValueError(f"TrainConfig: warmup ({cfg.warmup:g} epochs) is longer than the run "
+                             f"({cfg.epochs} epochs)")
         one_of(cfg.dtype, "dtype", ("float32", "float64"), "TrainConfig")
         one_of(cfg.device, "device", DEVICES, "TrainConfig")
         if cfg.data == "digits" and cfg.data_dir is not None:   # would be silently ignored
@@ -107,23 +142,37 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-#: ``--schedule`` choices: learning-rate schedules stepped after every iteration, their length
-#: the run's ``epochs`` x iterations per epoch (when it is planned; a resume keeps it).
-SCHEDULES = ("none", "cosine", "multistep")
+#: ``--schedule`` choices, all stepped after every iteration over the run's ``epochs`` x
+#: iterations per epoch (fixed when the run is planned; a resume keeps it): ``none`` leaves the
+#: rate to ``lr_decay`` (per epoch), ``constant`` keeps it, ``multistep`` divides it by 10 at
+#: 50 % and 75 % (He et al.'s 32k and 48k of 64k iterations), ``step`` by 10 after each third
+#: of the run, ``cosine`` anneals it to 0.
+SCHEDULES = ("none", "constant", "multistep", "step", "cosine")
+
+#: ``--warmup``: the rate starts at this fraction of ``lr`` and rises linearly
+WARMUP_START = 0.1
 
 
-def make_schedule(name, optimizer, epochs, steps_per_epoch):
-    """``(scheduler or None, interval)`` for ``--schedule``: ``"cosine"`` anneals to 0 over
-    the whole run; ``"multistep"`` divides the rate by 10 at 50 % and 75 % of it (He et al.'s
-    32k and 48k of 64k iterations)."""
-    from .lr_scheduler import CosineAnnealingLR, MultiStepLR
-    total = max(1, int(epochs) * int(steps_per_epoch))
-    if name == "cosine":
-        return CosineAnnealingLR(optimizer, T_max=total), "step"
-    if name == "multistep":
-        return MultiStepLR(optimizer, [max(1, total // 2), max(1, total * 3 // 4)], 0.1), "step"
+def make_schedule(name, optimizer, epochs, steps_per_epoch, warmup=0.0):
+    """``(scheduler or None, interval)`` for ``--schedule`` (see :data:`SCHEDULES`) over
+    ``epochs`` x ``steps_per_epoch`` iterations, with ``warmup`` epochs of linear warm-up
+    (``LinearLR`` from ``WARMUP_START`` x lr) chained in front (``ChainedScheduler``: the two
+    factors multiply, as PyTorch's)."""
+    from .lr_scheduler import (ChainedScheduler, CosineAnnealingLR, LinearLR, MultiStepLR,
+                               StepLR)
     one_of(name, "schedule", SCHEDULES, "make_schedule")
-    return None, "epoch"
+    total = max(1, int(epochs) * int(steps_per_epoch))
+    warm = int(round(float(warmup or 0) * int(steps_per_epoch)))
+    chain = [LinearLR(optimizer, WARMUP_START, 1.0, warm)] if warm > 0 else []
+    if name == "cosine":
+        chain.append(CosineAnnealingLR(optimizer, T_max=total))
+    elif name == "multistep":
+        chain.append(MultiStepLR(optimizer, [max(1, total // 2), max(1, total * 3 // 4)], 0.1))
+    elif name == "step":
+        chain.append(StepLR(optimizer, max(1, -(-total // 3)), 0.1))
+    if not chain:
+        return None, "epoch"
+    return (chain[0] if len(chain) == 1 else ChainedScheduler(chain)), "step"
 
 
 def make_augment(input_shape, seed):
@@ -279,6 +328,14 @@ def _describe(cfg, dataset, model, run_dir):
     decay = f" (x{cfg.lr_decay:g} per epoch)" if cfg.lr_decay != 1 else ""
     if cfg.schedule != "none":
         decay += f" ({cfg.schedule} schedule per iteration)"
+    if cfg.warmup:
+        decay += f", {cfg.warmup:g} warm-up epochs"
+    if cfg.optimizer == "sgd":
+        decay += f", momentum {cfg.momentum:g}"
+    if cfg.weight_decay:
+        decay += f", weight decay {cfg.weight_decay:g}"
+    if cfg.label_smoothing:
+        decay += f", label smoothing {cfg.label_smoothing:g}"
     if cfg.augment:
         decay += ", random crops and flips"
     return (f"training {cfg.model} on {dataset.source}: {len(dataset.train)} train / "
@@ -312,7 +369,8 @@ def _trainer_for(cfg, run_dir, ckpt, progress, log, on_step, comm=None, graph="a
         dataset, model, optimizer = comm.root_first(lambda: _build(cfg))
         trainer_class, across = DistributedTrainer, {"comm": comm}
     steps = -(-len(dataset.train) // cfg.batch_size)
-    scheduler, interval = make_schedule(cfg.schedule, optimizer, cfg.epochs, steps)
+    scheduler, interval = make_schedule(cfg.schedule, optimizer, cfg.epochs, steps,
+                                        cfg.warmup)
     transform = make_augment(dataset.input_shape, cfg.seed) if cfg.augment else None
     trainer = trainer_class(model, optimizer, dataset.train, dataset.test, batch_size=cfg.batch_size,
                             seed=cfg.seed, run_dir=run_dir, config=cfg.to_dict(), classes=dataset.classes,
@@ -320,6 +378,7 @@ def _trainer_for(cfg, run_dir, ckpt, progress, log, on_step, comm=None, graph="a
                             title=f"{cfg.data} / {cfg.model} / {cfg.optimizer} lr {cfg.lr:g}",
                             extra_state={"dataset": _dataset_record(dataset)},
                             scheduler=scheduler, scheduler_interval=interval, transform=transform,
+                            loss_fn=CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                             graph=graph, **across)
     if ckpt is not None:
         trainer.restore(ckpt)

@@ -84,7 +84,7 @@ MODEL_CASES = [(name, shape) for name in sorted(MODELS)
 @pytest.mark.parametrize("name,shape", MODEL_CASES, ids=[f"{n}-{'x'.join(map(str, s))}" for n, s in MODEL_CASES])
 def test_onnx_matches_forward_for_every_builtin_model(name, shape, tmp_path):
     nn.manual_seed(0)
-    model = build_model(name, shape, 10)
+    model = build_model(name, shape, 10).eval()     # inference: BatchNorm's running statistics
     path = export_onnx(model, tmp_path / "m.onnx", shape)
     rng = np.random.default_rng(1)
     for batch in (1, 5):  # one file, two batch sizes: the batch axis is dynamic

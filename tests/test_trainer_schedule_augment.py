@@ -141,7 +141,7 @@ def test_schedule_config_errors(tmp_path):
     from gpucnn.runs import TrainConfig
     with pytest.raises(ValueError, match="lr_decay 0.5 and schedule 'cosine' would both set"):
         TrainConfig(schedule="cosine", lr_decay=0.5).resolved()
-    with pytest.raises(ValueError, match="schedule must be one of none, cosine, multistep"):
+    with pytest.raises(ValueError, match="schedule must be one of none, constant, multistep, step, cosine"):
         TrainConfig(schedule="linear").resolved()
     assert TrainConfig(data="mnist", schedule="cosine").resolved().lr_decay == 1.0
     assert TrainConfig(data="mnist").resolved().lr_decay == 0.3
