@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from .memory import empty, flat_pair, scratch
 from .parallel import elementwise, split_sum
 
 #: splitmix64 constants (Steele, Lea, Flood: "Fast splittable pseudorandom number generators")
@@ -33,23 +34,89 @@ def _channel_sum(a3):
     return a3.sum(axis=2).sum(axis=0)
 
 
+#: Bytes of one array's share of a block.  The batch-norm passes run block by block
+#: inside each worker's range, so the arrays a block touches (inputs, output, a scratch
+#: temporary) stay in cache from one NumPy call to the next instead of streaming the whole
+#: tensor through memory once per call.  Not smaller: each call of a worker releases and
+#: retakes the GIL, and with two workers calls of a few microseconds (128 KiB blocks,
+#: which would fit L2) lose more to GIL handoffs than the cache gains (in-step A/B of
+#: ResNet-20: 512 KiB to 2 MiB best, 128 KiB slower than no blocking at all).
+BLOCK_BYTES = 1 << 19
+
+
+def _block_shape(n, c, s, itemsize):
+    """(samples, channels) of one block of an (N, C, S) array: whole samples while one
+    fits in BLOCK_BYTES, else channel ranges of one sample (at least one row)."""
+    row = max(1, s * itemsize)
+    if c * row <= BLOCK_BYTES:
+        return max(1, min(n, BLOCK_BYTES // (c * row))), c
+    return 1, max(1, BLOCK_BYTES // row)
+
+
+def _temp(shape, s, dtype):
+    """This thread's scratch block for (samples, channels) blocks of S-element rows: one
+    flat buffer per dtype whatever the layer's shape, viewed as (samples, channels, S)."""
+    nb, cb = shape
+    size = nb * cb * s
+    dtype = np.dtype(dtype)
+    buf = scratch("batchnorm-block", (max(size, BLOCK_BYTES // dtype.itemsize),), dtype)
+    return buf[:size].reshape(nb, cb, s)
+
+
+def _blocks(lo, hi, c, shape):
+    """(n0, n1, c0, c1) blocks of _block_shape ``shape`` covering samples [lo, hi)."""
+    nb, cb = shape
+    if cb >= c:
+        for n0 in range(lo, hi, nb):
+            yield n0, min(hi, n0 + nb), 0, c
+    else:
+        for n0 in range(lo, hi):
+            for c0 in range(0, c, cb):
+                yield n0, n0 + 1, c0, min(c, c0 + cb)
+
+
+def _per_channel(v, s, shape, c):
+    """v (C,) as an operand of (samples, C, S) blocks.  When blocks hold whole samples: a
+    (C, S) plane of v[c] repeated (at most BLOCK_BYTES), so that NumPy runs one contiguous
+    loop over C*S per sample, where a (C, 1) broadcast costs an inner-loop call per row
+    (twice the time at S = 1024).  Else (C, 1).  Same values either way."""
+    if shape[1] >= c and s > 1:
+        return np.repeat(v, s).reshape(c, s)
+    return v[:, None]
+
+
 def add(a, b):
-    return np.add(a, b)
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return np.add(a, b)
+    af, out = flat_pair(a)
+    bf = np.ascontiguousarray(b).reshape(-1)
+    elementwise(af.size, 1, lambda s, e: np.add(af[s:e], bf[s:e], out=out[s:e]))
+    return out.reshape(a.shape)
 
 
 # The batch axis is split over the worker threads (parallel.elementwise): per-range channel
 # sums are added in range order (split_sum), element-wise passes write their own rows.
+# Inside a range the work goes block by block (_blocks); the per-(sample, channel) sums
+# of the blocks are gathered into a (samples, C) array and summed over the samples as
+# _channel_sum does, so every sum is the same, bit for bit, whatever the block size.
 def batchnorm_stats(x):
     x3 = _view3(x)
-    n, _, s = x3.shape
+    n, c, s = x3.shape
     mean = split_sum(elementwise(n, x3[0].size, lambda a, b: _channel_sum(x3[a:b])))
     mean /= x.dtype.type(n * s)
-    mc = mean[:, None]
+    shape = _block_shape(n, c, s, x.itemsize)
+    mc = _per_channel(mean, s, shape, c)
 
     def squares(a, b):
-        d = x3[a:b] - mc
-        np.multiply(d, d, out=d)
-        return _channel_sum(d)
+        rows = np.empty((b - a, c), dtype=x.dtype)
+        tmp = _temp(shape, s, x.dtype)
+        for n0, n1, c0, c1 in _blocks(a, b, c, shape):
+            d = tmp[:n1 - n0, :c1 - c0]
+            np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=d)
+            np.multiply(d, d, out=d)
+            d.sum(axis=2, out=rows[n0 - a:n1 - a, c0:c1])
+        return rows.sum(axis=0)
     var = split_sum(elementwise(n, x3[0].size, squares))
     var /= x.dtype.type(n * s)
     return mean, var
@@ -62,15 +129,18 @@ def _scale(weight, var, eps):
 
 def batchnorm_forward(x, mean, var, weight, bias, eps):
     x3 = _view3(x)
-    y = np.empty(x3.shape, dtype=x.dtype)
-    mc, sc, bc = mean[:, None], _scale(weight, var, eps)[:, None], bias[:, None]
+    n, c, s = x3.shape
+    y = empty(x3.shape, x.dtype)
+    shape = _block_shape(n, c, s, x.itemsize)
+    mc, sc, bc = (_per_channel(v, s, shape, c) for v in (mean, _scale(weight, var, eps), bias))
 
     def part(a, b):
-        ya = y[a:b]
-        np.subtract(x3[a:b], mc, out=ya)
-        ya *= sc
-        ya += bc
-    elementwise(x3.shape[0], x3[0].size, part)
+        for n0, n1, c0, c1 in _blocks(a, b, c, shape):
+            yb = y[n0:n1, c0:c1]
+            np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=yb)
+            yb *= sc[c0:c1]
+            yb += bc[c0:c1]
+    elementwise(n, c * s, part)
     return y.reshape(x.shape)
 
 
@@ -80,28 +150,38 @@ def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats):
     n, c, s = x3.shape
     invstd = t(1) / np.sqrt(var + t(eps))
     a = weight * invstd
-    mc = mean[:, None]
+    shape = _block_shape(n, c, s, x.itemsize)
+    mc = _per_channel(mean, s, shape, c)
 
     def sums(lo, hi):
-        xmu = x3[lo:hi] - mc
-        xmu *= dy3[lo:hi]
-        return np.stack([_channel_sum(dy3[lo:hi]), _channel_sum(xmu)])
+        rows_dy = np.empty((hi - lo, c), dtype=x.dtype)
+        rows_xmu = np.empty((hi - lo, c), dtype=x.dtype)
+        tmp = _temp(shape, s, x.dtype)
+        for n0, n1, c0, c1 in _blocks(lo, hi, c, shape):
+            xmu, dyb = tmp[:n1 - n0, :c1 - c0], dy3[n0:n1, c0:c1]
+            np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=xmu)
+            xmu *= dyb
+            dyb.sum(axis=2, out=rows_dy[n0 - lo:n1 - lo, c0:c1])
+            xmu.sum(axis=2, out=rows_xmu[n0 - lo:n1 - lo, c0:c1])
+        return np.stack([rows_dy.sum(axis=0), rows_xmu.sum(axis=0)])
     both = split_sum(elementwise(n, c * s, sums))
     dbias = both[0].copy()
     dweight = both[1] * invstd
-    dx = np.empty(x3.shape, dtype=x.dtype)
+    dx = empty(x3.shape, x.dtype)
     if batch_stats:
         inv_m = t(1.0 / (n * s))
-        k1 = (dbias * inv_m)[:, None]
-        k2 = (invstd * dweight * inv_m)[:, None]
-        ac = a[:, None]
+        k1, k2, ac = (_per_channel(v, s, shape, c)
+                      for v in (dbias * inv_m, invstd * dweight * inv_m, a))
 
         def part(lo, hi):
-            d, xmu = dx[lo:hi], x3[lo:hi] - mc
-            xmu *= k2
-            np.subtract(dy3[lo:hi], k1, out=d)
-            d -= xmu
-            d *= ac
+            tmp = _temp(shape, s, x.dtype)
+            for n0, n1, c0, c1 in _blocks(lo, hi, c, shape):
+                d, xmu = dx[n0:n1, c0:c1], tmp[:n1 - n0, :c1 - c0]
+                np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=xmu)
+                xmu *= k2[c0:c1]
+                np.subtract(dy3[n0:n1, c0:c1], k1[c0:c1], out=d)
+                d -= xmu
+                d *= ac[c0:c1]
     else:
         ac = a[:, None]
 
@@ -161,17 +241,45 @@ def _subsample_shape(x_shape, stride, out_channels):
     return (n, out_channels, -(-h // sh), -(-w // sw))
 
 
+def _sample_blocks(lo, hi, sample_bytes):
+    """[n0, n1) sample ranges of about BLOCK_BYTES covering [lo, hi)."""
+    step = max(1, BLOCK_BYTES // max(1, sample_bytes))
+    for n0 in range(lo, hi, step):
+        yield n0, min(hi, n0 + step)
+
+
+# Pooled outputs, filled in parallel over the batch, block by block: the zeros and the
+# copy of a block are written while it is in cache.
 def subsample_pad_forward(x, stride, pad_before, out_channels):
     c = x.shape[1]
-    y = np.zeros(_subsample_shape(x.shape, stride, out_channels), dtype=x.dtype)
-    y[:, pad_before:pad_before + c] = x[:, :, ::stride[0], ::stride[1]]
+    shape = _subsample_shape(x.shape, stride, out_channels)
+    y = empty(shape, x.dtype)
+    sh, sw = stride
+    sample = math.prod(shape[1:])
+
+    def part(a, b):
+        for n0, n1 in _sample_blocks(a, b, sample * y.itemsize):
+            y[n0:n1, :pad_before] = 0
+            y[n0:n1, pad_before + c:] = 0
+            y[n0:n1, pad_before:pad_before + c] = x[n0:n1, :, ::sh, ::sw]
+    elementwise(shape[0], sample, part)
     return y
 
 
 def subsample_pad_backward(dy, x_shape, stride, pad_before):
     c = x_shape[1]
-    dx = np.zeros(tuple(x_shape), dtype=dy.dtype)
-    dx[:, :, ::stride[0], ::stride[1]] = dy[:, pad_before:pad_before + c]
+    x_shape = tuple(x_shape)
+    dx = empty(x_shape, dy.dtype)
+    sh, sw = stride
+    sample = math.prod(x_shape[1:])
+
+    def part(a, b):
+        for n0, n1 in _sample_blocks(a, b, sample * dx.itemsize):
+            d = dx[n0:n1]
+            if (sh, sw) != (1, 1):
+                d[...] = 0
+            d[:, :, ::sh, ::sw] = dy[n0:n1, pad_before:pad_before + c]
+    elementwise(x_shape[0], sample, part)
     return dx
 
 

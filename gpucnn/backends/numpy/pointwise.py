@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import blocks
 from .memory import flat_pair
 from .parallel import elementwise, split_sum
 
@@ -105,22 +106,27 @@ def relu_forward(x):
 
 
 def relu_backward(dy, y):
-    # (y > 0) written as 1.0 / 0.0 straight into the result, then times dy: two
-    # passes and no boolean temporary (np.where is four times slower here).  Where
-    # y <= 0 this gives dy * 0, which is 0 for finite dy (the layers pass only those).
+    # (y > 0) written as 1.0 / 0.0 straight into the result, then times dy (np.where is
+    # four times slower here), block by block (blocks.BLOCK_BYTES) so that the product
+    # and the check read the block from cache.  Where y <= 0 this gives dy * 0: 0 for
+    # finite dy, NaN for dy = +-inf or NaN, and NaN is the only wrong value it can give
+    # (maximum.reduce propagates NaN); such a block is redone as the exact select.
     dyf, out = flat_pair(dy)
     yf = y.reshape(-1)
     zero = y.dtype.type(0)
+    step = max(1, blocks.BLOCK_BYTES // out.itemsize)
 
     def part(s, e):
-        o = out[s:e]
-        np.greater(yf[s:e], zero, out=o)
         with np.errstate(invalid="ignore"):
-            o *= dyf[s:e]
-        return finite(o)
+            for lo in range(s, e, step):
+                hi = min(e, lo + step)
+                o, yb, db = out[lo:hi], yf[lo:hi], dyf[lo:hi]
+                np.greater(yb, zero, out=o)
+                o *= db
+                if np.isnan(np.maximum.reduce(o)):
+                    np.copyto(o, np.where(yb > zero, db, zero))
 
-    if not all(elementwise(dyf.size, 1, part)):   # inf * 0 = NaN: the exact select
-        return np.where(y > 0, dy, dy.dtype.type(0))
+    elementwise(dyf.size, 1, part)
     return out.reshape(dy.shape)
 
 
