@@ -8,6 +8,8 @@ workers and pick the plan:
 
 * ``PointwisePlan``: 1x1, stride 1, no padding: x itself is the column matrix.
 * ``WidePlan``: stride 1, rows kept at the padded width (see its docstring).
+* ``RowPlan``: the wide layout with the kernel's columns folded into the GEMM's rows
+  (3x3 layers that do not widen: ResNet's), a third of the copies and a squarer GEMM.
 * ``RectPlan``: anything else: each window offset's valid rectangle copied.
 
 The column layout per sample is ``(C*kh*kw, OH*OW)``, so ``W @ cols[n]`` is already
@@ -22,6 +24,7 @@ gradient.
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -70,6 +73,14 @@ class _Plan:
     def weight_planes(self, g, dtype):
         """Work space fill_weight needs for g samples (only the wide layout has any)."""
         return None
+
+    def weights(self, w):
+        """w (O, C, kh, kw) as the matrix the forward multiplies the columns by."""
+        return w.reshape(self.o, self.k)
+
+    def weight_grad(self, dw):
+        """backward_weight's (summed) product in the weight's (O, C, kh, kw) layout."""
+        return dw.reshape(self.o, self.c, self.kh, self.kw)
 
     def backward_weight(self, dy, x, s0, e0):
         """dW summed over samples s0:e0: sum over samples of dy[n] @ cols[n].T.
@@ -253,6 +264,104 @@ class WidePlan(_Plan):
         np.copyto(cols6, self.windows(planes))
 
 
+class RowPlan(WidePlan):
+    """Stride 1, wide rows, the kernel's columns folded into the GEMM's rows.
+
+    The wide layout's im2col row of offset (i, j) is the padded plane shifted by
+    i*Wp + j.  Copying only the kh shifts i*Wp (rows ``(c, i)``, ``q + kw - 1`` long)
+    and multiplying by the weight laid out ``(kw*O, C*kh)`` gives, for each kernel
+    column j, the partial output Z_j = W[:, :, :, j] @ rows; the output is then
+    y[o, p] = sum_j Z_j[o, p + j], kw shifted adds.  Against the plain wide layout the
+    copy is kw times smaller and the GEMM has kw times more rows and kw times fewer
+    inner products, the shape OpenBLAS runs fastest when O is small (16-64 channels:
+    measured in benchmarks/RESULTS.md).  Backward-weight is the same GEMM transposed:
+    dW_j = D_j @ rows.T with D_j = dy shifted right by j.
+    """
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.q2 = self.q + self.kw - 1                  # row length: the last shift's tail
+        self.kr = self.c * self.kh                      # GEMM inner size
+        self.weight_p = self.q2
+
+    def weights(self, w):
+        """w (O, C, kh, kw) as the forward's (kw*O, C*kh) matrix: row j*O + o, column c*kh + i."""
+        return np.ascontiguousarray(w.transpose(3, 0, 1, 2)).reshape(self.kw * self.o, self.kr)
+
+    def weight_grad(self, dw):
+        """The (kw*O, C*kh) product of backward-weight back in (O, C, kh, kw)."""
+        return np.ascontiguousarray(dw.reshape(self.kw, self.o, self.c, self.kh).transpose(1, 2, 3, 0))
+
+    def rows(self, planes):
+        """(g, C, kh, q2) view of padded planes: row (c, i) is plane c from i*Wp on."""
+        sg, sc, se = planes.strides
+        return as_strided(planes, shape=(planes.shape[0], self.c, self.kh, self.q2),
+                          strides=(sg, sc, self.wp * se, se), writeable=False)
+
+    def forward(self, x, w2, y, s0, e0):
+        c, o, kh, kw, q, q2 = self.c, self.o, self.kh, self.kw, self.q, self.q2
+        g = chunk(e0 - s0, (self.kr + kw * o) * q2 * x.itemsize, FORWARD_CHUNK_BYTES)
+        planes = scratch(("fwd-planes", self.geom), (g, c, self.length), x.dtype)
+        # the chunk's rows side by side, (c, i) major: one GEMM for the chunk
+        rows = scratch(("fwd-rows", self.geom), (c, kh, g * q2), x.dtype)
+        z = scratch(("fwd-z", self.geom), (kw * o, g * q2), x.dtype)
+        acc = scratch(("fwd-acc", self.geom), (o, g * q2), x.dtype)
+        inside, shifted = self.interior(planes), self.rows(planes)   # views made once
+        for s in range(s0, e0, g):
+            e = min(e0, s + g)
+            gs = e - s
+            n2 = gs * q2
+            inside[:gs] = x[s:e]                     # the padding around stays 0
+            rw = rows[:, :, :n2]
+            np.copyto(rw.reshape(c, kh, gs, q2).transpose(2, 0, 1, 3), shifted[:gs])
+            zc = z[:, :n2]
+            np.matmul(w2, rw.reshape(self.kr, n2), out=zc)
+            # y[o, p] = sum_j Z_j[o, p + j], on the chunk's rows laid end to end (what
+            # a shift carries across a sample's end lands in its discarded tail)
+            m = n2 - kw + 1
+            a = acc[:, :m]
+            np.add(zc[:o, :m], zc[o:2 * o, 1:m + 1], out=a)
+            for j in range(2, kw):
+                a += zc[j * o:(j + 1) * o, j:m + j]
+            yw = acc[:, :n2].reshape(o, gs, q2)[:, :, :q].reshape(o, gs, self.oh, self.wp)
+            y[s:e] = yw[..., :self.ow].transpose(1, 0, 2, 3)
+
+    def backward_weight(self, dy, x, s0, e0):
+        o, c, kh, kw, q, q2 = self.o, self.c, self.kh, self.kw, self.q, self.q2
+        g = chunk(e0 - s0, (self.kr + kw * o) * q2 * dy.itemsize)
+        g = -(-(e0 - s0) // -(-(e0 - s0) // g))         # chunks of even size: no short one
+        planes = scratch(("wgt-planes", self.geom), (g, c, self.length), dy.dtype)
+        # every buffer below: the elements never written (padding, shifts' ends) stay 0
+        rows = scratch(("wgt-rows", self.geom), (c, kh, g, q2), dy.dtype)
+        d = scratch(("wgt-d", self.geom), (kw, o, g, q2), dy.dtype)
+        inside, shifted = self.interior(planes), self.rows(planes)
+        rows_t = rows.transpose(2, 0, 1, 3)
+        # D_j: dy shifted right by j within each sample's row (the wide layout's
+        # extra columns and the positions before j and after j + q stay 0)
+        d_in = [d[j, :, :, j:j + q].reshape(o, g, self.oh, self.wp)[..., :self.ow]
+                for j in range(kw)]
+        dw = None
+        for s in range(s0, e0, g):
+            e = min(e0, s + g)
+            gs = e - s
+            inside[:gs] = x[s:e]
+            np.copyto(rows_t[:gs], shifted[:gs])
+            dyt = dy[s:e].transpose(1, 0, 2, 3)
+            for j in range(kw):
+                d_in[j][:, :gs] = dyt
+            if gs < g:                                  # a short last chunk: packed apart
+                a = np.ascontiguousarray(d[:, :, :gs]).reshape(kw * o, gs * q2)
+                b = np.ascontiguousarray(rows[:, :, :gs]).reshape(self.kr, gs * q2)
+            else:
+                a, b = d.reshape(kw * o, g * q2), rows.reshape(self.kr, g * q2)
+            prod = a @ b.T
+            if dw is None:
+                dw = prod
+            else:
+                dw += prod
+        return dw
+
+
 def is_pointwise(kernel, stride, padding):
     return tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
 
@@ -269,6 +378,17 @@ def use_wide(c, o, kernel, stride, padding, x_hw, limit):
     return o * (wp - ow) <= limit
 
 
+# GPUCNN_CONV_ROWS=0 turns RowPlan off (the plain wide layout everywhere), for A/B runs
+ROWS = os.environ.get("GPUCNN_CONV_ROWS", "1") != "0"
+
+
+def use_rows(c, o, kh, kw):
+    """Whether a wide-layout convolution folds its kernel columns into the GEMM (RowPlan):
+    when the GEMM keeps an inner size of 16 or more and the layer does not widen (O <= C:
+    with O > C the plain wide GEMM was the faster one, per layer in benchmarks/RESULTS.md)."""
+    return ROWS and kw > 1 and o <= c and c * kh >= 16
+
+
 @functools.lru_cache(maxsize=512)
 def _plan(x_chw, w_shape, stride, padding, for_weight):
     c, h, w = x_chw
@@ -276,11 +396,14 @@ def _plan(x_chw, w_shape, stride, padding, for_weight):
     args = (x_chw, w_shape, stride, padding)
     if for_weight:
         oh, ow = out_hw((h, w), (kh, kw), stride, padding)
+        if use_rows(c, o, kh, kw) and use_wide(c, o, (kh, kw), stride, padding, (h, w),
+                                                WIDE_MAX_WASTE):
+            return RowPlan(*args)
         if (use_wide(c, o, (kh, kw), stride, padding, (h, w), WIDE_MAX_WASTE_WEIGHT)
                 and (c * kh * kw >= oh * ow or c * kh * kw > o)):
             return WidePlan(*args)
     elif use_wide(c, o, (kh, kw), stride, padding, (h, w), WIDE_MAX_WASTE):
-        return WidePlan(*args)
+        return RowPlan(*args) if use_rows(c, o, kh, kw) else WidePlan(*args)
     return PointwisePlan(*args) if is_pointwise((kh, kw), stride, padding) else RectPlan(*args)
 
 
@@ -296,7 +419,7 @@ def _split(n, plan, p):
 def conv2d_forward(x, w, stride, padding):
     n = x.shape[0]
     plan = plan_for(x.shape, w.shape, stride, padding)
-    w2 = w.reshape(plan.o, plan.k)
+    w2 = plan.weights(w)
     y = empty((n, plan.o, plan.oh, plan.ow), x.dtype)
     WORKERS.run(lambda s, e: plan.forward(x, w2, y, s, e), _split(n, plan, plan.p), blas=True)
     return y
@@ -344,4 +467,4 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding):
     plan = plan_for(x.shape, w_shape, stride, padding, for_weight=True)
     parts = WORKERS.run(lambda s, e: plan.backward_weight(dy, x, s, e),
                         _split(n, plan, plan.weight_p), blas=True)
-    return split_sum(parts).reshape(w_shape)
+    return plan.weight_grad(split_sum(parts))
