@@ -65,12 +65,13 @@ def _channel_sum(a3):
 
 #: Bytes of one array's share of a block.  The batch-norm passes run block by block
 #: inside each worker's range, so the arrays a block touches (inputs, output, a scratch
-#: temporary) stay in cache from one NumPy call to the next instead of streaming the whole
-#: tensor through memory once per call.  Not smaller: each call of a worker releases and
-#: retakes the GIL, and with two workers calls of a few microseconds (128 KiB blocks,
-#: which would fit L2) lose more to GIL handoffs than the cache gains (in-step A/B of
-#: ResNet-20: 512 KiB to 2 MiB best, 128 KiB slower than no blocking at all).
-BLOCK_BYTES = 1 << 19
+#: temporary) are still in cache (L2 is 1 MiB a core here, L3 32 MiB) from one NumPy call
+#: to the next, and the temporaries are one reused block, not fresh arrays as large as the
+#: range.  Not smaller: each call of a worker releases and retakes the GIL, and with two
+#: workers short calls lose more to GIL handoffs than the cache gains.  In-step A/B on
+#: ResNet-20 (sum of batch norm's three primitives per step): 128 KiB slower than no
+#: blocking; 512 KiB 98 ms, 1 MiB 83, 2 MiB 85, 4 MiB (no blocking at 8 MiB) 88.
+BLOCK_BYTES = 1 << 20
 
 
 def _block_shape(n, c, s, itemsize):
