@@ -180,7 +180,6 @@ class _Source:
 
 def _layout(src: _Source, test_split_names=TEST_SPLIT_NAMES):
     """``(layout, {split: {class: [rel paths]}}, prefix)`` of an image tree."""
-    tree = {}                                     # first path component -> rest
     images = [p for p in src.files if _is_image(p.rsplit("/", 1)[-1])]
     if not images:
         raise DataError(f"{src.root}: no PNG/JPEG images found (expected train/<class>/*.png "

@@ -75,7 +75,6 @@ import time
 import numpy as np
 
 from . import backends
-from . import random as _random
 from .data import BatchIterator
 from .errors import NonFiniteError, quiet_overflow
 from .evaluation import to_model_device
@@ -825,10 +824,7 @@ class DistributedTrainer(Trainer):
             with self._no_interrupt():   # the update and the step's bookkeeping: all or nothing
                 self._updating = True
                 opt.step(weight=self.iterator.weight)
-                if self.scheduler is not None and self.scheduler_interval == "step":
-                    self.scheduler.step()
                 self._updating = False
-                self._updates += 1
                 if totals[3]:            # some rank was asked to stop: every rank stops now
                     self._stop_requested = self._all_ranks_stop = True
                     self._signal_name = "SIGTERM" if totals[4] else "Ctrl-C"
@@ -837,11 +833,7 @@ class DistributedTrainer(Trainer):
                 stats["correct"] += correct
                 stats["seen"] += seen
                 stats["time"] += time.perf_counter() - t0
-                self.step_in_epoch += 1
-                self.global_step += 1
-                self._rng_after_step = _random.get_rng_state()
-                if self.transform is not None and hasattr(self.transform, "get_rng_state"):
-                    self._transform_rng_after_step = self.transform.get_rng_state()
+                self._advance()
         return loss_sum / seen
 
     def _end_epoch(self, epochs):

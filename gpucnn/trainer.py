@@ -29,7 +29,6 @@ from .data import BatchIterator
 from .errors import NonFiniteError, quiet_overflow
 from .evaluation import as_imageset, evaluate, model_backend, to_model_device
 from .plots import CURVES_PNG, plot_history, write_history
-from . import random as _random
 from .validation import FRACTION, one_of
 
 __all__ = ["Trainer", "fit", "make_optimizer", "TrainingDiverged", "TrainingInterrupted"]
@@ -674,18 +673,23 @@ class Trainer:
                 self._updating = True
                 update()
                 self._updating = False
-            if self.scheduler is not None and self.scheduler_interval == "step":
-                self.scheduler.step()
-            self._updates += 1
             self._pending.append((self.step_in_epoch + 1, self.global_step + 1, loss, correct, n))
             self._stats["time"] += time.perf_counter() - t0
-            self.step_in_epoch += 1
-            self.global_step += 1
-            # Dropout draws from gpucnn's generator: a checkpoint stores its state after
-            # the last completed step, not the state an interrupted step left behind
-            self._rng_after_step = _random.get_rng_state()
-            if self.transform is not None and hasattr(self.transform, "get_rng_state"):
-                self._transform_rng_after_step = self.transform.get_rng_state()
+            self._advance()
+
+    def _advance(self):
+        """After an update: the per-step schedule, the counters, and the generator states a
+        checkpoint stores (inside the caller's ``_no_interrupt``)."""
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        self._updates += 1
+        self.step_in_epoch += 1
+        self.global_step += 1
+        # Dropout draws from gpucnn's generator: a checkpoint stores its state after
+        # the last completed step, not the state an interrupted step left behind
+        self._rng_after_step = _random.get_rng_state()
+        if self.transform is not None and hasattr(self.transform, "get_rng_state"):
+            self._transform_rng_after_step = self.transform.get_rng_state()
 
     def _read_pending(self, bar=None):
         """Read the losses and correct counts of the steps since the last read (one device

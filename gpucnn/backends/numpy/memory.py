@@ -17,22 +17,39 @@ _local = threading.local()
 
 
 def scratch(key, shape, dtype):
-    """A work buffer of this thread, zeroed when first made and reused by later calls.
+    """A work buffer of this thread, all zeros when handed out for a new key and reused,
+    as its last user left it, by later calls with the same key.
 
     A user of a buffer may rely on elements it never writes staying zero, so ``key``
-    names the user and every parameter that decides which elements it writes.
+    names the user and every parameter that decides which elements it writes:
+    ``(role, geometry...)`` or just a role.  Each role keeps one buffer per thread:
+    a key of the same role with another geometry (the next stage of a network) takes
+    the role's memory over, zeroed again (a fraction of a millisecond, a few times a
+    step), so the scratch of a thread is the largest buffer of each role, not the sum
+    over every layer's geometry.
     """
     bufs = getattr(_local, "bufs", None)
     if bufs is None:
         bufs = _local.bufs = {}
-    full = (key, tuple(shape), np.dtype(dtype).str)
-    buf = bufs.pop(full, None)
-    if buf is None:
-        buf = np.zeros(shape, dtype=dtype)
-        if len(bufs) >= SCRATCH_ENTRIES:
-            bufs.pop(next(iter(bufs)))          # the least recently used
-    bufs[full] = buf                            # most recently used last
-    return buf
+    dtype = np.dtype(dtype)
+    full = (key, tuple(shape), dtype.str)
+    role = key[0] if isinstance(key, tuple) else key
+    held = bufs.pop(role, None)                 # (full key, base uint8 buffer, view)
+    if held is not None and held[0] == full:
+        bufs[role] = held                       # most recently used last
+        return held[2]
+    nbytes = math.prod(shape) * dtype.itemsize
+    if held is not None and nbytes <= held[1].nbytes:
+        base = held[1]
+        base[:nbytes] = 0
+    else:
+        held = None                             # the old buffer is freed first
+        base = np.zeros(max(nbytes, 1), dtype=np.uint8)
+    view = base[:nbytes].view(dtype).reshape(shape)
+    if len(bufs) >= SCRATCH_ENTRIES:
+        bufs.pop(next(iter(bufs)))              # the least recently used role
+    bufs[role] = (full, base, view)
+    return view
 
 
 class OutputPool:
