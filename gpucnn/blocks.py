@@ -37,6 +37,7 @@ class _BatchNorm(Module):
     """
 
     _ndims = (4,)
+    _fuses_relu = True      # a ReLU right after it in a Sequential runs in its passes
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True):
@@ -72,7 +73,9 @@ class _BatchNorm(Module):
                           B.asarray(np.zeros(c), dtype=x.dtype))
         return self._ones[1], self._ones[2]
 
-    def forward(self, x):
+    def forward(self, x, act=None):
+        """``act="relu"``: a ReLU that follows in a Sequential, applied in the same pass
+        (see Sequential.forward); the ReLU's backward then runs inside this one's."""
         name = self._name
         B = check_float_input(name, x, self._ndims)
         if x.shape[1] != self.num_features:
@@ -95,17 +98,19 @@ class _BatchNorm(Module):
                                            mean, var, momentum, count)
         else:
             mean, var = self.running_mean.data, self.running_var.data
-        y = B.batchnorm_forward(x, mean, var, weight, bias, self.eps)
+        y = B.batchnorm_forward(x, mean, var, weight, bias, self.eps, act)
         self._x, self._saved_stats = x, (mean, var, weight, batch_stats)
         return y
 
-    def backward(self, grad, input_grad=True):
-        """δ for the input (None when ``input_grad`` is False); fills weight/bias ``.grad``."""
+    def backward(self, grad, input_grad=True, act_out=None):
+        """δ for the input (None when ``input_grad`` is False); fills weight/bias ``.grad``.
+        ``act_out``: the output of a forward with ``act="relu"``; ``grad`` is then the
+        gradient of that output, and the ReLU's backward is taken first."""
         x = self._saved("_x")
         B = self._check_grad(grad, x.shape, x.dtype)
         mean, var, weight, batch_stats = self._saved_stats
         dx, dweight, dbias = B.batchnorm_backward(grad, x, mean, var, weight, self.eps,
-                                                  batch_stats)
+                                                  batch_stats, act_out)
         if self.affine:
             _accumulate(self.weight, dweight)
             _accumulate(self.bias, dbias)

@@ -570,9 +570,12 @@ class Flatten(Module):
 
 def _fusable(layer, nxt):
     """The activation name when ``layer`` (Conv2d/Linear with a bias) and ``nxt`` (exactly
-    ReLU, Sigmoid or Tanh) can run as one bias+activation kernel, else None."""
+    ReLU, Sigmoid or Tanh) can run as one bias+activation kernel, or ``layer`` (a batch
+    norm) and ``nxt`` (exactly ReLU) as one batch-norm pass; else None."""
     if type(nxt) in _FUSED_ACTS and type(layer) in (Conv2d, Linear) and layer.bias is not None:
         return _FUSED_ACTS[type(nxt)]
+    if type(nxt) is ReLU and getattr(layer, "_fuses_relu", False):
+        return "relu"
     return None
 
 
@@ -610,6 +613,7 @@ class Sequential(Module):
         output for its backward as if it had run itself."""
         check_float_input("Sequential", x)
         layers = self.layers
+        folded = set()          # batch norms whose ReLU's backward runs inside theirs
         with _inside():
             i = 0
             while i < len(layers):
@@ -621,7 +625,10 @@ class Sequential(Module):
                     i += 1
                 else:
                     x = nxt._y = layer.forward(x, act=act)
+                    if getattr(layer, "_fuses_relu", False):
+                        folded.add(i)
                     i += 2
+        self._folded = folded
         return x
 
     def backward(self, grad, input_grad=True):
@@ -632,9 +639,19 @@ class Sequential(Module):
         ``.grad`` (a layer without parameters then has nothing to do).
         """
         check_float_input("Sequential.backward", grad, what="gradient")
+        folded = getattr(self, "_folded", ())
         with _inside():
-            for i in range(len(self.layers) - 1, -1, -1):
-                grad = self.layers[i].backward(grad, input_grad=i > 0 or input_grad)
+            i = len(self.layers) - 1
+            while i >= 0:
+                need = i > 0 or input_grad
+                if i - 1 in folded:     # batch norm + ReLU of the forward: one backward
+                    relu = self.layers[i]
+                    grad = self.layers[i - 1].backward(grad, input_grad=i - 1 > 0 or input_grad,
+                                                       act_out=relu._saved("_y"))
+                    i -= 2
+                else:
+                    grad = self.layers[i].backward(grad, input_grad=need)
+                    i -= 1
         return grad
 
     def __repr__(self):

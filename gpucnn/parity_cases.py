@@ -622,45 +622,62 @@ def _(dt, shape, bad=None):
 
 
 @_recipe("batchnorm_forward")
-def _(B, dt, shape, bad=None):
+def _(B, dt, shape, bad=None, act=None):
     x, _, w, b, mean, var = _bn_inputs(dt, shape, bad)
     with np.errstate(invalid="ignore"):
-        return (B.batchnorm_forward(*(B.asarray(a) for a in (x, mean, var, w, b)), 1e-5),)
+        return (B.batchnorm_forward(*(B.asarray(a) for a in (x, mean, var, w, b)), 1e-5, act),)
 
 
 @_.ref
-def _(dt, shape, bad=None):
+def _(dt, shape, bad=None, act=None):
     x, _, w, b, mean, var = _bn_inputs(dt, shape, bad)
-    return (reference.batchnorm(x, w, b, 1e-5, mean, var)[0],)
+    y = reference.batchnorm(x, w, b, 1e-5, mean, var)[0]
+    return (y if act is None else np.maximum(y, 0.0),)     # NaN stays NaN, as relu_forward
+
+
+def _bn_relu_out(dt, shape, x, mean, var):
+    """The output of a fused batch norm + ReLU on x (the mask the fused backward applies)."""
+    _, _, w, b, _, _ = _bn_inputs(dt, shape, None)
+    return np.maximum(_cpu().batchnorm_forward(x, mean, var, w, b, 1e-3), dt(0))
 
 
 @_recipe("batchnorm_backward")
-def _(B, dt, shape, train, bad=None):
+def _(B, dt, shape, train, bad=None, relu=False):
     x, dy, w, _, mean, var = _bn_inputs(dt, shape, None)
     dy = _bn_inputs(dt, shape, bad)[1]
     if train:     # this batch's statistics, the same for every backend
         mean, var = _cpu().batchnorm_stats(x)
+    y = B.asarray(_bn_relu_out(dt, shape, x, mean, var)) if relu else None
     with np.errstate(invalid="ignore"):
         return tuple(B.batchnorm_backward(*(B.asarray(a) for a in (dy, x, mean, var, w)),
-                                          1e-3, train))
+                                          1e-3, train, y))
 
 
 @_.ref
-def _(dt, shape, train, bad=None):
+def _(dt, shape, train, bad=None, relu=False):
     x, dy, w, _, mean, var = _bn_inputs(dt, shape, None)
     dy = _bn_inputs(dt, shape, bad)[1]
+    if relu:
+        m, v = _cpu().batchnorm_stats(x) if train else (mean, var)
+        dy = np.where(_bn_relu_out(dt, shape, x, m, v) > 0, dy, dt(0))
     stats = (None, None) if train else (mean, var)
     return reference.batchnorm_backward(dy, x, w, 1e-3, *stats)
 
 
 def batchnorm(ident, shape, bad=None, large=False):
-    """Batch-norm statistics, forward, and backward (batch and running statistics) on ``shape``
-    (N, C, ...)."""
+    """Batch-norm statistics, forward (also with the fused ReLU), and backward (batch and
+    running statistics; batch statistics with the fused ReLU) on ``shape`` (N, C, ...)."""
     args = dict(shape=shape, bad=bad)
     return [Case("batchnorm_stats", ident, args, large),
             Case("batchnorm_forward", ident, args, large),
             Case("batchnorm_backward", ident + "-train", dict(args, train=True), large),
-            Case("batchnorm_backward", ident + "-eval", dict(args, train=False), large)]
+            Case("batchnorm_backward", ident + "-eval", dict(args, train=False), large),
+            Case("batchnorm_forward", ident + "-relu", dict(args, act="relu"), large)] + ([
+            # with a NaN/inf in dy the ReLU's mask leaves some channels finite, which the
+            # exact comparison of non-finite results cannot take (the fused primitive's
+            # NaN/inf handling: tests/test_batchnorm_relu.py, against the two calls)
+            Case("batchnorm_backward", ident + "-train-relu", dict(args, train=True, relu=True),
+                 large)] if bad is None else [])
 
 
 def _running_inputs(dt, c):

@@ -92,9 +92,12 @@ Normalisation, dropout, residual blocks (the layers of issue 10)
     add(a, b) -> a + b, a new array (same shape and dtype)
     batchnorm_stats(x) -> (mean, var)            per channel, shapes (C,), x's dtype
         mean = (1/M) sum x;  var = (1/M) sum (x - mean)**2 (biased; mean rounded first)
-    batchnorm_forward(x, mean, var, weight, bias, eps) -> y
+    batchnorm_forward(x, mean, var, weight, bias, eps, act=None) -> y
         y = (x - mean[c]) * scale[c] + bias[c],  scale = weight / sqrt(var + eps)
-    batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats) -> (dx, dweight, dbias)
+        act "relu": relu_forward of that y, in the same pass (bitwise the two calls)
+    batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats, y=None) -> (dx, dweight, dbias)
+        y given (the output of batchnorm_forward(..., act="relu")): dy is first replaced
+        by relu_backward(dy, y), in the same passes (the same values as the two calls)
         invstd = 1 / sqrt(var + eps); dbias = sum dy; dweight = (sum dy*(x - mean)) * invstd
         batch_stats (mean/var are this batch's, training mode; the full backward):
             dx = weight*invstd * (dy - dbias/M - (x - mean)*invstd*dweight/M)

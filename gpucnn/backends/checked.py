@@ -400,21 +400,29 @@ def batchnorm_stats(x):
     _channels("batchnorm_stats", "x", x)
 
 
+#: the activations batchnorm_forward can apply in its own pass
+BATCHNORM_ACTS = (None, "relu")
+
+
 @_check
-def batchnorm_forward(x, mean, var, weight, bias, eps):
+def batchnorm_forward(x, mean, var, weight, bias, eps, act=None):
     p = "batchnorm_forward"
     _channels(p, "x", x)
     _per_channel(p, "x", x, mean=mean, var=var, weight=weight, bias=bias)
     _eps(p, eps)
+    if act not in BATCHNORM_ACTS:
+        raise ValueError(f"{p}: act is {act!r}; expected one of {BATCHNORM_ACTS}")
 
 
 @_check
-def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats):
+def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats, y=None):
     p = "batchnorm_backward"
     _channels(p, "dy", dy)
     _like(p, "x", x, dy, "dy")
     _per_channel(p, "x", x, mean=mean, var=var, weight=weight)
     _eps(p, eps)
+    if y is not None:
+        _like(p, "y", y, dy, "dy")
 
 
 @_check

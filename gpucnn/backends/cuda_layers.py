@@ -58,16 +58,20 @@ class LayerPrimitives:
         var = self._channel_mean(partial, c, p, n * s, dt)
         return mean, var
 
-    def batchnorm_forward(self, x, mean, var, weight, bias, eps):
+    def batchnorm_forward(self, x, mean, var, weight, bias, eps, act=None):
         dt = x.dtype
         x, mean, var, weight, bias = (self._c(a) for a in (x, mean, var, weight, bias))
         _, c, s = _ncs(x.shape)
         y = self.xp.empty(x.shape, dtype=dt)
         self._launch("batchnorm.cu", "batchnorm_forward", dt, x.size, x, mean, var, weight,
                      bias, y, I64(x.size), I64(c), I64(s), dt.type(eps))
-        return y
+        # act: the activation's own kernel after (the fusion pays on the NumPy backend,
+        # where it saves a pass over memory; here it is the two launches, bitwise)
+        return y if act is None else self.relu_forward(y)
 
-    def batchnorm_backward(self, dy, x, mean, var, weight, eps, batch_stats):
+    def batchnorm_backward(self, dy, x, mean, var, weight, eps, batch_stats, y=None):
+        if y is not None:                 # the fused ReLU's backward first (see forward)
+            dy = self.relu_backward(dy, y)
         dt = dy.dtype
         dy, x, mean, var, weight = (self._c(a) for a in (dy, x, mean, var, weight))
         n, c, s = _ncs(x.shape)
