@@ -55,3 +55,25 @@ def test_every_plan_matches_a_direct_loop(kernel, stride, padding):
             win = xp[:, :, i * stride[0]:i * stride[0] + kernel[0], j * stride[1]:j * stride[1] + kernel[1]]
             ref[:, :, i, j] = np.tensordot(win, w, axes=([1, 2, 3], [1, 2, 3]))
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_workers_run_under_the_callers_errstate():
+    """np.errstate set by the caller holds on the worker threads too (NumPy keeps it in a
+    context variable, which the pool copies into each task): no RuntimeWarning escapes a
+    worker where the caller silenced it, and 'raise' raises from any worker."""
+    import warnings
+    from gpucnn.backends.numpy.parallel import Workers
+    pool = Workers(threads=3)
+    a = np.full(3000, np.inf)
+
+    def part(s, e):
+        return np.subtract(a[s:e], a[s:e])          # inf - inf: "invalid value"
+    ranges = [(0, 1000), (1000, 2000), (2000, 3000)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(invalid="ignore"):
+            out = pool.run(part, ranges)
+    assert all(np.isnan(o).all() for o in out)
+    with np.errstate(invalid="raise"):
+        with pytest.raises(FloatingPointError):
+            pool.run(lambda s, e: part(s, e) if s > 0 else None, ranges)

@@ -6,6 +6,7 @@ slices of the batch run in parallel.  While they do, BLAS is held to one thread
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -128,7 +129,11 @@ class Workers:
         try:
             if len(ranges) == 1:
                 return [fn(*ranges[0])]
-            futures = [self._executor().submit(fn, s, e) for s, e in ranges[1:]]
+            # each worker runs in a copy of the caller's context: NumPy's errstate (a
+            # context variable) travels with it, so a caller's np.errstate(...) or
+            # quiet_overflow() holds on every thread (no RuntimeWarning from a worker)
+            ctx = contextvars.copy_context()
+            futures = [self._executor().submit(ctx.copy().run, fn, s, e) for s, e in ranges[1:]]
             first = fn(*ranges[0])
             return [first] + [f.result() for f in futures]
         finally:
