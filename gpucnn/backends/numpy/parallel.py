@@ -132,8 +132,9 @@ class Workers:
             # each worker runs in a copy of the caller's context: NumPy's errstate (a
             # context variable) travels with it, so a caller's np.errstate(...) or
             # quiet_overflow() holds on every thread (no RuntimeWarning from a worker)
-            ctx = contextvars.copy_context()
-            futures = [self._executor().submit(ctx.copy().run, fn, s, e) for s, e in ranges[1:]]
+            pool = self._executor()
+            futures = [pool.submit(contextvars.copy_context().run, fn, s, e)
+                       for s, e in ranges[1:]]
             first = fn(*ranges[0])
             return [first] + [f.result() for f in futures]
         finally:
