@@ -591,6 +591,7 @@ class Sequential(Module):
                 raise TypeError(f"Sequential: argument {i} is a {type(layer).__name__}, "
                                 "expected a gpucnn Module")
         self.layers = list(layers)
+        self._folded = set()    # batch norms whose following ReLU ran inside them (forward)
 
     def _children(self):
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
@@ -613,7 +614,7 @@ class Sequential(Module):
         output for its backward as if it had run itself."""
         check_float_input("Sequential", x)
         layers = self.layers
-        folded = set()          # batch norms whose ReLU's backward runs inside theirs
+        folded = set()
         with _inside():
             i = 0
             while i < len(layers):
@@ -639,19 +640,16 @@ class Sequential(Module):
         ``.grad`` (a layer without parameters then has nothing to do).
         """
         check_float_input("Sequential.backward", grad, what="gradient")
-        folded = getattr(self, "_folded", ())
         with _inside():
             i = len(self.layers) - 1
             while i >= 0:
-                need = i > 0 or input_grad
-                if i - 1 in folded:     # batch norm + ReLU of the forward: one backward
-                    relu = self.layers[i]
-                    grad = self.layers[i - 1].backward(grad, input_grad=i - 1 > 0 or input_grad,
-                                                       act_out=relu._saved("_y"))
-                    i -= 2
-                else:
-                    grad = self.layers[i].backward(grad, input_grad=need)
+                if i - 1 in self._folded:     # batch norm + ReLU of the forward: one backward
                     i -= 1
+                    grad = self.layers[i].backward(grad, input_grad=i > 0 or input_grad,
+                                                   act_out=self.layers[i + 1]._saved("_y"))
+                else:
+                    grad = self.layers[i].backward(grad, input_grad=i > 0 or input_grad)
+                i -= 1
         return grad
 
     def __repr__(self):

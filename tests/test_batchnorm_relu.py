@@ -127,3 +127,23 @@ def test_input_gradient_of_a_leading_pair():
     dx = net.backward(g)
     assert dx.shape == x.shape and np.abs(npy(dx)).sum() > 0
     assert net.backward(g, input_grad=False) is None
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_pair_gradcheck_float64(train):
+    """Sequential(BatchNorm2d, ReLU), run fused: input, weight and bias gradients against
+    float64 finite differences (inputs kept away from the ReLU's kink)."""
+    from tests.test_gradcheck import gradcheck_module
+    bn = gpucnn.BatchNorm2d(3).to(np.float64)
+    rng = np.random.default_rng(8)
+    bn.weight.data[...] = rng.standard_normal(3) * 0.5 + 1.0
+    bn.bias.data[...] = rng.standard_normal(3) * 0.3
+    seq = gpucnn.Sequential(bn, gpucnn.ReLU())
+    x = rng.standard_normal((4, 3, 3, 4)) * 2.0 + 0.5
+    if not train:
+        seq(x)
+        seq.eval()
+    seq(x)
+    assert seq._folded == {0}
+    grads = gradcheck_module(seq, x)
+    assert set(grads) == {"input", "0.weight", "0.bias"}

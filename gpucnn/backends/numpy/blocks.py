@@ -158,8 +158,8 @@ def _scale(weight, var, eps):
     return weight / np.sqrt(var + t(eps))
 
 
-def _relu_grad_into(out, dy, y):
-    """out = relu_backward(dy, y) for one block, as pointwise.relu_backward computes it:
+def relu_grad_into(out, dy, y):
+    """out = relu_backward(dy, y) for one block (pointwise.relu_backward runs it block by block):
     (y > 0) as 1.0/0.0 times dy, and a block where that made a NaN (dy * 0 for an infinite
     or NaN dy where y <= 0) redone as the exact select (a masked copy is 12x slower)."""
     zero = y.dtype.type(0)
@@ -208,7 +208,7 @@ def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats, y=None):
         for n0, n1, c0, c1 in _blocks(lo, hi, c, shape):
             xmu, dyb = tmp[:n1 - n0, :c1 - c0], dy3[n0:n1, c0:c1]
             if y3 is not None:      # the fused ReLU's gradient, kept in dx for the pass below
-                _relu_grad_into(dx[n0:n1, c0:c1], dyb, y3[n0:n1, c0:c1])
+                relu_grad_into(dx[n0:n1, c0:c1], dyb, y3[n0:n1, c0:c1])
                 dyb = dx[n0:n1, c0:c1]
             np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=xmu)
             _row_sums(dyb, rows_dy[n0 - lo:n1 - lo, c0:c1])

@@ -329,7 +329,7 @@ class RowPlan(WidePlan):
     def backward_weight(self, dy, x, s0, e0):
         o, c, kh, kw, q, q2 = self.o, self.c, self.kh, self.kw, self.q, self.q2
         g = chunk(e0 - s0, (self.kr + kw * o) * q2 * dy.itemsize)
-        g = -(-(e0 - s0) // -(-(e0 - s0) // g))         # chunks of even size: no short one
+        g = -(-(e0 - s0) // -(-(e0 - s0) // g))         # chunks of near-equal size
         planes = scratch(("wgt-planes", self.geom), (g, c, self.length), dy.dtype)
         # every buffer below: the elements never written (padding, shifts' ends) stay 0
         rows = scratch(("wgt-rows", self.geom), (c, kh, g, q2), dy.dtype)

@@ -110,21 +110,16 @@ def relu_backward(dy, y):
     # four times slower here), block by block (blocks.BLOCK_BYTES) so that the product
     # and the check read the block from cache.  Where y <= 0 this gives dy * 0: 0 for
     # finite dy, NaN for dy = +-inf or NaN, and NaN is the only wrong value it can give
-    # (maximum.reduce propagates NaN); such a block is redone as the exact select.
+    # (maximum.reduce propagates NaN); such a block is redone as the exact select
+    # (blocks.relu_grad_into, which the fused batch norm's backward shares).
     dyf, out = flat_pair(dy)
     yf = y.reshape(-1)
-    zero = y.dtype.type(0)
     step = max(1, blocks.BLOCK_BYTES // out.itemsize)
 
     def part(s, e):
-        with np.errstate(invalid="ignore"):
-            for lo in range(s, e, step):
-                hi = min(e, lo + step)
-                o, yb, db = out[lo:hi], yf[lo:hi], dyf[lo:hi]
-                np.greater(yb, zero, out=o)
-                o *= db
-                if np.isnan(np.maximum.reduce(o)):
-                    np.copyto(o, np.where(yb > zero, db, zero))
+        for lo in range(s, e, step):
+            hi = min(e, lo + step)
+            blocks.relu_grad_into(out[lo:hi], dyf[lo:hi], yf[lo:hi])
 
     elementwise(dyf.size, 1, part)
     return out.reshape(dy.shape)
