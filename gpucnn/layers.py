@@ -386,13 +386,12 @@ class Conv2d(Module):
         """δ for the input (None when ``input_grad`` is False); fills weight/bias ``.grad``."""
         x = self._saved("_x")
         B = self._check_grad(grad, self._y_shape, x.dtype)
-        _accumulate(self.weight, B.conv2d_backward_weight(grad, x, self.weight.shape,
-                                                          self.stride, self.padding))
+        dx, dw = B.conv2d_backward(grad, x, self.weight.data, self.stride, self.padding,
+                                   input_grad)
+        _accumulate(self.weight, dw)
         if self.bias is not None:
             _accumulate(self.bias, B.bias_backward(grad))
-        if not input_grad:
-            return None
-        return B.conv2d_backward_data(grad, self.weight.data, x.shape, self.stride, self.padding)
+        return dx
 
     def __repr__(self):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -130,11 +130,25 @@ def _(dt, x, w, stride, padding, max_cols=None):
     return (reference.conv2d_backward(dy, xa, wa, stride, padding)[1],)
 
 
+@_recipe("conv2d_backward")
+def _(B, dt, x, w, stride, padding, max_cols=None):
+    xa, wa, dy = _conv_inputs(dt, x, w, stride, padding)
+    with _cols_limit(B, max_cols):
+        return B.conv2d_backward(B.asarray(dy), B.asarray(xa), B.asarray(wa), stride, padding,
+                                 True)
+
+
+@_.ref
+def _(dt, x, w, stride, padding, max_cols=None):
+    xa, wa, dy = _conv_inputs(dt, x, w, stride, padding)
+    return reference.conv2d_backward(dy, xa, wa, stride, padding)[:2]
+
+
 def conv(ident, x, w, stride, padding, large=False, **extra):
-    """The three convolution primitives on input ``x`` (N, C, H, W) and weight ``w``."""
+    """The convolution primitives on input ``x`` (N, C, H, W) and weight ``w``."""
     args = dict(x=x, w=w, stride=stride, padding=padding, **extra)
     return [Case(p, ident, args, large) for p in
-            ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")]
+            ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "conv2d_backward")]
 
 
 # ------------------------------------------------------------------------ dense, bias

@@ -32,7 +32,7 @@ import numpy as np
 
 FLOAT64_RTOL = 1e-10
 
-_GEMM = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight",
+_GEMM = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "conv2d_backward",
          "linear_forward", "linear_backward_data", "linear_backward_weight")
 _REDUCTIONS = ("bias_backward", "mse_forward", "softmax_cross_entropy_forward",
                # per-channel sums (the batch-norm backward's dx reads them: one rounding of a
@@ -44,7 +44,7 @@ _FLOAT32 = {name: 1e-5 for name in _GEMM + _REDUCTIONS}
 #: primitive -> {dtype name: rtol}
 TOLERANCES = {}
 for _name in ("asarray", "to_numpy", "zeros", "all_finite", "accumulate",
-              "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight",
+              "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "conv2d_backward",
               "linear_forward", "linear_backward_data", "linear_backward_weight",
               "bias_forward", "bias_backward",
               "maxpool2d_forward", "maxpool2d_backward",

@@ -186,7 +186,8 @@ _REACH = np.zeros((1, 1, 4, 4), bool)
 _REACH[0, 0, 0:3, 0:3] = True
 
 
-@case("conv2d", "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")
+@case("conv2d", "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight",
+      "conv2d_backward")
 def _conv2d(B, dt, bad):
     # y is non-finite exactly where the window holds the non-finite input (all-ones weights:
     # NaN -> NaN, +-inf -> +-inf); elsewhere the finite sum.  backward_data: the same pattern
@@ -212,8 +213,12 @@ def _conv2d(B, dt, bad):
     if not math.isnan(bad):  # tap (0, 0) reads padding (0 * inf = NaN) on row 0 / column 0, else x*inf
         tap = np.pad(fin[0, 0], 1)[0:4, 0:4]
         want2[0, 1] = np.where(tap == 0, NAN, np.where(tap > 0, bad, -bad))
+    # both at once (dy non-finite, x all ones): backward-data's and backward-weight's results
+    dx_b, dw_b = (_host(B, a) for a in B.conv2d_backward(
+        B.asarray(x), B.asarray(np.ones((1, 1, 4, 4), dt)), B.asarray(w), (1, 1), (1, 1), True))
     return [(y, want), (dx, want), (dw, np.full((1, 1, 3, 3), bad)),
-            (dw0, np.full((1, 1, 3, 3), NAN if math.isinf(bad) else bad)), (y2, want2)]
+            (dw0, np.full((1, 1, 3, 3), NAN if math.isinf(bad) else bad)), (y2, want2),
+            (dx_b, want), (dw_b, np.full((1, 1, 3, 3), bad))]
 
 
 @case("linear", "linear_forward", "linear_backward_data", "linear_backward_weight")

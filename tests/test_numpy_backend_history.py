@@ -26,6 +26,12 @@ def _old_backend():
     # primitives added since (augmentation, new layers) are not in a LeNet step; the seam's
     # checked wrapper needs every primitive, so borrow them from the current backend
     current = backends.cpu_backend().unchecked
+    if not hasattr(old, "conv2d_backward"):      # the pair, from the old backend's two passes
+        def conv2d_backward(dy, x, w, stride, padding, input_grad):
+            dw = old.conv2d_backward_weight(dy, x, w.shape, stride, padding)
+            return (old.conv2d_backward_data(dy, w, x.shape, stride, padding)
+                    if input_grad else None), dw
+        old.conv2d_backward = conv2d_backward
     for name in backends.PRIMITIVES:
         if not hasattr(old, name):
             setattr(old, name, getattr(current, name))

@@ -34,7 +34,8 @@ def test_blas_is_held_to_one_thread_inside_a_primitive_and_restored_after():
     ((8, 1, 28, 28), (6, 1, 5, 5), (1, 1), (2, 2), False, conv.WidePlan),      # LeNet conv1
     ((8, 3, 32, 32), (32, 3, 3, 3), (1, 1), (1, 1), False, conv.WidePlan),    # CIFAR conv1
     ((8, 3, 32, 32), (32, 3, 3, 3), (1, 1), (1, 1), True, conv.RectPlan),     # its backward-weight
-    ((8, 64, 8, 8), (128, 64, 3, 3), (1, 1), (1, 1), False, conv.RectPlan),   # O*(Wp-OW) > 150
+    ((8, 64, 8, 8), (128, 64, 3, 3), (1, 1), (1, 1), False, conv.WidePlan),   # O*(Wp-OW) = 128
+    ((8, 64, 8, 8), (160, 64, 3, 3), (1, 1), (1, 1), False, conv.RectPlan),   # O*(Wp-OW) > 150
     ((8, 3, 9, 9), (4, 3, 3, 3), (2, 2), (1, 1), False, conv.RectPlan),
 ])
 def test_plan_choice(x_shape, w_shape, stride, padding, weight, plan):

@@ -52,6 +52,10 @@ Convolution and dense layers
     conv2d_forward(x, w, stride, padding) -> y                  x (N,C,H,W), w (O,C,kh,kw)
     conv2d_backward_data(dy, w, x_shape, stride, padding) -> dx
     conv2d_backward_weight(dy, x, w_shape, stride, padding) -> dw
+    conv2d_backward(dy, x, w, stride, padding, input_grad) -> (dx or None, dw)
+        both gradients of one convolution (dx None unless input_grad): the values of
+        conv2d_backward_data and conv2d_backward_weight (dw to rounding: a backend may
+        sum it over the batch in another order while it computes dx alongside)
     linear_forward(x, w) -> y = x @ w.T                         x (N,I), w (O,I)
     linear_backward_data(dy, w) -> dx = dy @ w
     linear_backward_weight(dy, x) -> dw = dy.T @ x
@@ -195,7 +199,7 @@ import os
 
 PRIMITIVES = (
     "asarray", "to_numpy", "zeros", "all_finite", "accumulate",
-    "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight",
+    "conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "conv2d_backward",
     "linear_forward", "linear_backward_data", "linear_backward_weight",
     "bias_forward", "bias_backward", "bias_act_forward",
     "maxpool2d_forward", "maxpool2d_backward",

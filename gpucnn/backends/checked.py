@@ -125,6 +125,19 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding):
            lambda: f", the output of x {tuple(x.shape)} and w_shape {tuple(w_shape)}")
 
 
+@_check
+def conv2d_backward(dy, x, w, stride, padding, input_grad):
+    p = "conv2d_backward"
+    dt = _float(p, "dy", dy)
+    _same(p, "x", x, dt, "dy")
+    _same(p, "w", w, dt, "dy")
+    y_shape = conv_out_shape(p, x.shape, w.shape, stride, padding)
+    _shape(p, "dy", dy, y_shape,
+           lambda: f", the output of x {tuple(x.shape)} and w {tuple(w.shape)}")
+    if not isinstance(input_grad, (bool, np.bool_)):
+        raise TypeError(f"{p}: input_grad is {input_grad!r}; expected True or False")
+
+
 def _matrices(p, a_name, a, b_name, b):
     _same(p, b_name, b, _float(p, a_name, a), a_name)
     _ndim(p, a_name, a, 2, "(N, features)")

@@ -215,6 +215,12 @@ class CudaBackend(LayerPrimitives):
                            dy, w, dx, *map(I64, (n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow)))
         return dx
 
+    def conv2d_backward(self, dy, x, w, stride, padding, input_grad):
+        """The two launches one after the other (one stream: nothing to overlap)."""
+        dw = self.conv2d_backward_weight(dy, x, w.shape, stride, padding)
+        dx = self.conv2d_backward_data(dy, w, x.shape, stride, padding) if input_grad else None
+        return dx, dw
+
     def conv2d_backward_weight(self, dy, x, w_shape, stride, padding):
         if not self._igemm():
             return self._im2col_backward_weight(dy, x, w_shape, stride, padding)

@@ -46,6 +46,7 @@ class NumpyBackend:
     conv2d_forward = staticmethod(conv.conv2d_forward)
     conv2d_backward_data = staticmethod(conv.conv2d_backward_data)
     conv2d_backward_weight = staticmethod(conv.conv2d_backward_weight)
+    conv2d_backward = staticmethod(conv.conv2d_backward)
 
     # dense and bias
     linear_forward = staticmethod(dense.linear_forward)

@@ -195,7 +195,7 @@ class WidePlan(_Plan):
     def __init__(self, *args):
         super().__init__(*args)
         self.ph, self.pw = self.padding
-        self.hp, self.wp = self.h + 2 * self.ph, self.w + 2 * self.pw
+        self.hp, self.wp = self.h + 2 * self.ph, wide_row(self.w, self.kw, self.pw)
         self.q = self.oh * self.wp                          # wide output length per plane
         self.length = self.hp * self.wp + self.kw - 1       # padded plane + the last window's tail
         self.row, self.weight_p = self.wp, self.q
@@ -371,11 +371,23 @@ def use_wide(c, o, kernel, stride, padding, x_hw, limit):
     if tuple(stride) != (1, 1) or is_pointwise(kernel, stride, padding):
         return False
     kh, kw = kernel
-    wp = x_hw[1] + 2 * padding[1]
-    ow = wp - kw + 1
+    ow = x_hw[1] + 2 * padding[1] - kw + 1
     if ow < 1 or x_hw[0] + 2 * padding[0] - kh + 1 < 1:
         return False
-    return o * (wp - ow) <= limit
+    return o * (wide_row(x_hw[1], kw, padding[1]) - ow) <= limit
+
+
+def wide_row(w, kw, pw):
+    """The row length of the wide layout: W + pw when the padding is at most kw - 1.
+
+    Each row is the image row preceded by pw zeros: a window that reaches past the
+    row's right end reads the next row's leading zeros, so one run of zeros pads both
+    sides of neighbouring rows (3x3, padding 1: rows W + 1 long, not W + 2: half the
+    extra GEMM columns; below the last image row lie the padding rows or the plane's
+    zero tail).  A wider padding keeps both sides' zeros (W + 2*pw), so that an output
+    row, W + 2*pw - kw + 1 long, still fits in a row.
+    """
+    return w + pw if pw <= kw - 1 else w + 2 * pw
 
 
 # GPUCNN_CONV_ROWS=0 turns RowPlan off (the plain wide layout everywhere), for A/B runs
@@ -460,6 +472,34 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding):
     WORKERS.run(lambda s, e: plan.backward_data(dy, w2t, dx, s, e), _split(n, plan, plan.p),
                 blas=True)
     return dx
+
+
+# GPUCNN_CONV_PAIR=0 runs backward-data and backward-weight one after the other, for A/B runs
+PAIR = os.environ.get("GPUCNN_CONV_PAIR", "1") != "0"
+
+
+def pair_backward(x_shape, w_shape, stride, padding):
+    """Whether conv2d_backward runs its two passes at once, one per thread (see
+    Workers.pair): on two threads, when backward-data runs as a forward convolution
+    (then the two passes cost about the same) and each is worth a thread."""
+    if not (PAIR and WORKERS.threads == 2 and data_as_forward(x_shape, w_shape, stride, padding)):
+        return False
+    o, c, kh, kw = w_shape
+    oh, ow = out_hw(tuple(x_shape[2:]), (kh, kw), stride, padding)
+    return x_shape[0] * o * c * kh * kw * oh * ow >= PARALLEL_MIN_FLOPS_CONV
+
+
+def conv2d_backward(dy, x, w, stride, padding, input_grad):
+    """(dx, dw) of one convolution, dx None unless ``input_grad``: the values of
+    conv2d_backward_data and conv2d_backward_weight (when the two passes run at once,
+    each runs on one thread over the whole batch: bitwise what one thread computes,
+    which may differ in rounding from the passes split over the batch)."""
+    stride, padding = tuple(stride), tuple(padding)
+    if input_grad and pair_backward(x.shape, w.shape, stride, padding):
+        return WORKERS.pair(lambda: conv2d_backward_data(dy, w, x.shape, stride, padding),
+                            lambda: conv2d_backward_weight(dy, x, w.shape, stride, padding))
+    dw = conv2d_backward_weight(dy, x, w.shape, stride, padding)
+    return (conv2d_backward_data(dy, w, x.shape, stride, padding) if input_grad else None), dw
 
 
 def conv2d_backward_weight(dy, x, w_shape, stride, padding):

@@ -110,7 +110,7 @@ class Workers:
         """Contiguous (start, end) ranges of range(n) for up to ``threads`` workers, so
         that each gets at least ``min_work`` (in the caller's units, ``work`` per item)."""
         k = min(self.threads, n, int(n * work // max(1, min_work)))
-        if k <= 1 or threading.current_thread().name.startswith(_THREAD_PREFIX):
+        if k <= 1 or _serial.on or threading.current_thread().name.startswith(_THREAD_PREFIX):
             return [(0, n)]
         bounds = [n * i // k for i in range(k + 1)]
         return [(bounds[i], bounds[i + 1]) for i in range(k)]
@@ -142,6 +142,40 @@ class Workers:
                 self.blas.restore(saved)
 
 
+    def pair(self, first, second):
+        """first() on the calling thread and second() on a worker thread at the same time,
+        each doing its own work serially (no further split); returns (first(), second()).
+
+        For two independent BLAS-heavy tasks of similar size on two threads (a
+        convolution's backward-data and backward-weight): each then runs at
+        single-thread speed with its copies and GEMMs out of step with the other's,
+        which measured faster than splitting each over the batch in turn (figures in
+        benchmarks/RESULTS.md).  BLAS is held to one thread until both are done.
+        """
+        if self.threads < 2 or _serial.on or threading.current_thread().name.startswith(
+                _THREAD_PREFIX) or not self.blas.libs():
+            return first(), second()
+        saved = self.blas.hold_one()
+        future = None
+        try:
+            future = self._executor().submit(contextvars.copy_context().run, second)
+            _serial.on = True
+            try:
+                a = first()
+            finally:
+                _serial.on = False
+            return a, future.result()
+        finally:
+            if future is not None:
+                future.exception()          # the worker is done before BLAS is restored
+            self.blas.restore(saved)
+
+
+class _Serial(threading.local):
+    on = False
+
+
+_serial = _Serial()
 WORKERS = Workers()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=WORKERS._after_fork)

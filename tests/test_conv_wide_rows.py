@@ -1,0 +1,165 @@
+"""The NumPy convolution's wide layout with shared padding columns (rows W + pw long), and
+conv2d_backward, which runs backward-data and backward-weight at once on two threads.
+
+Every result is checked against the direct-loop definitions in ``gpucnn.reference``
+(float64), and the pair against the two single-pass primitives.
+"""
+import threading
+
+import numpy as np
+import pytest
+
+from gpucnn import reference
+from gpucnn.backends import cpu_backend
+from gpucnn.backends.numpy import conv
+from gpucnn.backends.numpy.parallel import WORKERS
+
+
+@pytest.mark.parametrize("w, kw, pw, want", [
+    (8, 3, 1, 9),       # 3x3 "same": one zero column between rows
+    (8, 5, 2, 10),
+    (8, 3, 0, 8),       # no padding: rows are the image rows
+    (8, 3, 2, 10),      # pw = kw - 1: the output row (W + 2) just fits
+    (8, 3, 3, 14),      # pw > kw - 1: an output row (W + 4) would not fit in W + 3: both sides
+    (8, 1, 0, 8),
+])
+def test_row_length(w, kw, pw, want):
+    assert conv.wide_row(w, kw, pw) == want
+    ow = w + 2 * pw - kw + 1
+    assert conv.wide_row(w, kw, pw) >= ow           # an output row fits in a wide row
+
+
+def _all_passes(x, wt, padding):
+    y = conv.conv2d_forward(x, wt, (1, 1), padding)
+    dy = np.random.default_rng(7).standard_normal(y.shape)
+    dx = conv.conv2d_backward_data(dy, wt, x.shape, (1, 1), padding)
+    dw = conv.conv2d_backward_weight(dy, x, wt.shape, (1, 1), padding)
+    return y, dy, dx, dw
+
+
+GEOMETRIES = [  # (C, O, H, W, kh, kw, ph, pw)
+    (8, 4, 6, 7, 3, 3, 1, 1),      # RowPlan (O <= C, C*kh >= 16)
+    (8, 8, 5, 5, 3, 3, 0, 0),
+    (3, 5, 6, 7, 3, 3, 1, 1),      # WidePlan (widening)
+    (4, 3, 7, 6, 5, 5, 2, 2),
+    (8, 4, 7, 6, 5, 5, 2, 2),      # rows with 5 kernel columns
+    (4, 3, 6, 5, 3, 3, 1, 0),      # padding on one axis only
+    (4, 3, 6, 5, 3, 3, 0, 1),
+    (8, 4, 6, 5, 3, 3, 2, 2),      # pw = kw - 1: the output row just fits in W + pw
+    (8, 4, 6, 5, 2, 3, 1, 3),      # padding wider than kw - 1: rows W + 2*pw
+    (4, 3, 5, 6, 3, 3, 1, 4),
+    (4, 3, 1, 1, 3, 3, 1, 1),      # a 1x1 image
+    (8, 4, 6, 6, 1, 3, 0, 1),
+    (8, 4, 6, 6, 3, 1, 1, 0),
+]
+
+
+@pytest.mark.parametrize("rows", [True, False], ids=["rows", "plain-wide"])
+@pytest.mark.parametrize("c, o, h, w, kh, kw, ph, pw", GEOMETRIES)
+def test_wide_layout_matches_the_direct_loops(c, o, h, w, kh, kw, ph, pw, rows, monkeypatch):
+    monkeypatch.setattr(conv, "WIDE_MAX_WASTE", 1 << 30)      # every stride-1 layer goes wide
+    monkeypatch.setattr(conv, "WIDE_MAX_WASTE_WEIGHT", 1 << 30)
+    monkeypatch.setattr(conv, "ROWS", rows)
+    conv._plan.cache_clear()
+    try:
+        rng = np.random.default_rng(c * 100 + kh * 10 + pw)
+        x = rng.standard_normal((2, c, h, w))
+        wt = rng.standard_normal((o, c, kh, kw))
+        if kw > 1:
+            assert isinstance(conv.plan_for(x.shape, wt.shape, (1, 1), (ph, pw)), conv.WidePlan)
+        y, dy, dx, dw = _all_passes(x, wt, (ph, pw))
+    finally:
+        conv._plan.cache_clear()
+    np.testing.assert_allclose(y, reference.conv2d(x, wt, None, 1, (ph, pw)), rtol=1e-11, atol=1e-11)
+    rdx, rdw, _ = reference.conv2d_backward(dy, x, wt, 1, (ph, pw))
+    np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-11, atol=1e-11)
+
+
+# ---------------------------------------------------------------------- conv2d_backward
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Two worker threads, and the pair taken for layers of any size."""
+    monkeypatch.setattr(conv, "PARALLEL_MIN_FLOPS_CONV", 1)
+    saved = WORKERS.threads
+    WORKERS.set_threads(2)
+    yield
+    WORKERS.set_threads(saved)
+
+
+def _inputs(c=16, o=16, hw=8, n=6, dtype=np.float64):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, c, hw, hw)).astype(dtype)
+    w = (rng.standard_normal((o, c, 3, 3)) / 12).astype(dtype)
+    dy = rng.standard_normal((n, o, hw, hw)).astype(dtype)
+    return dy, x, w
+
+
+def test_pair_runs_the_two_passes_on_two_threads(two_threads, monkeypatch):
+    dy, x, w = _inputs()
+    assert conv.pair_backward(x.shape, w.shape, (1, 1), (1, 1))
+    seen = {}
+    for name in ("conv2d_backward_data", "conv2d_backward_weight"):
+        def spy(*a, _f=getattr(conv, name), _n=name):
+            seen[_n] = threading.current_thread().name
+            return _f(*a)
+        monkeypatch.setattr(conv, name, spy)
+    dx, dw = conv.conv2d_backward(dy, x, w, (1, 1), (1, 1), True)
+    assert seen["conv2d_backward_data"] == threading.current_thread().name
+    assert seen["conv2d_backward_weight"] != seen["conv2d_backward_data"]
+    rdx, rdw, _ = reference.conv2d_backward(dy, x, w, 1, 1)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pair_is_bitwise_the_single_thread_passes(two_threads, dtype):
+    """Each pass runs on one thread over the whole batch: the values one thread computes."""
+    dy, x, w = _inputs(dtype=dtype)
+    dx, dw = conv.conv2d_backward(dy, x, w, (1, 1), (1, 1), True)
+    assert dx.dtype == dw.dtype == dtype
+    WORKERS.set_threads(1)
+    np.testing.assert_array_equal(dx, conv.conv2d_backward_data(dy, w, x.shape, (1, 1), (1, 1)))
+    np.testing.assert_array_equal(dw, conv.conv2d_backward_weight(dy, x, w.shape, (1, 1), (1, 1)))
+
+
+def test_pair_restores_blas_threads_and_reports_errors(two_threads):
+    """An exception in either pass reaches the caller; BLAS's thread count comes back."""
+    from threadpoolctl import ThreadpoolController
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [lib.get_num_threads() for lib in libs]
+
+    def boom():
+        raise ArithmeticError("second pass failed")
+    with pytest.raises(ArithmeticError, match="second pass"):
+        WORKERS.pair(lambda: 1, boom)
+    with pytest.raises(ArithmeticError, match="second pass"):
+        WORKERS.pair(boom, lambda: 1)
+    assert WORKERS.pair(lambda: 1, lambda: 2) == (1, 2)
+    assert [lib.get_num_threads() for lib in libs] == before
+
+
+def test_no_input_gradient(two_threads):
+    dy, x, w = _inputs()
+    dx, dw = conv.conv2d_backward(dy, x, w, (1, 1), (1, 1), False)
+    assert dx is None
+    np.testing.assert_allclose(dw, reference.conv2d_backward(dy, x, w, 1, 1)[1], rtol=1e-11)
+
+
+def test_pair_not_taken_where_it_was_not_measured_faster(two_threads):
+    # stride 2 (backward-data is col2im, twice backward-weight's time), widening layers
+    assert not conv.pair_backward((4, 16, 8, 8), (32, 16, 3, 3), (2, 2), (1, 1))
+    assert not conv.pair_backward((4, 16, 8, 8), (32, 16, 3, 3), (1, 1), (1, 1))
+    WORKERS.set_threads(3)
+    assert not conv.pair_backward((4, 16, 8, 8), (16, 16, 3, 3), (1, 1), (1, 1))
+
+
+def test_the_seam_checks_its_arguments():
+    B = cpu_backend()
+    dy, x, w = _inputs(n=2)
+    with pytest.raises(ValueError, match=r"conv2d_backward: dy has shape \(2, 16, 7, 8\)"):
+        B.conv2d_backward(dy[:, :, 1:], x, w, (1, 1), (1, 1), True)
+    with pytest.raises(TypeError, match="conv2d_backward: input_grad is 'yes'; expected True or False"):
+        B.conv2d_backward(dy, x, w, (1, 1), (1, 1), "yes")
+    with pytest.raises(TypeError, match="conv2d_backward: w has dtype float32; expected float64"):
+        B.conv2d_backward(dy, x, w.astype(np.float32), (1, 1), (1, 1), True)
