@@ -24,7 +24,7 @@ import gpucnn  # noqa: E402
 from gpucnn import backends  # noqa: E402
 from bench_train import IN_SHAPE, build_gpucnn  # noqa: E402
 
-PRIMS = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "batchnorm_stats",
+PRIMS = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "conv2d_backward", "batchnorm_stats",
          "batchnorm_forward", "batchnorm_backward", "batchnorm_update_running", "relu_forward",
          "relu_backward", "add", "subsample_pad_forward", "subsample_pad_backward",
          "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward_data",

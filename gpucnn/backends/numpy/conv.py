@@ -32,7 +32,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..geometry import out_hw
 from .memory import empty, scratch
 from .parallel import PARALLEL_MIN_FLOPS_CONV, WORKERS, split_sum
-from .windows import col2im_add, fill_cols, window_offsets
+from .windows import col2im_add, col2im_phases, fill_cols, phase_terms, window_offsets
 
 # Columns of at most this many bytes per chunk: the GEMMs run at their best with
 # operands of about this size.
@@ -153,6 +153,10 @@ class RectPlan(_Plan):
         super().__init__(*args)
         self.offsets = list(window_offsets((self.oh, self.ow), (self.h, self.w),
                                            self.kernel, self.stride, self.padding))
+        # strided: col2im by the input's phases (each element written once, see windows.py)
+        self.phases = (phase_terms((self.oh, self.ow), (self.h, self.w), self.kernel,
+                                   self.stride, self.padding)
+                       if PHASES and self.stride != (1, 1) else None)
 
     def forward(self, x, w2, y, s0, e0):
         g = chunk(e0 - s0, self.k * self.p * x.itemsize, FORWARD_CHUNK_BYTES)
@@ -167,14 +171,22 @@ class RectPlan(_Plan):
                       out=y[s:e].reshape(e - s, self.o, self.p))
 
     def backward_data(self, dy, w2t, dx, s0, e0):
-        dx[s0:e0] = 0
         g = chunk(e0 - s0, self.k * self.p * dy.itemsize)
         buf = scratch(("bwd-rect", self.geom), (g, self.k, self.p), dy.dtype)
+        if self.phases is None:
+            dx[s0:e0] = 0
+        else:
+            (sh, sw), (h, w) = self.stride, (self.h, self.w)
+            temp = scratch(("bwd-phase", self.geom), (g, self.c, -(-h // sh), -(-w // sw)),
+                           dy.dtype)
         for s in range(s0, e0, g):
             e = min(e0, s + g)
             dcols = np.matmul(w2t, dy[s:e].reshape(e - s, self.o, self.p), out=buf[:e - s])
-            col2im_add(dx[s:e], dcols.reshape(e - s, self.c, self.kh, self.kw, self.oh, self.ow),
-                       self.offsets)
+            dcols = dcols.reshape(e - s, self.c, self.kh, self.kw, self.oh, self.ow)
+            if self.phases is None:
+                col2im_add(dx[s:e], dcols, self.offsets)
+            else:
+                col2im_phases(dx[s:e], dcols, self.phases, self.stride, temp[:e - s])
 
     def fill_weight(self, cols6, planes, x, s, e):
         fill_cols(cols6.reshape(e - s, self.c, self.kh, self.kw, self.oh, self.ow), x[s:e],
@@ -389,6 +401,9 @@ def wide_row(w, kw, pw):
     """
     return w + pw if pw <= kw - 1 else w + 2 * pw
 
+
+# GPUCNN_CONV_PHASES=0: strided backward-data adds each window offset into dx (no phases)
+PHASES = os.environ.get("GPUCNN_CONV_PHASES", "1") != "0"
 
 # GPUCNN_CONV_ROWS=0 turns RowPlan off (the plain wide layout everywhere), for A/B runs
 ROWS = os.environ.get("GPUCNN_CONV_ROWS", "1") != "0"
