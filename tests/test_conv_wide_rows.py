@@ -146,12 +146,26 @@ def test_no_input_gradient(two_threads):
     np.testing.assert_allclose(dw, reference.conv2d_backward(dy, x, w, 1, 1)[1], rtol=1e-11)
 
 
-def test_pair_not_taken_where_it_was_not_measured_faster(two_threads):
-    # stride 2 (backward-data is col2im, twice backward-weight's time), widening layers
-    assert not conv.pair_backward((4, 16, 8, 8), (32, 16, 3, 3), (2, 2), (1, 1))
-    assert not conv.pair_backward((4, 16, 8, 8), (32, 16, 3, 3), (1, 1), (1, 1))
+def test_pair_taken_on_two_threads_only(two_threads, monkeypatch):
+    for stride in ((1, 1), (2, 2)):
+        assert conv.pair_backward((4, 16, 8, 8), (32, 16, 3, 3), stride, (1, 1))
+    monkeypatch.setattr(conv, "PARALLEL_MIN_FLOPS_CONV", 1 << 40)     # too small a layer
+    assert not conv.pair_backward((4, 16, 8, 8), (16, 16, 3, 3), (1, 1), (1, 1))
+    monkeypatch.setattr(conv, "PARALLEL_MIN_FLOPS_CONV", 1)
     WORKERS.set_threads(3)
     assert not conv.pair_backward((4, 16, 8, 8), (16, 16, 3, 3), (1, 1), (1, 1))
+
+
+@pytest.mark.parametrize("stride", [(2, 2), (1, 1)])
+def test_pair_of_a_strided_or_widening_layer(two_threads, stride):
+    _, x, w = _inputs(c=8, o=12)
+    assert conv.pair_backward(x.shape, w.shape, stride, (1, 1))
+    dy = np.random.default_rng(3).standard_normal(
+        (x.shape[0], 12) + tuple(conv.out_hw(x.shape[2:], (3, 3), stride, (1, 1))))
+    dx, dw = conv.conv2d_backward(dy, x, w, stride, (1, 1), True)
+    rdx, rdw, _ = reference.conv2d_backward(dy, x, w, stride, 1)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-11, atol=1e-11)
 
 
 def test_the_seam_checks_its_arguments():

@@ -495,9 +495,8 @@ PAIR = os.environ.get("GPUCNN_CONV_PAIR", "1") != "0"
 
 def pair_backward(x_shape, w_shape, stride, padding):
     """Whether conv2d_backward runs its two passes at once, one per thread (see
-    Workers.pair): on two threads, when backward-data runs as a forward convolution
-    (then the two passes cost about the same) and each is worth a thread."""
-    if not (PAIR and WORKERS.threads == 2 and data_as_forward(x_shape, w_shape, stride, padding)):
+    Workers.pair): on two threads (where it was measured), when the work is worth a thread."""
+    if not (PAIR and WORKERS.threads == 2):
         return False
     o, c, kh, kw = w_shape
     oh, ow = out_hw(tuple(x_shape[2:]), (kh, kw), stride, padding)
