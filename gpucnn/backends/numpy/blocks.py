@@ -158,16 +158,24 @@ def _scale(weight, var, eps):
     return weight / np.sqrt(var + t(eps))
 
 
-def relu_grad_into(out, dy, y):
+def relu_grad_into(out, dy, y, check=True):
     """out = relu_backward(dy, y) for one block (pointwise.relu_backward runs it block by block):
     (y > 0) as 1.0/0.0 times dy, and a block where that made a NaN (dy * 0 for an infinite
-    or NaN dy where y <= 0) redone as the exact select (a masked copy is 12x slower)."""
+    or NaN dy where y <= 0) redone as the exact select (``relu_grad_exact``; a masked copy
+    is 12x slower).  ``check=False``: the caller looks for the NaN itself (in sums it takes
+    of ``out`` anyway) and calls relu_grad_exact where it finds one."""
     zero = y.dtype.type(0)
     np.greater(y, zero, out=out)
     with np.errstate(invalid="ignore"):
         out *= dy
-    if np.isnan(np.maximum.reduce(out, axis=None)):
-        np.copyto(out, np.where(y > zero, dy, zero))
+    if check and np.isnan(np.maximum.reduce(out, axis=None)):
+        relu_grad_exact(out, dy, y)
+
+
+def relu_grad_exact(out, dy, y):
+    """out = dy where y > 0, else 0: the select itself (NaN only where dy is NaN and y > 0)."""
+    zero = y.dtype.type(0)
+    np.copyto(out, np.where(y > zero, dy, zero))
 
 
 def batchnorm_forward(x, mean, var, weight, bias, eps, act=None):
@@ -207,11 +215,17 @@ def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats, y=None):
         tmp = _temp(shape, s, x.dtype)
         for n0, n1, c0, c1 in _blocks(lo, hi, c, shape):
             xmu, dyb = tmp[:n1 - n0, :c1 - c0], dy3[n0:n1, c0:c1]
+            rdy = rows_dy[n0 - lo:n1 - lo, c0:c1]
             if y3 is not None:      # the fused ReLU's gradient, kept in dx for the pass below
-                relu_grad_into(dx[n0:n1, c0:c1], dyb, y3[n0:n1, c0:c1])
+                relu_grad_into(dx[n0:n1, c0:c1], dyb, y3[n0:n1, c0:c1], check=False)
                 dyb = dx[n0:n1, c0:c1]
+                _row_sums(dyb, rdy)
+                if np.isnan(np.maximum.reduce(rdy, axis=None)):  # a NaN in the block (see
+                    relu_grad_exact(dyb, dy3[n0:n1, c0:c1], y3[n0:n1, c0:c1])  # relu_grad_into)
+                    _row_sums(dyb, rdy)
+            else:
+                _row_sums(dyb, rdy)
             np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=xmu)
-            _row_sums(dyb, rows_dy[n0 - lo:n1 - lo, c0:c1])
             _row_dots(xmu, dyb, rows_xmu[n0 - lo:n1 - lo, c0:c1], xmu)
         return np.stack([rows_dy.sum(axis=0), rows_xmu.sum(axis=0)])
     both = split_sum(elementwise(n, c * s, sums))
