@@ -251,7 +251,11 @@ class Residual(Module):
         self.shortcut = shortcut
         self._shape = None
 
-    def forward(self, x):
+    _fuses_relu = True      # a ReLU right after it in a Sequential runs in the add's pass
+
+    def forward(self, x, act=None):
+        """``act="relu"``: a ReLU that follows in a Sequential, applied in the add's pass
+        (see Sequential.forward); its backward then runs first in this one's."""
         B = check_float_input("Residual", x)
         with _inside():
             a = self.main(x)
@@ -260,13 +264,17 @@ class Residual(Module):
             raise ValueError(f"Residual: the main branch gives shape {tuple(a.shape)} but the "
                              f"shortcut gives {tuple(s.shape)} for input {tuple(x.shape)}; give "
                              f"a shortcut that matches (ShortcutA, or a 1x1 Conv2d + BatchNorm2d)")
-        y = B.add(a, s)
+        y = B.add(a, s, act)
         self._shape = (y.shape, y.dtype)
         return y
 
-    def backward(self, grad, input_grad=True):
+    def backward(self, grad, input_grad=True, act_out=None):
+        """``act_out``: the output of a forward with ``act="relu"``; ``grad`` is then the
+        gradient of that output, and the ReLU's backward is taken first."""
         shape, dtype = self._saved("_shape")
         B = self._check_grad(grad, shape, dtype)
+        if act_out is not None:
+            grad = B.relu_backward(grad, act_out)
         with _inside():
             if self.shortcut is None:
                 d_short = grad if input_grad else None

@@ -795,21 +795,23 @@ def _add_inputs(dt, shape, nonfinite):
 
 
 @_recipe("add")
-def _(B, dt, shape, nonfinite=False):
+def _(B, dt, shape, nonfinite=False, act=None):
     a, b = _add_inputs(dt, shape, nonfinite)
     with np.errstate(invalid="ignore"):
-        return (B.add(B.asarray(a), B.asarray(b)),)
+        return (B.add(B.asarray(a), B.asarray(b), act),)
 
 
 @_.ref
-def _(dt, shape, nonfinite=False):
+def _(dt, shape, nonfinite=False, act=None):
     a, b = _add_inputs(dt, shape, nonfinite)
     with np.errstate(invalid="ignore"):
-        return (_f64(a) + _f64(b),)
+        s = _f64(a) + _f64(b)
+        return (s if act is None else np.where(np.isnan(s), s, np.maximum(s, 0.0)),)
 
 
 def add(ident, shape, nonfinite=False, large=False):
-    return [Case("add", ident, dict(shape=shape, nonfinite=nonfinite), large)]
+    return [Case("add", f"{ident}{suffix}", dict(shape=shape, nonfinite=nonfinite, act=act), large)
+            for act, suffix in ((None, ""), ("relu", "-relu"))]
 
 
 def _ls_inputs(dt, n, k, logits):

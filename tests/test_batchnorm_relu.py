@@ -147,3 +147,47 @@ def test_fused_pair_gradcheck_float64(train):
     assert seq._folded == {0}
     grads = gradcheck_module(seq, x)
     assert set(grads) == {"input", "0.weight", "0.bias"}
+
+
+# ------------------------------------------------ a residual block's add + the ReLU after it
+def _block_net():
+    gpucnn.manual_seed(9)
+    main = gpucnn.Sequential(gpucnn.Conv2d(4, 4, 3, padding=1, bias=False), gpucnn.BatchNorm2d(4))
+    net = gpucnn.Sequential(gpucnn.Conv2d(3, 4, 3, padding=1), gpucnn.Residual(main),
+                            gpucnn.ReLU(), gpucnn.Flatten(), gpucnn.Linear(4 * 36, 3))
+    return net.to(np.float64)
+
+
+def test_residual_add_and_relu_run_as_one_and_match_the_unfused_pair(monkeypatch):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((6, 3, 6, 6))
+    labels = rng.integers(0, 3, 6)
+    results = []
+    for fuse in (True, False):
+        monkeypatch.setattr(blocks.Residual, "_fuses_relu", fuse)
+        B = backends.cpu_backend()
+        acts = []
+        monkeypatch.setattr(B, "add", lambda a, b, act=None, _f=B.add: acts.append(act) or _f(a, b, act))
+        net = _block_net()
+        loss_fn = gpucnn.CrossEntropyLoss()
+        loss = loss_fn(net(x), labels)
+        net.zero_grad()
+        dx = net.backward(loss_fn.backward())
+        assert ("relu" in acts) == fuse and (net._folded == {1}) == fuse
+        results.append((float(loss), npy(dx), [npy(p.grad).copy() for p in net.parameters()]))
+    (l1, d1, g1), (l2, d2, g2) = results
+    assert l1 == l2
+    for a, b in zip([d1] + g1, [d2] + g2):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_residual_relu_gradcheck_float64():
+    from tests.test_gradcheck import gradcheck_module
+    gpucnn.manual_seed(11)
+    main = gpucnn.Sequential(gpucnn.Conv2d(2, 2, 3, padding=1, bias=False))
+    seq = gpucnn.Sequential(gpucnn.Residual(main), gpucnn.ReLU()).to(np.float64)
+    x = np.random.default_rng(12).standard_normal((2, 2, 4, 4)) + 0.3
+    seq(x)
+    assert seq._folded == {0}
+    grads = gradcheck_module(seq, x)
+    assert set(grads) == {"input", "0.main.0.weight"}

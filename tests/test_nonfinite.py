@@ -389,7 +389,12 @@ def _augment(B, dt, bad):
 def _add(B, dt, bad):
     # a + b, IEEE: NaN -> NaN, inf + (-inf) -> NaN.
     got = _host(B, B.add(B.asarray(_arr([bad, 1, INF, 2], dt)), B.asarray(_arr([1, bad, -INF, 3], dt))))
-    return [(got, [bad + 1, 1 + bad, NAN, 5])]
+    # with the ReLU after it (relu_forward's np.maximum: NaN stays NaN, -inf becomes 0)
+    relu = _host(B, B.add(B.asarray(_arr([bad, 1, INF, -2], dt)), B.asarray(_arr([1, bad, -INF, 1], dt)),
+                          "relu"))
+    return [(got, [bad + 1, 1 + bad, NAN, 5]),
+            (relu, [max(bad + 1, 0) if not math.isnan(bad) else NAN,
+                    max(1 + bad, 0) if not math.isnan(bad) else NAN, NAN, 0])]
 
 
 @case("batchnorm", "batchnorm_stats", "batchnorm_forward", "batchnorm_backward")

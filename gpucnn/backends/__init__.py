@@ -93,7 +93,8 @@ Losses (mean reductions, as PyTorch's defaults)
 Normalisation, dropout, residual blocks (the layers of issue 10)
     Tensors are viewed as (N, C, S): S = H*W for NCHW, S = L for (N, C, L), 1 for (N, C);
     "per channel" means over the N*S values of one channel c, M = N*S of them.
-    add(a, b) -> a + b, a new array (same shape and dtype)
+    add(a, b, act=None) -> act(a + b), a new array (same shape and dtype); act None or
+        "relu": bitwise add then relu_forward (a residual block's sum and the ReLU after it)
     batchnorm_stats(x) -> (mean, var)            per channel, shapes (C,), x's dtype
         mean = (1/M) sum x;  var = (1/M) sum (x - mean)**2 (biased; mean rounded first)
     batchnorm_forward(x, mean, var, weight, bias, eps, act=None) -> y

@@ -403,9 +403,15 @@ def _eps(p, eps):
 
 
 @_check
-def add(a, b):
+def add(a, b, act=None):
     _float("add", "a", a)
     _like("add", "b", b, a, "a")
+    if act not in ADD_ACTS:
+        raise ValueError(f"add: act is {act!r}; expected one of {ADD_ACTS}")
+
+
+#: the activations add can apply in its own pass
+ADD_ACTS = (None, "relu")
 
 
 @_check

@@ -30,12 +30,12 @@ class LayerPrimitives:
     """The issue-10 primitives; mixed into ``CudaBackend`` (needs its ``_launch``, ``_c``,
     ``_partials`` and ``xp``)."""
 
-    def add(self, a, b):
+    def add(self, a, b, act=None):
         dt = a.dtype
         a, b = self._c(a), self._c(b)
         out = self.xp.empty(a.shape, dtype=dt)
         self._launch("residual.cu", "add", dt, a.size, a, b, out, I64(a.size))
-        return out
+        return out if act is None else self.relu_forward(out)     # act: "relu" (checked)
 
     # ---------------------------------------------------------- batch norm
     def _channel_mean(self, partial, c, p, m, dt):

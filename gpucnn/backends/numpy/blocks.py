@@ -115,13 +115,24 @@ def _per_channel(v, s, shape, c):
     return v[:, None]
 
 
-def add(a, b):
+def add(a, b, act=None):
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.dtype != b.dtype:
-        return np.add(a, b)
+        s = np.add(a, b)
+        return s if act is None else np.maximum(s, s.dtype.type(0))
     af, out = flat_pair(a)
     bf = np.ascontiguousarray(b).reshape(-1)
-    elementwise(af.size, 1, lambda s, e: np.add(af[s:e], bf[s:e], out=out[s:e]))
+    if act is None:
+        elementwise(af.size, 1, lambda s, e: np.add(af[s:e], bf[s:e], out=out[s:e]))
+    else:                       # "relu": relu_forward's np.maximum on each block while in cache
+        zero, step = a.dtype.type(0), max(1, BLOCK_BYTES // a.itemsize)
+
+        def part(s, e):
+            for b0 in range(s, e, step):
+                o = out[b0:min(e, b0 + step)]
+                np.add(af[b0:b0 + o.size], bf[b0:b0 + o.size], out=o)
+                np.maximum(o, zero, out=o)
+        elementwise(af.size, 1, part)
     return out.reshape(a.shape)
 
 
