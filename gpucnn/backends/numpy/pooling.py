@@ -41,6 +41,11 @@ def maxpool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
     return dx
 
 
+def _is_global(x_shape, kernel, padding):
+    """One window over the whole plane (global average pooling, AdaptiveAvgPool2d(1))."""
+    return tuple(kernel) == tuple(x_shape[2:]) and tuple(padding) == (0, 0)
+
+
 def avgpool2d_forward(x, kernel, stride, padding):
     n, c, h, w = x.shape
     kh, kw = kernel
@@ -56,7 +61,17 @@ def avgpool2d_forward(x, kernel, stride, padding):
             ys[:, :, out_h, out_w] += x[s:e, :, in_h, in_w]
         ys *= scale
 
-    elementwise(n, x[0].size, part)
+    def global_part(s, e):
+        # the same sums in the same order (window offsets in row-major order), each
+        # offset's values made one contiguous row first: 3x faster than strided adds
+        cols = np.ascontiguousarray(x[s:e].reshape((e - s) * c, h * w).T)
+        acc = cols[0].copy()
+        for row in cols[1:]:
+            acc += row
+        acc *= scale
+        y[s:e] = acc.reshape(e - s, c, 1, 1)
+
+    elementwise(n, x[0].size, global_part if _is_global(x.shape, kernel, padding) else part)
     return y
 
 
@@ -74,7 +89,11 @@ def avgpool2d_backward(dy, x_shape, kernel, stride, padding):
         g6 = np.broadcast_to(g[:, :, None, None], g.shape[:2] + (kh, kw, oh, ow))
         col2im_add(dx[s:e], g6, offsets)
 
-    elementwise(n, dx[0].size, part)
+    def global_part(s, e):
+        # every input element is in exactly one window: 0 + g is g, broadcast
+        dx[s:e] = (dy[s:e] * scale).reshape(e - s, -1, 1, 1)
+
+    elementwise(n, dx[0].size, global_part if _is_global(x_shape, kernel, padding) else part)
     return dx
 
 
