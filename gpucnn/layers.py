@@ -569,8 +569,9 @@ class Flatten(Module):
 
 def _fusable(layer, nxt):
     """The activation name when ``layer`` (Conv2d/Linear with a bias) and ``nxt`` (exactly
-    ReLU, Sigmoid or Tanh) can run as one bias+activation kernel, or ``layer`` (a batch
-    norm) and ``nxt`` (exactly ReLU) as one batch-norm pass; else None."""
+    ReLU, Sigmoid or Tanh) can run as one bias+activation kernel, or ``layer`` (one with
+    ``_fuses_relu``: a batch norm, a Residual) and ``nxt`` (exactly ReLU) as one pass of
+    ``layer``'s; else None."""
     if type(nxt) in _FUSED_ACTS and type(layer) in (Conv2d, Linear) and layer.bias is not None:
         return _FUSED_ACTS[type(nxt)]
     if type(nxt) is ReLU and getattr(layer, "_fuses_relu", False):
@@ -590,7 +591,7 @@ class Sequential(Module):
                 raise TypeError(f"Sequential: argument {i} is a {type(layer).__name__}, "
                                 "expected a gpucnn Module")
         self.layers = list(layers)
-        self._folded = set()    # batch norms whose following ReLU ran inside them (forward)
+        self._folded = set()    # layers whose following ReLU ran inside them (last forward)
 
     def _children(self):
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
@@ -610,7 +611,9 @@ class Sequential(Module):
         """The layers in order.  A Conv2d or Linear with a bias followed by a ReLU, Sigmoid
         or Tanh runs as one pair: the bias and the activation in one kernel
         (``bias_act_forward``, bitwise the two launches), the activation keeping its
-        output for its backward as if it had run itself."""
+        output for its backward as if it had run itself.  Likewise a BatchNorm or a
+        Residual followed by a ReLU: the ReLU runs in the layer's own pass
+        (``act="relu"``) and its backward inside the layer's (see ``_fusable``)."""
         check_float_input("Sequential", x)
         layers = self.layers
         folded = set()
@@ -642,7 +645,7 @@ class Sequential(Module):
         with _inside():
             i = len(self.layers) - 1
             while i >= 0:
-                if i - 1 in self._folded:     # batch norm + ReLU of the forward: one backward
+                if i - 1 in self._folded:     # layer + ReLU of the forward: one backward
                     i -= 1
                     grad = self.layers[i].backward(grad, input_grad=i > 0 or input_grad,
                                                    act_out=self.layers[i + 1]._saved("_y"))

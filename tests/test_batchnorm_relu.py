@@ -181,6 +181,13 @@ def test_residual_add_and_relu_run_as_one_and_match_the_unfused_pair(monkeypatch
         np.testing.assert_array_equal(a, b)
 
 
+def test_add_refuses_an_unknown_activation():
+    B = backends.cpu_backend()
+    a = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"add: act is 'tanh'; expected one of \(None, 'relu'\)"):
+        B.add(a, a, "tanh")
+
+
 def test_residual_relu_gradcheck_float64():
     from tests.test_gradcheck import gradcheck_module
     gpucnn.manual_seed(11)

@@ -54,8 +54,9 @@ Convolution and dense layers
     conv2d_backward_weight(dy, x, w_shape, stride, padding) -> dw
     conv2d_backward(dy, x, w, stride, padding, input_grad) -> (dx or None, dw)
         both gradients of one convolution (dx None unless input_grad): the values of
-        conv2d_backward_data and conv2d_backward_weight (dw to rounding: a backend may
-        sum it over the batch in another order while it computes dx alongside)
+        conv2d_backward_data and conv2d_backward_weight, to rounding (a backend may cut
+        the batch into other chunks, and sum dw in another order, while it computes the
+        two alongside)
     linear_forward(x, w) -> y = x @ w.T                         x (N,I), w (O,I)
     linear_backward_data(dy, w) -> dx = dy @ w
     linear_backward_weight(dy, x) -> dw = dy.T @ x

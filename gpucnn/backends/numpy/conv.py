@@ -175,10 +175,8 @@ class RectPlan(_Plan):
         buf = scratch(("bwd-rect", self.geom), (g, self.k, self.p), dy.dtype)
         if self.phases is None:
             dx[s0:e0] = 0
-        else:
-            (sh, sw), (h, w) = self.stride, (self.h, self.w)
-            temp = scratch(("bwd-phase", self.geom), (g, self.c, -(-h // sh), -(-w // sw)),
-                           dy.dtype)
+        else:                                       # phase (0, 0) is the largest
+            temp = scratch(("bwd-phase", self.geom), (g, self.c) + self.phases[0][2], dy.dtype)
         for s in range(s0, e0, g):
             e = min(e0, s + g)
             dcols = np.matmul(w2t, dy[s:e].reshape(e - s, self.o, self.p), out=buf[:e - s])
