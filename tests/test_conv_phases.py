@@ -27,7 +27,7 @@ def test_matches_the_direct_loops(c, o, h, w, kh, kw, stride, padding):
     assert plan.phases is not None
     dy = rng.standard_normal((3, o, plan.oh, plan.ow))
     dx = np.full(x.shape, np.nan)          # every element must be written, none left over
-    plan.backward_data(dy, wt.reshape(o, -1).T, dx, 0, 3)
+    plan.backward_data(dy, wt.reshape(o, -1).T, dx, 2, conv._chunks(range(2), 2, 3))
     rdx = reference.conv2d_backward(dy, x, wt, stride, padding)[0]
     np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(conv.conv2d_backward_data(dy, wt, x.shape, stride, padding), rdx,

@@ -1,10 +1,11 @@
 """The NumPy convolution's wide layout with shared padding columns (rows W + pw long), and
-conv2d_backward, which runs backward-data and backward-weight at once on two threads.
+conv2d_backward, which runs backward-data and backward-weight at once on the worker threads.
 
 Every result is checked against the direct-loop definitions in ``gpucnn.reference``
 (float64), and the pair against the two single-pass primitives.
 """
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -95,26 +96,68 @@ def _inputs(c=16, o=16, hw=8, n=6, dtype=np.float64):
     return dy, x, w
 
 
+def _spy_chunks(monkeypatch, cls, method, seen, delay=0.0):
+    """Record (pass, thread name, chunk index) for every chunk ``cls.method`` computes."""
+    orig = getattr(cls, method)
+    at = {"forward": 4, "backward_weight": 3}[method]      # where the chunks come in
+
+    def spy(self, *args):
+        chunks = args[at]
+
+        def watched():
+            for item in chunks:
+                seen.append((method, threading.current_thread().name, item[0]))
+                time.sleep(delay)
+                yield item
+        return orig(self, *args[:at], watched(), *args[at + 1:])
+    monkeypatch.setattr(cls, method, spy)
+
+
 def test_pair_runs_the_two_passes_on_two_threads(two_threads, monkeypatch):
-    dy, x, w = _inputs()
+    dy, x, w = _inputs(n=12)
     assert conv.pair_backward(x.shape, w.shape, (1, 1), (1, 1))
-    seen = {}
-    for name in ("conv2d_backward_data", "conv2d_backward_weight"):
-        def spy(*a, _f=getattr(conv, name), _n=name):
-            seen[_n] = threading.current_thread().name
-            return _f(*a)
-        monkeypatch.setattr(conv, name, spy)
+    assert conv.data_as_forward(x.shape, w.shape, (1, 1), (1, 1))    # backward-data: a forward
+    seen = []
+    _spy_chunks(monkeypatch, conv.RowPlan, "forward", seen)
+    _spy_chunks(monkeypatch, conv.RowPlan, "backward_weight", seen)
     dx, dw = conv.conv2d_backward(dy, x, w, (1, 1), (1, 1), True)
-    assert seen["conv2d_backward_data"] == threading.current_thread().name
-    assert seen["conv2d_backward_weight"] != seen["conv2d_backward_data"]
+    me = threading.current_thread().name
+    first = {}
+    for method, thread, _ in seen:
+        first.setdefault(method, thread)
+    assert first["forward"] == me                   # the caller starts on backward-data,
+    assert first["backward_weight"] != me           # a worker on backward-weight
+    for method in ("forward", "backward_weight"):   # every chunk computed once
+        got = sorted(i for m, _, i in seen if m == method)
+        assert got == list(range(len(got))) and got
     rdx, rdw, _ = reference.conv2d_backward(dy, x, w, 1, 1)
     np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(dw, rdw, rtol=1e-11, atol=1e-11)
 
 
+def test_a_thread_that_finishes_takes_the_other_passes_chunks(two_threads, monkeypatch):
+    """Backward-weight's chunks made slow: the caller, done with backward-data, takes some
+    of them; the gradients are still bitwise what one thread computes."""
+    dy, x, w = _inputs(n=12, dtype=np.float32)
+    for method in ("forward_chunk", "weight_chunk"):            # one sample a chunk: 12 each
+        monkeypatch.setattr(conv.RowPlan, method, lambda self, n, itemsize: 1)
+    WORKERS.set_threads(1)
+    want_dx = conv.conv2d_backward_data(dy, w, x.shape, (1, 1), (1, 1))
+    want_dw = conv.conv2d_backward_weight(dy, x, w.shape, (1, 1), (1, 1))
+    WORKERS.set_threads(2)
+    seen = []
+    _spy_chunks(monkeypatch, conv.RowPlan, "backward_weight", seen, delay=0.02)
+    dx, dw = conv.conv2d_backward(dy, x, w, (1, 1), (1, 1), True)
+    threads = {t for _, t, _ in seen}
+    assert threading.current_thread().name in threads and len(threads) == 2
+    assert sorted(i for _, _, i in seen) == list(range(12))
+    np.testing.assert_array_equal(dx, want_dx)
+    np.testing.assert_array_equal(dw, want_dw)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pair_is_bitwise_the_single_thread_passes(two_threads, dtype):
-    """Each pass runs on one thread over the whole batch: the values one thread computes."""
+    """Each pass's chunks are computed the same way on any thread: one thread's values."""
     dy, x, w = _inputs(dtype=dtype)
     dx, dw = conv.conv2d_backward(dy, x, w, (1, 1), (1, 1), True)
     assert dx.dtype == dw.dtype == dtype
@@ -123,20 +166,36 @@ def test_pair_is_bitwise_the_single_thread_passes(two_threads, dtype):
     np.testing.assert_array_equal(dw, conv.conv2d_backward_weight(dy, x, w.shape, (1, 1), (1, 1)))
 
 
-def test_pair_restores_blas_threads_and_reports_errors(two_threads):
-    """An exception in either pass reaches the caller; BLAS's thread count comes back."""
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_share_runs_every_unit_once_and_reports_errors(threads):
+    """Workers.share: each unit of each pass exactly once, on any number of threads; an
+    exception in any pass reaches the caller, and BLAS's thread count comes back."""
     from threadpoolctl import ThreadpoolController
     libs = ThreadpoolController().select(user_api="blas").lib_controllers
     before = [lib.get_num_threads() for lib in libs]
+    saved = WORKERS.threads
+    WORKERS.set_threads(threads)
+    try:
+        done = {0: [], 1: []}
 
-    def boom():
-        raise ArithmeticError("second pass failed")
-    with pytest.raises(ArithmeticError, match="second pass"):
-        WORKERS.pair(lambda: 1, boom)
-    with pytest.raises(ArithmeticError, match="second pass"):
-        WORKERS.pair(boom, lambda: 1)
-    assert WORKERS.pair(lambda: 1, lambda: 2) == (1, 2)
-    assert [lib.get_num_threads() for lib in libs] == before
+        def pass_(k):
+            def fn(units):
+                for i in units:
+                    time.sleep(0.001 * (k + 1))
+                    done[k].append(i)
+            return fn
+        WORKERS.share([(7, pass_(0)), (5, pass_(1))])
+        assert sorted(done[0]) == list(range(7)) and sorted(done[1]) == list(range(5))
+
+        def boom(units):
+            for _ in units:
+                raise ArithmeticError("a pass failed")
+        for passes in ([(3, boom), (3, pass_(0))], [(3, pass_(0)), (3, boom)]):
+            with pytest.raises(ArithmeticError, match="a pass failed"):
+                WORKERS.share(passes)
+        assert [lib.get_num_threads() for lib in libs] == before
+    finally:
+        WORKERS.set_threads(saved)
 
 
 def test_no_input_gradient(two_threads):
@@ -146,13 +205,15 @@ def test_no_input_gradient(two_threads):
     np.testing.assert_allclose(dw, reference.conv2d_backward(dy, x, w, 1, 1)[1], rtol=1e-11)
 
 
-def test_pair_taken_on_two_threads_only(two_threads, monkeypatch):
+def test_pair_taken_on_two_threads_or_more(two_threads, monkeypatch):
     for stride in ((1, 1), (2, 2)):
         assert conv.pair_backward((4, 16, 8, 8), (32, 16, 3, 3), stride, (1, 1))
     monkeypatch.setattr(conv, "PARALLEL_MIN_FLOPS_CONV", 1 << 40)     # too small a layer
     assert not conv.pair_backward((4, 16, 8, 8), (16, 16, 3, 3), (1, 1), (1, 1))
     monkeypatch.setattr(conv, "PARALLEL_MIN_FLOPS_CONV", 1)
     WORKERS.set_threads(3)
+    assert conv.pair_backward((4, 16, 8, 8), (16, 16, 3, 3), (1, 1), (1, 1))
+    WORKERS.set_threads(1)
     assert not conv.pair_backward((4, 16, 8, 8), (16, 16, 3, 3), (1, 1), (1, 1))
 
 

@@ -2,9 +2,10 @@
 
 A *plan* holds one convolution's geometry and its three passes side by side:
 ``forward`` (y = W @ cols), ``backward_data`` (dcols = W.T @ dy, then col2im into dx)
-and ``fill_weight`` (the columns that backward-weight multiplies dy by).  Each pass
-works on a range of samples; the functions at the bottom split the batch over the
-workers and pick the plan:
+and ``backward_weight`` (dy times the columns).  Each pass works chunk by chunk, a few
+samples at a time; the chunks are the units the functions at the bottom hand to the
+workers (``Workers.share``: a thread that runs out takes the chunks left), and each
+chunk is computed the same way whichever thread takes it.  The plans:
 
 * ``PointwisePlan``: 1x1, stride 1, no padding: x itself is the column matrix.
 * ``WidePlan``: stride 1, rows kept at the padded width (see its docstring).
@@ -31,7 +32,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..geometry import out_hw
 from .memory import empty, scratch
-from .parallel import PARALLEL_MIN_FLOPS_CONV, WORKERS, split_sum
+from .parallel import PARALLEL_MIN_FLOPS_CONV, WORKERS
 from .windows import col2im_add, col2im_phases, fill_cols, phase_terms, window_offsets
 
 # Columns of at most this many bytes per chunk: the GEMMs run at their best with
@@ -82,8 +83,19 @@ class _Plan:
         """backward_weight's (summed) product in the weight's (O, C, kh, kw) layout."""
         return dw.reshape(self.o, self.c, self.kh, self.kw)
 
-    def backward_weight(self, dy, x, s0, e0):
-        """dW summed over samples s0:e0: sum over samples of dy[n] @ cols[n].T.
+    # Samples per chunk of each pass (``n`` the batch): the units of Workers.share.
+    def forward_chunk(self, n, itemsize):
+        return chunk(n, self.k * self.p * itemsize, FORWARD_CHUNK_BYTES)
+
+    def data_chunk(self, n, itemsize):
+        return chunk(n, self.k * self.p * itemsize)
+
+    def weight_chunk(self, n, itemsize):
+        return chunk(n, self.k * self.weight_p * itemsize)
+
+    def backward_weight(self, dy, x, g, chunks, prods):
+        """prods[i] = the sum over the samples s:e of dy[n] @ cols[n].T, for each chunk
+        (i, s, e) of ``chunks`` (the caller adds them up in chunk order).
 
         When the columns are the longer side (C*kh*kw >= p), one GEMM per chunk of
         samples: columns laid out (C*kh*kw, samples*p) and dy transposed to
@@ -91,19 +103,11 @@ class _Plan:
         cost more than it saves: one GEMM per sample on the forward's column layout,
         then a sum over the chunk.
         """
-        g = chunk(e0 - s0, self.k * self.weight_p * dy.itemsize)
         planes = self.weight_planes(g, dy.dtype)
         step = self._weight_chunk if self.k >= self.weight_p else self._weight_per_sample
-        dw = None
-        for s in range(s0, e0, g):
-            e = min(e0, s + g)
+        for i, s, e in chunks:
             pl = planes[:e - s] if planes is not None else None
-            prod = step(dy, x, pl, g, s, e)
-            if dw is None:
-                dw = prod
-            else:
-                dw += prod
-        return dw
+            prods[i] = step(dy, x, pl, g, s, e)
 
     def _weight_chunk(self, dy, x, planes, g, s, e):
         o, c, kh, kw, k, p, gg = self.o, self.c, self.kh, self.kw, self.k, self.weight_p, e - s
@@ -132,13 +136,20 @@ class _Plan:
 class PointwisePlan(_Plan):
     """1x1 kernel, stride 1, no padding: x's planes are the columns; no im2col at all."""
 
-    def forward(self, x, w2, y, s0, e0):
-        np.matmul(w2, x[s0:e0].reshape(e0 - s0, self.c, self.p),
-                  out=y[s0:e0].reshape(e0 - s0, self.o, self.p))
+    def forward_chunk(self, n, itemsize):
+        return chunk(n, (self.c + self.o) * self.p * itemsize)
 
-    def backward_data(self, dy, w2t, dx, s0, e0):
-        np.matmul(w2t, dy[s0:e0].reshape(e0 - s0, self.o, self.p),
-                  out=dx[s0:e0].reshape(e0 - s0, self.c, self.p))
+    data_chunk = forward_chunk
+
+    def forward(self, x, w2, y, g, chunks):
+        for _, s, e in chunks:
+            np.matmul(w2, x[s:e].reshape(e - s, self.c, self.p),
+                      out=y[s:e].reshape(e - s, self.o, self.p))
+
+    def backward_data(self, dy, w2t, dx, g, chunks):
+        for _, s, e in chunks:
+            np.matmul(w2t, dy[s:e].reshape(e - s, self.o, self.p),
+                      out=dx[s:e].reshape(e - s, self.c, self.p))
 
     def fill_weight(self, cols6, planes, x, s, e):
         """cols6: a (g, C, kh, kw, p) view of any layout, filled from samples s:e."""
@@ -158,30 +169,25 @@ class RectPlan(_Plan):
                                    self.stride, self.padding)
                        if PHASES and self.stride != (1, 1) else None)
 
-    def forward(self, x, w2, y, s0, e0):
-        g = chunk(e0 - s0, self.k * self.p * x.itemsize, FORWARD_CHUNK_BYTES)
+    def forward(self, x, w2, y, g, chunks):
         # (samples, C*kh*kw, OH*OW); padding positions are never written and stay 0
         buf = scratch(("fwd-rect", self.geom), (g, self.c, self.kh, self.kw, self.oh, self.ow),
                       x.dtype)
-        for s in range(s0, e0, g):
-            e = min(e0, s + g)
+        for _, s, e in chunks:
             cols = buf[:e - s]
             fill_cols(cols, x[s:e], self.offsets)
             np.matmul(w2, cols.reshape(e - s, self.k, self.p),
                       out=y[s:e].reshape(e - s, self.o, self.p))
 
-    def backward_data(self, dy, w2t, dx, s0, e0):
-        g = chunk(e0 - s0, self.k * self.p * dy.itemsize)
+    def backward_data(self, dy, w2t, dx, g, chunks):
         buf = scratch(("bwd-rect", self.geom), (g, self.k, self.p), dy.dtype)
-        if self.phases is None:
-            dx[s0:e0] = 0
-        else:                                       # phase (0, 0) is the largest
+        if self.phases is not None:                 # phase (0, 0) is the largest
             temp = scratch(("bwd-phase", self.geom), (g, self.c) + self.phases[0][2], dy.dtype)
-        for s in range(s0, e0, g):
-            e = min(e0, s + g)
+        for _, s, e in chunks:
             dcols = np.matmul(w2t, dy[s:e].reshape(e - s, self.o, self.p), out=buf[:e - s])
             dcols = dcols.reshape(e - s, self.c, self.kh, self.kw, self.oh, self.ow)
             if self.phases is None:
+                dx[s:e] = 0
                 col2im_add(dx[s:e], dcols, self.offsets)
             else:
                 col2im_phases(dx[s:e], dcols, self.phases, self.stride, temp[:e - s])
@@ -222,23 +228,26 @@ class WidePlan(_Plan):
         return as_strided(planes, shape=(planes.shape[0], self.c, self.kh, self.kw, self.q),
                           strides=(sg, sc, self.wp * se, se, se), writeable=False)
 
-    def forward(self, x, w2, y, s0, e0):
+    def forward_chunk(self, n, itemsize):
+        return chunk(n, self.k * self.q * itemsize, FORWARD_CHUNK_BYTES)
+
+    def data_chunk(self, n, itemsize):
+        return chunk(n, self.k * self.length * itemsize)
+
+    def forward(self, x, w2, y, g, chunks):
         c, k, o, q = self.c, self.k, self.o, self.q
-        g = chunk(e0 - s0, k * q * x.itemsize, FORWARD_CHUNK_BYTES)
         planes = scratch(("fwd-planes", self.geom), (g, c, self.length), x.dtype)
         cols = scratch(("fwd-cols", self.geom), (g, k, q), x.dtype)
         yw = scratch(("fwd-y", self.geom), (g, o, q), x.dtype)
-        for s in range(s0, e0, g):
-            e = min(e0, s + g)
+        for _, s, e in chunks:
             pl, cl, yc = planes[:e - s], cols[:e - s], yw[:e - s]
             self.interior(pl)[...] = x[s:e]          # the padding around stays 0
             np.copyto(cl.reshape(e - s, c, self.kh, self.kw, q), self.windows(pl))
             np.matmul(w2, cl, out=yc)
             y[s:e] = yc.reshape(e - s, o, self.oh, self.wp)[..., :self.ow]
 
-    def backward_data(self, dy, w2t, dx, s0, e0):
+    def backward_data(self, dy, w2t, dx, g, chunks):
         c, k, o, q, length = self.c, self.k, self.o, self.q, self.length
-        g = chunk(e0 - s0, k * length * dy.itemsize)
         dyw = scratch(("bwd-dy", self.geom), (g, o, self.oh, self.wp), dy.dtype)  # extra columns stay 0
         # The columns laid out (C*kh*kw, samples, length): a row of one window offset
         # runs through all the chunk's samples, each plane `length` long, and its
@@ -247,8 +256,7 @@ class WidePlan(_Plan):
         # same way (what spills past a plane's end is those zeros).
         dbuf = scratch(("bwd-cols", self.geom), (k, g, length), dy.dtype)
         planes = scratch(("bwd-planes", self.geom), (c, (g + 1) * length), dy.dtype)
-        for s in range(s0, e0, g):
-            e = min(e0, s + g)
+        for _, s, e in chunks:
             gs = e - s
             dw_ = dyw[:gs]
             dw_[..., :self.ow] = dy[s:e]
@@ -308,17 +316,22 @@ class RowPlan(WidePlan):
         return as_strided(planes, shape=(planes.shape[0], self.c, self.kh, self.q2),
                           strides=(sg, sc, self.wp * se, se), writeable=False)
 
-    def forward(self, x, w2, y, s0, e0):
+    def forward_chunk(self, n, itemsize):
+        return chunk(n, (self.kr + self.kw * self.o) * self.q2 * itemsize, FORWARD_CHUNK_BYTES)
+
+    def weight_chunk(self, n, itemsize):
+        g = chunk(n, (self.kr + self.kw * self.o) * self.q2 * itemsize)
+        return -(-n // -(-n // g))                      # chunks of near-equal size
+
+    def forward(self, x, w2, y, g, chunks):
         c, o, kh, kw, q, q2 = self.c, self.o, self.kh, self.kw, self.q, self.q2
-        g = chunk(e0 - s0, (self.kr + kw * o) * q2 * x.itemsize, FORWARD_CHUNK_BYTES)
         planes = scratch(("fwd-planes", self.geom), (g, c, self.length), x.dtype)
         # the chunk's rows side by side, (c, i) major: one GEMM for the chunk
         rows = scratch(("fwd-rows", self.geom), (c, kh, g * q2), x.dtype)
         z = scratch(("fwd-z", self.geom), (kw * o, g * q2), x.dtype)
         acc = scratch(("fwd-acc", self.geom), (o, g * q2), x.dtype)
         inside, shifted = self.interior(planes), self.rows(planes)   # views made once
-        for s in range(s0, e0, g):
-            e = min(e0, s + g)
+        for _, s, e in chunks:
             gs = e - s
             n2 = gs * q2
             inside[:gs] = x[s:e]                     # the padding around stays 0
@@ -336,10 +349,8 @@ class RowPlan(WidePlan):
             yw = acc[:, :n2].reshape(o, gs, q2)[:, :, :q].reshape(o, gs, self.oh, self.wp)
             y[s:e] = yw[..., :self.ow].transpose(1, 0, 2, 3)
 
-    def backward_weight(self, dy, x, s0, e0):
+    def backward_weight(self, dy, x, g, chunks, prods):
         o, c, kh, kw, q, q2 = self.o, self.c, self.kh, self.kw, self.q, self.q2
-        g = chunk(e0 - s0, (self.kr + kw * o) * q2 * dy.itemsize)
-        g = -(-(e0 - s0) // -(-(e0 - s0) // g))         # chunks of near-equal size
         planes = scratch(("wgt-planes", self.geom), (g, c, self.length), dy.dtype)
         # every buffer below: the elements never written (padding, shifts' ends) stay 0
         rows = scratch(("wgt-rows", self.geom), (c, kh, g, q2), dy.dtype)
@@ -350,9 +361,7 @@ class RowPlan(WidePlan):
         # extra columns and the positions before j and after j + q stay 0)
         d_in = [d[j, :, :, j:j + q].reshape(o, g, self.oh, self.wp)[..., :self.ow]
                 for j in range(kw)]
-        dw = None
-        for s in range(s0, e0, g):
-            e = min(e0, s + g)
+        for i, s, e in chunks:
             gs = e - s
             inside[:gs] = x[s:e]
             np.copyto(rows_t[:gs], shifted[:gs])
@@ -364,12 +373,7 @@ class RowPlan(WidePlan):
                 b = np.ascontiguousarray(rows[:, :, :gs]).reshape(self.kr, gs * q2)
             else:
                 a, b = d.reshape(kw * o, g * q2), rows.reshape(self.kr, g * q2)
-            prod = a @ b.T
-            if dw is None:
-                dw = prod
-            else:
-                dw += prod
-        return dw
+            prods[i] = a @ b.T
 
 
 def is_pointwise(kernel, stride, padding):
@@ -437,17 +441,50 @@ def plan_for(x_shape, w_shape, stride, padding, for_weight=False):
     return _plan(tuple(x_shape[1:]), tuple(w_shape), tuple(stride), tuple(padding), for_weight)
 
 
-def _split(n, plan, p):
-    return WORKERS.parts(n, plan.o * plan.k * p, PARALLEL_MIN_FLOPS_CONV)
+def _chunks(units, g, n):
+    """(i, start, end) of chunk i, g samples long (the last one shorter), for each unit i."""
+    for i in units:
+        s = i * g
+        yield i, s, min(n, s + g)
 
 
-def conv2d_forward(x, w, stride, padding):
+class _Pass:
+    """One pass of a convolution over a batch of n samples, in chunks of g (the units
+    ``Workers.share`` hands out): ``run(g, chunks)`` computes the chunks it is given,
+    ``result()`` what the pass returns once every chunk is done; ``split``: whether the
+    work is worth more than one thread."""
+
+    def __init__(self, n, g, run, result, split):
+        self.n, self.g, self.count = n, g, -(-n // g)
+        self._run, self.result, self.split = run, result, split
+
+    def __call__(self, units):
+        self._run(self.g, _chunks(units, self.g, self.n))
+
+
+def _worth_splitting(n, plan, p):
+    return len(WORKERS.parts(n, plan.o * plan.k * p, PARALLEL_MIN_FLOPS_CONV)) > 1
+
+
+def _run(*passes):
+    """The passes on the worker threads (Workers.share), split when any is worth it."""
+    WORKERS.share([(p.count, p) for p in passes], split=any(p.split for p in passes))
+
+
+def _forward_pass(x, w, stride, padding):
     n = x.shape[0]
     plan = plan_for(x.shape, w.shape, stride, padding)
     w2 = plan.weights(w)
     y = empty((n, plan.o, plan.oh, plan.ow), x.dtype)
-    WORKERS.run(lambda s, e: plan.forward(x, w2, y, s, e), _split(n, plan, plan.p), blas=True)
-    return y
+    return _Pass(n, plan.forward_chunk(n, x.itemsize),
+                 lambda g, chunks: plan.forward(x, w2, y, g, chunks),
+                 lambda: y, _worth_splitting(n, plan, plan.p))
+
+
+def conv2d_forward(x, w, stride, padding):
+    p = _forward_pass(x, w, stride, padding)
+    _run(p)
+    return p.result()
 
 
 def data_as_forward(x_shape, w_shape, stride, padding):
@@ -464,6 +501,20 @@ def data_as_forward(x_shape, w_shape, stride, padding):
     return use_wide(o, c, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), (oh, ow), WIDE_MAX_WASTE)
 
 
+def _data_pass(dy, w, x_shape, stride, padding):
+    if data_as_forward(x_shape, w.shape, stride, padding):
+        kh, kw = w.shape[2:]
+        wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        return _forward_pass(dy, wf, (1, 1), (kh - 1 - padding[0], kw - 1 - padding[1]))
+    n = x_shape[0]
+    plan = plan_for(x_shape, w.shape, stride, padding)
+    w2t = w.reshape(plan.o, plan.k).T
+    dx = empty(x_shape, dy.dtype)
+    return _Pass(n, plan.data_chunk(n, dy.itemsize),
+                 lambda g, chunks: plan.backward_data(dy, w2t, dx, g, chunks),
+                 lambda: dx, _worth_splitting(n, plan, plan.p))
+
+
 def conv2d_backward_data(dy, w, x_shape, stride, padding):
     """dx: the transposed convolution of dy.
 
@@ -474,27 +525,41 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding):
     replaces the col2im's kh*kw adds of whole rows by the forward's one strided copy,
     about 30 % less time on ResNet-20's layers.  Otherwise: GEMM into columns, col2im.
     """
-    if data_as_forward(x_shape, w.shape, tuple(stride), tuple(padding)):
-        kh, kw = w.shape[2:]
-        wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        return conv2d_forward(dy, wf, (1, 1), (kh - 1 - padding[0], kw - 1 - padding[1]))
-    n = x_shape[0]
-    plan = plan_for(x_shape, w.shape, stride, padding)
-    w2t = w.reshape(plan.o, plan.k).T
-    dx = empty(x_shape, dy.dtype)
-    WORKERS.run(lambda s, e: plan.backward_data(dy, w2t, dx, s, e), _split(n, plan, plan.p),
-                blas=True)
-    return dx
+    p = _data_pass(dy, w, tuple(x_shape), tuple(stride), tuple(padding))
+    _run(p)
+    return p.result()
 
 
-# GPUCNN_CONV_PAIR=0 runs backward-data and backward-weight one after the other, for A/B runs
+def _weight_pass(dy, x, w_shape, stride, padding):
+    n = dy.shape[0]
+    plan = plan_for(x.shape, w_shape, stride, padding, for_weight=True)
+    g = plan.weight_chunk(n, dy.itemsize)
+    prods = [None] * -(-n // g)
+
+    def result():                       # the chunks' products added in chunk order
+        dw = prods[0]
+        for more in prods[1:]:
+            dw += more
+        return plan.weight_grad(dw)
+    return _Pass(n, g, lambda g, chunks: plan.backward_weight(dy, x, g, chunks, prods),
+                 result, _worth_splitting(n, plan, plan.weight_p))
+
+
+def conv2d_backward_weight(dy, x, w_shape, stride, padding):
+    p = _weight_pass(dy, x, tuple(w_shape), tuple(stride), tuple(padding))
+    _run(p)
+    return p.result()
+
+
+# GPUCNN_CONV_PAIR=0 runs backward-weight and backward-data one after the other, for A/B runs
 PAIR = os.environ.get("GPUCNN_CONV_PAIR", "1") != "0"
 
 
 def pair_backward(x_shape, w_shape, stride, padding):
-    """Whether conv2d_backward runs its two passes at once, one per thread (see
-    Workers.pair): on two threads (where it was measured), when the work is worth a thread."""
-    if not (PAIR and WORKERS.threads == 2):
+    """Whether conv2d_backward runs its two passes at once (Workers.share: one thread
+    starts on each, and a thread that finishes takes the other's chunks left): on two
+    threads or more, when the work is worth a thread."""
+    if not (PAIR and WORKERS.threads >= 2):
         return False
     o, c, kh, kw = w_shape
     oh, ow = out_hw(tuple(x_shape[2:]), (kh, kw), stride, padding)
@@ -503,20 +568,17 @@ def pair_backward(x_shape, w_shape, stride, padding):
 
 def conv2d_backward(dy, x, w, stride, padding, input_grad):
     """(dx, dw) of one convolution, dx None unless ``input_grad``: the values of
-    conv2d_backward_data and conv2d_backward_weight (when the two passes run at once,
-    each runs on one thread over the whole batch: bitwise what one thread computes,
-    which may differ in rounding from the passes split over the batch)."""
+    conv2d_backward_data and conv2d_backward_weight, bit for bit (each pass's chunks are
+    computed the same way whichever thread takes them)."""
     stride, padding = tuple(stride), tuple(padding)
-    if input_grad and pair_backward(x.shape, w.shape, stride, padding):
-        return WORKERS.pair(lambda: conv2d_backward_data(dy, w, x.shape, stride, padding),
-                            lambda: conv2d_backward_weight(dy, x, w.shape, stride, padding))
-    dw = conv2d_backward_weight(dy, x, w.shape, stride, padding)
-    return (conv2d_backward_data(dy, w, x.shape, stride, padding) if input_grad else None), dw
-
-
-def conv2d_backward_weight(dy, x, w_shape, stride, padding):
-    n = dy.shape[0]
-    plan = plan_for(x.shape, w_shape, stride, padding, for_weight=True)
-    parts = WORKERS.run(lambda s, e: plan.backward_weight(dy, x, s, e),
-                        _split(n, plan, plan.weight_p), blas=True)
-    return plan.weight_grad(split_sum(parts))
+    bw = _weight_pass(dy, x, w.shape, stride, padding)
+    if not input_grad:
+        _run(bw)
+        return None, bw.result()
+    bd = _data_pass(dy, w, x.shape, stride, padding)
+    if pair_backward(x.shape, w.shape, stride, padding):
+        _run(bd, bw)
+    else:
+        _run(bw)
+        _run(bd)
+    return bd.result(), bw.result()

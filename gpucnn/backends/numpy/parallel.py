@@ -6,6 +6,7 @@ slices of the batch run in parallel.  While they do, BLAS is held to one thread
 """
 from __future__ import annotations
 
+import collections
 import contextvars
 import os
 import threading
@@ -110,7 +111,7 @@ class Workers:
         """Contiguous (start, end) ranges of range(n) for up to ``threads`` workers, so
         that each gets at least ``min_work`` (in the caller's units, ``work`` per item)."""
         k = min(self.threads, n, int(n * work // max(1, min_work)))
-        if k <= 1 or _serial.on or threading.current_thread().name.startswith(_THREAD_PREFIX):
+        if k <= 1 or self._serial_here():
             return [(0, n)]
         bounds = [n * i // k for i in range(k + 1)]
         return [(bounds[i], bounds[i + 1]) for i in range(k)]
@@ -142,32 +143,74 @@ class Workers:
                 self.blas.restore(saved)
 
 
-    def pair(self, first, second):
-        """first() on the calling thread and second() on a worker thread at the same time,
-        each doing its own work serially (no further split); returns (first(), second()).
+    def _serial_here(self):
+        """Whether work asked for here runs on the calling thread alone: one thread, or
+        already inside a worker or a shared pass (no nested splits)."""
+        return (self.threads < 2 or _serial.on
+                or threading.current_thread().name.startswith(_THREAD_PREFIX))
 
-        For two independent BLAS-heavy tasks of similar size on two threads (a
-        convolution's backward-data and backward-weight): each then runs at
-        single-thread speed with its copies and GEMMs out of step with the other's,
-        which measured faster than splitting each over the batch in turn (figures in
-        benchmarks/RESULTS.md).  BLAS is held to one thread until both are done.
+    def share(self, passes, split=True):
+        """Runs passes cut into units, every unit once, on up to ``threads`` threads.
+
+        ``passes``: (count, fn) pairs; fn(units) does the units (indices in
+        range(count)) that the iterator ``units`` hands it, and is called at most once
+        per thread, so it sets its work space up once and then loops.  Thread k starts
+        on pass k (mod the number of passes), taking units from the front of that pass
+        (every thread after the first on one pass: from the back), and when its pass
+        runs out it takes the units left in the others, from the back.  So the threads
+        finish together however long each unit turns out to take (the load of the
+        other core, the GIL), at the price of one deque pop per unit.  What a unit
+        computes must not depend on which thread runs it: results written by index
+        (or kept per index and combined in index order) are then the same, bit for bit,
+        on any number of threads.
+
+        ``split=False``, or one thread, or a call from inside a worker: the passes run
+        one after the other on the calling thread, each unit in order.  BLAS is held to
+        one thread either way (see ``run``).
         """
-        if self.threads < 2 or _serial.on or threading.current_thread().name.startswith(
-                _THREAD_PREFIX) or not self.blas.libs():
-            return first(), second()
-        saved = self.blas.hold_one()
-        future = None
-        try:
-            future = self._executor().submit(contextvars.copy_context().run, second)
+        passes = [(int(count), fn) for count, fn in passes if count > 0]
+        libs = self.blas.libs()
+        threads = min(self.threads, sum(count for count, _ in passes))
+        if not split or threads < 2 or self._serial_here() or not libs:
+            saved = self.blas.hold_one() if libs else None
+            try:
+                for count, fn in passes:
+                    fn(iter(range(count)))
+            finally:
+                self.blas.restore(saved)
+            return
+        queues = [collections.deque(range(count)) for count, _ in passes]
+
+        def take(q, front):
+            pop = q.popleft if front else q.pop
+            while True:
+                try:
+                    yield pop()
+                except IndexError:
+                    return
+
+        def work(k):
+            own = k % len(passes)
             _serial.on = True
             try:
-                a = first()
+                passes[own][1](take(queues[own], k < len(passes)))
+                for j in range(len(passes)):
+                    if j != own and queues[j]:
+                        passes[j][1](take(queues[j], False))
             finally:
                 _serial.on = False
-            return a, future.result()
+        saved = self.blas.hold_one()
+        futures = []
+        try:
+            pool = self._executor()
+            futures = [pool.submit(contextvars.copy_context().run, work, k)
+                       for k in range(1, threads)]
+            work(0)
+            for f in futures:
+                f.result()
         finally:
-            if future is not None:
-                future.exception()          # the worker is done before BLAS is restored
+            for f in futures:
+                f.exception()           # every worker is done before BLAS is restored
             self.blas.restore(saved)
 
 
