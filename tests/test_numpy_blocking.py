@@ -1,12 +1,13 @@
 """The NumPy backend's blocked memory-bound primitives (blocks.py, pointwise.relu_backward):
 batch norm, the residual add, relu_backward and the option-A shortcut run block by block
-(blocks.BLOCK_BYTES) inside each worker's range, into pooled outputs.
+(blocks.BLOCK_BYTES), the worker threads sharing the blocks (batch norm: Workers.share) or
+splitting the batch (the others), into pooled outputs.
 
 Every result must be bit for bit what the whole-array formulas give (the implementation
-before blocking, kept below as the reference, with the same per-thread ranges and the same
-row sums): the per-element arithmetic is unchanged and the per-(sample, channel) sums are
-gathered before summing over the samples, so neither the block size nor where the blocks
-end may show.
+before blocking, kept below as the reference, with the same row sums): the per-element
+arithmetic is unchanged and batch norm's per-(sample, channel) sums are gathered for the
+whole batch before summing over the samples, so neither the block size, nor where the
+blocks end, nor the number of threads may show.
 """
 from __future__ import annotations
 
@@ -18,18 +19,6 @@ from gpucnn.backends.numpy.parallel import WORKERS
 
 
 # ---------------------------------------------------------------- the reference (unblocked)
-def _ranges(n, work):
-    return WORKERS.parts(n, work, parallel.PARALLEL_MIN_ELEMENTS)
-
-
-def _sum_ranges(n, work, fn):
-    parts = [fn(a, b) for a, b in _ranges(n, work)]
-    total = parts[0]
-    for p in parts[1:]:
-        total += p
-    return total
-
-
 def _rows(a3, b3=None):
     """Per-(sample, channel) sums over S of a3 (times b3), whole arrays at once."""
     if 1 < a3.shape[2] <= blocks.EINSUM_MAX_ROW:
@@ -44,14 +33,10 @@ def _csum(a3, b3=None):
 def ref_stats(x):
     x3 = x.reshape(x.shape[0], x.shape[1], -1)
     n, _, s = x3.shape
-    mean = _sum_ranges(n, x3[0].size, lambda a, b: _csum(x3[a:b]))
+    mean = _csum(x3)
     mean /= x.dtype.type(n * s)
-    mc = mean[:, None]
-
-    def squares(a, b):
-        d = x3[a:b] - mc
-        return _csum(d, d)
-    var = _sum_ranges(n, x3[0].size, squares)
+    d = x3 - mean[:, None]
+    var = _csum(d, d)
     var /= x.dtype.type(n * s)
     return mean, var
 
@@ -74,12 +59,8 @@ def ref_backward(dy, x, mean, var, weight, eps, batch_stats):
     a = weight * invstd
     mc = mean[:, None]
 
-    def sums(lo, hi):
-        xmu = x3[lo:hi] - mc
-        return np.stack([_csum(dy3[lo:hi]), _csum(xmu, dy3[lo:hi])])
-    both = _sum_ranges(n, c * s, sums)
-    dbias = both[0].copy()
-    dweight = both[1] * invstd
+    dbias = _csum(dy3)
+    dweight = _csum(x3 - mc, dy3) * invstd
     if batch_stats:
         inv_m = t(1.0 / (n * s))
         k1 = (dbias * inv_m)[:, None]

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from .memory import empty, flat_pair, scratch
-from .parallel import elementwise, split_sum
+from .parallel import PARALLEL_MIN_ELEMENTS, WORKERS, elementwise
 
 #: splitmix64 constants (Steele, Lea, Flood: "Fast splittable pseudorandom number generators")
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -54,13 +54,6 @@ def _row_dots(a3, b3, out, tmp):
     else:
         np.multiply(a3, b3, out=tmp)
         tmp.sum(axis=2, out=out)
-
-
-def _channel_sum(a3):
-    """Per-channel sum of an (N, C, S) array: over S (_row_sums), then over N."""
-    rows = np.empty(a3.shape[:2], dtype=a3.dtype)
-    _row_sums(a3, rows)
-    return rows.sum(axis=0)
 
 
 #: Bytes of one array's share of a block.  The batch-norm passes run block by block
@@ -136,30 +129,46 @@ def add(a, b, act=None):
     return out.reshape(a.shape)
 
 
-# The batch axis is split over the worker threads (parallel.elementwise): per-range channel
-# sums are added in range order (split_sum), element-wise passes write their own rows.
-# Inside a range the work goes block by block (_blocks); the per-(sample, channel) sums
-# of the blocks are gathered into a (samples, C) array and summed over the samples as
-# _channel_sum does, so every sum is the same, bit for bit, whatever the block size.
-# (A row's sum depends on its values alone: np.einsum and ndarray.sum sum each row in
-# an order fixed by its length.)
+# The blocks of an (N, C, S) array are the units the worker threads share (Workers.share:
+# a thread that runs out takes the blocks left).  Sums go per (sample, channel) row into
+# one (N, C) array, summed over the samples once every block is done, so every sum is
+# the same, bit for bit, whatever the block size or the number of threads.  (A row's sum
+# depends on its values alone: np.einsum and ndarray.sum sum each row in an order fixed
+# by its length.)
+def _share_blocks(x3, fn):
+    """fn(blocks) on the worker threads over the (n0, n1, c0, c1) blocks of the (N, C, S)
+    array x3 (each thread that takes part calls fn once, with the blocks it takes).
+    Returns the block shape."""
+    n, c, s = x3.shape
+    shape = _block_shape(n, c, s, x3.itemsize)
+    blocks = list(_blocks(0, n, c, shape))
+    split = len(WORKERS.parts(n, c * s, PARALLEL_MIN_ELEMENTS)) > 1
+    WORKERS.share([(len(blocks), lambda units: fn(blocks[i] for i in units))],
+                  split=split, blas=False)
+    return shape
+
+
 def batchnorm_stats(x):
     x3 = _view3(x)
     n, c, s = x3.shape
-    mean = split_sum(elementwise(n, x3[0].size, lambda a, b: _channel_sum(x3[a:b])))
+    rows = np.empty((n, c), dtype=x.dtype)
+
+    def sums(blocks):
+        for n0, n1, c0, c1 in blocks:
+            _row_sums(x3[n0:n1, c0:c1], rows[n0:n1, c0:c1])
+    shape = _share_blocks(x3, sums)
+    mean = rows.sum(axis=0)
     mean /= x.dtype.type(n * s)
-    shape = _block_shape(n, c, s, x.itemsize)
     mc = _per_channel(mean, s, shape, c)
 
-    def squares(a, b):
-        rows = np.empty((b - a, c), dtype=x.dtype)
+    def squares(blocks):
         tmp = _temp(shape, s, x.dtype)
-        for n0, n1, c0, c1 in _blocks(a, b, c, shape):
+        for n0, n1, c0, c1 in blocks:
             d = tmp[:n1 - n0, :c1 - c0]
             np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=d)
-            _row_dots(d, d, rows[n0 - a:n1 - a, c0:c1], d)
-        return rows.sum(axis=0)
-    var = split_sum(elementwise(n, x3[0].size, squares))
+            _row_dots(d, d, rows[n0:n1, c0:c1], d)
+    _share_blocks(x3, squares)
+    var = rows.sum(axis=0)
     var /= x.dtype.type(n * s)
     return mean, var
 
@@ -196,8 +205,8 @@ def batchnorm_forward(x, mean, var, weight, bias, eps, act=None):
     shape = _block_shape(n, c, s, x.itemsize)
     mc, sc, bc = (_per_channel(v, s, shape, c) for v in (mean, _scale(weight, var, eps), bias))
 
-    def part(a, b):
-        for n0, n1, c0, c1 in _blocks(a, b, c, shape):
+    def part(blocks):
+        for n0, n1, c0, c1 in blocks:
             yb = y[n0:n1, c0:c1]
             np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=yb)
             yb *= sc[c0:c1]
@@ -205,7 +214,7 @@ def batchnorm_forward(x, mean, var, weight, bias, eps, act=None):
             if relu:                            # relu_forward's np.maximum, block in cache
                 np.maximum(yb, zero, out=yb)
     relu, zero = act == "relu", x.dtype.type(0)
-    elementwise(n, c * s, part)
+    _share_blocks(x3, part)
     return y.reshape(x.shape)
 
 
@@ -220,13 +229,14 @@ def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats, y=None):
     shape = _block_shape(n, c, s, x.itemsize)
     mc = _per_channel(mean, s, shape, c)
 
-    def sums(lo, hi):
-        rows_dy = np.empty((hi - lo, c), dtype=x.dtype)
-        rows_xmu = np.empty((hi - lo, c), dtype=x.dtype)
+    rows_dy = np.empty((n, c), dtype=x.dtype)
+    rows_xmu = np.empty((n, c), dtype=x.dtype)
+
+    def sums(blocks):
         tmp = _temp(shape, s, x.dtype)
-        for n0, n1, c0, c1 in _blocks(lo, hi, c, shape):
+        for n0, n1, c0, c1 in blocks:
             xmu, dyb = tmp[:n1 - n0, :c1 - c0], dy3[n0:n1, c0:c1]
-            rdy = rows_dy[n0 - lo:n1 - lo, c0:c1]
+            rdy = rows_dy[n0:n1, c0:c1]
             if y3 is not None:      # the fused ReLU's gradient, kept in dx for the pass below
                 relu_grad_into(dx[n0:n1, c0:c1], dyb, y3[n0:n1, c0:c1], check=False)
                 dyb = dx[n0:n1, c0:c1]
@@ -237,11 +247,10 @@ def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats, y=None):
             else:
                 _row_sums(dyb, rdy)
             np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=xmu)
-            _row_dots(xmu, dyb, rows_xmu[n0 - lo:n1 - lo, c0:c1], xmu)
-        return np.stack([rows_dy.sum(axis=0), rows_xmu.sum(axis=0)])
-    both = split_sum(elementwise(n, c * s, sums))
-    dbias = both[0].copy()
-    dweight = both[1] * invstd
+            _row_dots(xmu, dyb, rows_xmu[n0:n1, c0:c1], xmu)
+    _share_blocks(x3, sums)
+    dbias = rows_dy.sum(axis=0)
+    dweight = rows_xmu.sum(axis=0) * invstd
     if y3 is not None:
         dy3 = dx                    # the gradient that reaches the batch norm; dx in place
     if batch_stats:
@@ -249,9 +258,9 @@ def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats, y=None):
         k1, k2, ac = (_per_channel(v, s, shape, c)
                       for v in (dbias * inv_m, invstd * dweight * inv_m, a))
 
-        def part(lo, hi):
+        def part(blocks):
             tmp = _temp(shape, s, x.dtype)
-            for n0, n1, c0, c1 in _blocks(lo, hi, c, shape):
+            for n0, n1, c0, c1 in blocks:
                 d, xmu = dx[n0:n1, c0:c1], tmp[:n1 - n0, :c1 - c0]
                 np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=xmu)
                 xmu *= k2[c0:c1]
@@ -261,9 +270,10 @@ def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats, y=None):
     else:
         ac = a[:, None]
 
-        def part(lo, hi):
-            np.multiply(dy3[lo:hi], ac, out=dx[lo:hi])
-    elementwise(n, c * s, part)
+        def part(blocks):
+            for n0, n1, c0, c1 in blocks:
+                np.multiply(dy3[n0:n1, c0:c1], ac[c0:c1], out=dx[n0:n1, c0:c1])
+    _share_blocks(x3, part)
     return dx.reshape(x.shape), dweight, dbias
 
 

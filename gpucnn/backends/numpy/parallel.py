@@ -149,7 +149,7 @@ class Workers:
         return (self.threads < 2 or _serial.on
                 or threading.current_thread().name.startswith(_THREAD_PREFIX))
 
-    def share(self, passes, split=True):
+    def share(self, passes, split=True, blas=True):
         """Runs passes cut into units, every unit once, on up to ``threads`` threads.
 
         ``passes``: (count, fn) pairs; fn(units) does the units (indices in
@@ -165,14 +165,14 @@ class Workers:
         on any number of threads.
 
         ``split=False``, or one thread, or a call from inside a worker: the passes run
-        one after the other on the calling thread, each unit in order.  BLAS is held to
-        one thread either way (see ``run``).
+        one after the other on the calling thread, each unit in order.  ``blas``: the
+        passes call BLAS, which is then held to one thread either way (see ``run``).
         """
         passes = [(int(count), fn) for count, fn in passes if count > 0]
-        libs = self.blas.libs()
+        libs = self.blas.libs() if blas else True
         threads = min(self.threads, sum(count for count, _ in passes))
         if not split or threads < 2 or self._serial_here() or not libs:
-            saved = self.blas.hold_one() if libs else None
+            saved = self.blas.hold_one() if blas and libs else None
             try:
                 for count, fn in passes:
                     fn(iter(range(count)))
@@ -199,7 +199,7 @@ class Workers:
                         passes[j][1](take(queues[j], False))
             finally:
                 _serial.on = False
-        saved = self.blas.hold_one()
+        saved = self.blas.hold_one() if blas else None
         futures = []
         try:
             pool = self._executor()
