@@ -118,7 +118,9 @@ def test_pair_runs_the_two_passes_on_two_threads(two_threads, monkeypatch):
     assert conv.pair_backward(x.shape, w.shape, (1, 1), (1, 1))
     assert conv.data_as_forward(x.shape, w.shape, (1, 1), (1, 1))    # backward-data: a forward
     seen = []
-    _spy_chunks(monkeypatch, conv.RowPlan, "forward", seen)
+    # backward-data's chunks slowed down, so that the worker is surely running by the
+    # time the caller could take backward-weight's first chunk itself
+    _spy_chunks(monkeypatch, conv.RowPlan, "forward", seen, delay=0.05)
     _spy_chunks(monkeypatch, conv.RowPlan, "backward_weight", seen)
     dx, dw = conv.conv2d_backward(dy, x, w, (1, 1), (1, 1), True)
     me = threading.current_thread().name
