@@ -240,3 +240,26 @@ def test_the_seam_checks_its_arguments():
         B.conv2d_backward(dy, x, w, (1, 1), (1, 1), "yes")
     with pytest.raises(TypeError, match="conv2d_backward: w has dtype float32; expected float64"):
         B.conv2d_backward(dy, x, w.astype(np.float32), (1, 1), (1, 1), True)
+
+
+@pytest.mark.parametrize("g", [1, 5, 12])
+def test_row_plan_backward_weight_in_chunks_of_any_size(g, monkeypatch):
+    """RowPlan's backward-weight in chunks of g samples (12 samples: a short last chunk for
+    g = 5), its shifted copies of dy in rows padded apart (_apart), against the loops."""
+    dy, x, w = _inputs(c=16, o=16, hw=6, n=12)
+    monkeypatch.setattr(conv.RowPlan, "weight_chunk", lambda self, n, itemsize: g)
+    assert isinstance(conv.plan_for(x.shape, w.shape, (1, 1), (1, 1), for_weight=True),
+                      conv.RowPlan)
+    dw = conv.conv2d_backward_weight(dy, x, w.shape, (1, 1), (1, 1))
+    np.testing.assert_allclose(dw, reference.conv2d_backward(dy, x, w, 1, 1)[1],
+                               rtol=1e-11, atol=1e-11)
+
+
+def test_apart_keeps_blocks_off_multiples_of_4k():
+    # ResNet-20's 64-channel backward-weight: 64 rows of 16*74 floats, 3 blocks
+    m = conv._apart(16 * 74, 64, 3, 4)
+    assert m > 16 * 74
+    for j in (1, 2):
+        assert 512 <= (j * 64 * m * 4) % 4096 <= 3584
+    assert conv._apart(5 * 1058, 16, 3, 4) == 5 * 1058      # already apart: kept
+    assert conv._apart(100, 1024, 3, 4) == 100              # no length helps: kept

@@ -293,7 +293,7 @@ class RowPlan(WidePlan):
     copy is kw times smaller and the GEMM has kw times more rows and kw times fewer
     inner products, the shape OpenBLAS runs fastest when O is small (16-64 channels:
     measured in benchmarks/RESULTS.md).  Backward-weight is the same GEMM transposed:
-    dW_j = D_j @ rows.T with D_j = dy shifted right by j.
+    dW_j = D_j @ rows.T with D_j = dy shifted right by j (the GEMM's rows ordered (o, j)).
     """
 
     def __init__(self, *args):
@@ -354,26 +354,42 @@ class RowPlan(WidePlan):
         planes = scratch(("wgt-planes", self.geom), (g, c, self.length), dy.dtype)
         # every buffer below: the elements never written (padding, shifts' ends) stay 0
         rows = scratch(("wgt-rows", self.geom), (c, kh, g, q2), dy.dtype)
-        d = scratch(("wgt-d", self.geom), (kw, o, g, q2), dy.dtype)
+        # D_j, dy shifted right by j within each sample's row: GEMM rows (j, o), the
+        # chunk's samples side by side (g*q2 long, in rows a little longer: _apart);
+        # the wide layout's extra columns and the positions before j and after j + q
+        # are 0.  D_0 is copied from dy, each other D_j is the whole D_0 block shifted
+        # by j, one flat copy: what the shift carries across the start of a row is the
+        # previous row's tail (positions past q, never written: 0).
+        span = g * q2
+        d = scratch(("wgt-d", self.geom), (kw, o, _apart(span, o, kw, dy.itemsize)), dy.dtype)
+        d0 = d[0, :, :span].reshape(o, g, q2)[:, :, :q].reshape(o, g, self.oh, self.wp)
+        d0 = d0[..., :self.ow]
+        flat = d.reshape(kw, -1)
+        a_all, b_all = d.reshape(kw * o, -1), rows.reshape(self.kr, span)
         inside, shifted = self.interior(planes), self.rows(planes)
         rows_t = rows.transpose(2, 0, 1, 3)
-        # D_j: dy shifted right by j within each sample's row (the wide layout's
-        # extra columns and the positions before j and after j + q stay 0)
-        d_in = [d[j, :, :, j:j + q].reshape(o, g, self.oh, self.wp)[..., :self.ow]
-                for j in range(kw)]
         for i, s, e in chunks:
             gs = e - s
+            m = gs * q2                         # a short last chunk: the first m columns
             inside[:gs] = x[s:e]
             np.copyto(rows_t[:gs], shifted[:gs])
-            dyt = dy[s:e].transpose(1, 0, 2, 3)
-            for j in range(kw):
-                d_in[j][:, :gs] = dyt
-            if gs < g:                                  # a short last chunk: packed apart
-                a = np.ascontiguousarray(d[:, :, :gs]).reshape(kw * o, gs * q2)
-                b = np.ascontiguousarray(rows[:, :, :gs]).reshape(self.kr, gs * q2)
-            else:
-                a, b = d.reshape(kw * o, g * q2), rows.reshape(self.kr, g * q2)
-            prods[i] = a @ b.T
+            d0[:, :gs] = dy[s:e].transpose(1, 0, 2, 3)
+            for j in range(1, kw):
+                flat[j, j:] = flat[0, :-j]
+            prods[i] = a_all[:, :m] @ b_all[:, :m].T
+
+
+def _apart(n, rows, blocks, itemsize):
+    """A row length of at least n elements for ``blocks`` blocks of ``rows`` rows, such
+    that no two blocks start a multiple of 4 KiB apart (give or take 512 bytes): a copy
+    from one block to another, a load and a store stream at the same offsets, would
+    stall on the cache's 4 KiB aliasing (measured: RowPlan's shifted copies of the
+    64-channel backward-weight ran 9x slower 296 KiB apart).  n itself when no length
+    up to n + 64 avoids it."""
+    for m in range(n, n + 65):
+        if all(512 <= (j * rows * m * itemsize) % 4096 <= 3584 for j in range(1, blocks)):
+            return m
+    return n
 
 
 def is_pointwise(kernel, stride, padding):
