@@ -38,10 +38,12 @@ from .windows import col2im_add, col2im_phases, fill_cols, phase_terms, window_o
 # Columns of at most this many bytes per chunk: the GEMMs run at their best with
 # operands of about this size.
 CHUNK_BYTES = 2 << 20
-# The forward's GEMMs run per sample, so its chunk sets only how long the columns
-# stay alive: at most the 1 MiB L2 of a core keeps them there between the copy and
-# the GEMM; smaller chunks cost more in per-chunk calls than they save.
-FORWARD_CHUNK_BYTES = 1 << 20
+# The forward's columns per chunk.  Measured per call inside ResNet-20 steps, two threads
+# sharing the chunks (benchmarks/ab_settings_per_call.py): 2 MiB beat 1 MiB by 4-5 % over
+# the step's convolutions (forward and backward-data as a forward), 1.5 and 3 MiB came
+# close, 4 MiB lost: fewer, longer NumPy calls against columns that no longer all stay
+# in the 1 MiB L2 between the copy and the GEMM.
+FORWARD_CHUNK_BYTES = 2 << 20
 
 # The wide layout saves kh*kw*C*OH short rows per sample and primitive (a few ns of
 # NumPy overhead each) and costs 2*O*C*kh*kw*OH*(Wp - OW) extra GEMM flops (at about
