@@ -54,8 +54,10 @@ WIDE_MAX_WASTE = 150
 WIDE_MAX_WASTE_WEIGHT = 100
 
 
-def chunk(n, per_sample_bytes, limit=CHUNK_BYTES):
-    """Samples per chunk: at most ``limit`` bytes of columns, at least one sample."""
+def chunk(n, per_sample_bytes, limit=None):
+    """Samples per chunk: at most ``limit`` (default CHUNK_BYTES) bytes of columns, at
+    least one sample."""
+    limit = CHUNK_BYTES if limit is None else limit
     return max(1, min(n, limit // max(1, per_sample_bytes)))
 
 
