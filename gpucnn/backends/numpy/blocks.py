@@ -15,7 +15,8 @@ import math
 import numpy as np
 
 from .memory import empty, flat_pair, scratch
-from .parallel import PARALLEL_MIN_ELEMENTS, WORKERS, elementwise
+from . import parallel
+from .parallel import WORKERS, elementwise
 
 #: splitmix64 constants (Steele, Lea, Flood: "Fast splittable pseudorandom number generators")
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -142,7 +143,7 @@ def _share_blocks(x3, fn):
     n, c, s = x3.shape
     shape = _block_shape(n, c, s, x3.itemsize)
     blocks = list(_blocks(0, n, c, shape))
-    split = len(WORKERS.parts(n, c * s, PARALLEL_MIN_ELEMENTS)) > 1
+    split = len(WORKERS.parts(n, c * s, parallel.PARALLEL_MIN_ELEMENTS)) > 1
     WORKERS.share([(len(blocks), lambda units: fn(blocks[i] for i in units))],
                   split=split, blas=False)
     return shape
