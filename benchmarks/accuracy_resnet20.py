@@ -15,6 +15,9 @@ arithmetic (summation orders, float32 rounding), which compounds over the epoch.
   python benchmarks/accuracy_resnet20.py                       # the shared CIFAR-10 copy
   python benchmarks/accuracy_resnet20.py --limit-train 10000 --limit-test 2000   # a subset
   python benchmarks/accuracy_resnet20.py --json out.json
+  python benchmarks/accuracy_resnet20.py --dtype float64 --limit-train 5120 --limit-test 1000
+      # both frameworks in float64: every step's loss side by side (the recipe's semantics
+      # alike, so float32's rounding chaos is the only difference at float32)
 
 Data: ``--data-dir`` (default ``../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz`` beside
 the checkout); the folder loader decodes it once into its array cache.
@@ -77,6 +80,8 @@ def train_torch(res, log):
     start = build_model(cfg.model, ds.input_shape, ds.num_classes).state_dict()
     model = torch_model(cfg.model, start, in_channels=ds.input_shape[0],
                         num_classes=ds.num_classes)
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    model = model.to(dtype=dtype)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     # the run's own scheduler object says which schedule (and its milestones) it followed
@@ -94,7 +99,8 @@ def train_torch(res, log):
         for x, y in it.epoch():
             if transform is not None:
                 x = transform(np.ascontiguousarray(x))
-            xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+            xt = torch.from_numpy(np.ascontiguousarray(x)).to(dtype=dtype)
+            yt = torch.from_numpy(y)
             opt.zero_grad(set_to_none=True)
             out = model(xt)
             loss = loss_fn(out, yt)
@@ -109,7 +115,7 @@ def train_torch(res, log):
             seen += len(y)
         if tsched is not None and interval == "epoch":
             tsched.step()
-        acc = evaluate_torch(torch, model, ds.test)
+        acc = evaluate_torch(torch, model, ds.test, dtype)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen,
                         "train_acc": correct / seen, "test_acc": acc})
         log(f"torch  epoch {epoch + 1}/{cfg.epochs}: train loss {loss_sum / seen:.4f}, "
@@ -119,12 +125,13 @@ def train_torch(res, log):
             "last_lr": opt.param_groups[0]["lr"]}
 
 
-def evaluate_torch(torch, model, test, batch=500):
+def evaluate_torch(torch, model, test, dtype, batch=500):
     model.eval()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(test.labels), batch):
-            out = model(torch.from_numpy(np.ascontiguousarray(test.images[i:i + batch])))
+            x = torch.from_numpy(np.ascontiguousarray(test.images[i:i + batch])).to(dtype=dtype)
+            out = model(x)
             correct += int((out.argmax(1).numpy() == test.labels[i:i + batch]).sum())
     model.train()
     return correct / len(test.labels)
@@ -139,6 +146,7 @@ def main(argv=None):
     ap.add_argument("--limit-test", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--json", metavar="OUT")
     args = ap.parse_args(argv)
     if not os.path.exists(args.data_dir):
@@ -156,6 +164,7 @@ def main(argv=None):
         res = run_training(data="folder", data_dir=args.data_dir, model=args.model,
                            epochs=args.epochs, limit_train=args.limit_train,
                            limit_test=args.limit_test, seed=args.seed, device="cpu",
+                           dtype=args.dtype,
                            out=os.path.join(out, "run"), progress=False, log=log,
                            on_step=on_step)
     cfg = res.config
@@ -179,6 +188,11 @@ def main(argv=None):
             log(f"torch:  test accuracy {100 * t['test_accuracy']:.2f}% in {t['seconds']:.0f} s")
             log("first step losses gpucnn / torch: " + ", ".join(
                 f"{a:.5f}/{b:.5f}" for a, b in zip(gpucnn_losses[:5], t["losses"][:5])))
+            rel = [abs(a - b) / abs(b) for a, b in zip(gpucnn_losses, t["losses"])]
+            result["loss_relative_difference"] = rel
+            worst = max(range(len(rel)), key=rel.__getitem__)
+            log(f"losses of all {len(rel)} steps: largest relative difference {rel[worst]:.2e} "
+                f"(step {worst + 1}); last step {rel[-1]:.2e}")
     info["loadavg_end"] = round(os.getloadavg()[0], 2)
     if args.json:
         with open(args.json, "w") as f:
