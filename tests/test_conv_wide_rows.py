@@ -113,12 +113,17 @@ def _spy_chunks(monkeypatch, cls, method, seen, delay=0.0):
     monkeypatch.setattr(cls, method, spy)
 
 
+def _one_sample_chunks(monkeypatch):
+    """RowPlan's forward (backward-data here) and backward-weight in chunks of one sample."""
+    for method in ("forward_chunk", "weight_chunk"):
+        monkeypatch.setattr(conv.RowPlan, method, lambda self, n, itemsize: 1)
+
+
 def test_pair_runs_the_two_passes_on_two_threads(two_threads, monkeypatch):
     dy, x, w = _inputs(n=12)
     assert conv.pair_backward(x.shape, w.shape, (1, 1), (1, 1))
     assert conv.data_as_forward(x.shape, w.shape, (1, 1), (1, 1))    # backward-data: a forward
-    for method in ("forward_chunk", "weight_chunk"):            # one sample a chunk: 12 each
-        monkeypatch.setattr(conv.RowPlan, method, lambda self, n, itemsize: 1)
+    _one_sample_chunks(monkeypatch)                             # 12 chunks a pass
     seen = []
     # every chunk slowed down: neither thread can finish its own pass before the other
     # has taken its first chunk
@@ -140,8 +145,7 @@ def test_a_thread_that_finishes_takes_the_other_passes_chunks(two_threads, monke
     """Backward-weight's chunks made slow: the caller, done with backward-data, takes some
     of them; the gradients are still bitwise what one thread computes."""
     dy, x, w = _inputs(n=12, dtype=np.float32)
-    for method in ("forward_chunk", "weight_chunk"):            # one sample a chunk: 12 each
-        monkeypatch.setattr(conv.RowPlan, method, lambda self, n, itemsize: 1)
+    _one_sample_chunks(monkeypatch)                             # 12 chunks a pass
     WORKERS.set_threads(1)
     want_dx = conv.conv2d_backward_data(dy, w, x.shape, (1, 1), (1, 1))
     want_dw = conv.conv2d_backward_weight(dy, x, w.shape, (1, 1), (1, 1))

@@ -143,7 +143,7 @@ def _share_blocks(x3, fn):
     n, c, s = x3.shape
     shape = _block_shape(n, c, s, x3.itemsize)
     blocks = list(_blocks(0, n, c, shape))
-    split = len(WORKERS.parts(n, c * s, parallel.PARALLEL_MIN_ELEMENTS)) > 1
+    split = WORKERS.worth_splitting(n, c * s, parallel.PARALLEL_MIN_ELEMENTS)
     WORKERS.share([(len(blocks), lambda units: fn(blocks[i] for i in units))],
                   split=split, blas=False)
     return shape

@@ -483,7 +483,7 @@ class _Pass:
 
 
 def _worth_splitting(n, plan, p):
-    return len(WORKERS.parts(n, plan.o * plan.k * p, PARALLEL_MIN_FLOPS_CONV)) > 1
+    return WORKERS.worth_splitting(n, plan.o * plan.k * p, PARALLEL_MIN_FLOPS_CONV)
 
 
 def _run(*passes):

@@ -116,6 +116,10 @@ class Workers:
         bounds = [n * i // k for i in range(k + 1)]
         return [(bounds[i], bounds[i + 1]) for i in range(k)]
 
+    def worth_splitting(self, n, work, min_work):
+        """Whether ``parts`` would give this work more than one range (share's ``split``)."""
+        return len(self.parts(n, work, min_work)) > 1
+
     def run(self, fn, ranges, blas=False):
         """fn(start, end) for every range, in parallel; returns the results in order.
 
