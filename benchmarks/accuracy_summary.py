@@ -1,0 +1,109 @@
+"""Seeds of accuracy_resnet20.py side by side: is gpucnn's one-epoch accuracy PyTorch's?
+
+    python benchmarks/accuracy_summary.py benchmarks/accuracy_runs/*.json
+    python benchmarks/accuracy_summary.py runs/*.json --pair 0:50.32:50.93   # a run logged
+                                                                            # without --json
+
+Each seed is one paired experiment: the two frameworks start from the same weights and see
+the same batches and augmentation, so the difference (gpucnn - PyTorch, in points of test
+accuracy) holds only what float32 rounding did over the epoch.  Printed: every seed's pair,
+the mean difference with its standard error and a 95 % t interval, and an exact sign-flip
+(randomization) test: the share of the 2^n ways of flipping the differences' signs whose
+mean is at least as far from zero as the observed one -- the p-value of "the differences
+are symmetric around zero", needing no normal-distribution assumption.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+
+
+def t_cdf(t, df):
+    """Student's t distribution function, by Simpson's rule on the density (df >= 1)."""
+    if t < 0:
+        return 1.0 - t_cdf(-t, df)
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    steps = 2000
+    h = t / steps
+    f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(steps + 1)]
+    area = h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+    return 0.5 + area
+
+
+def t_quantile(p, df):
+    """The t value with t_cdf(t, df) = p (bisection; 0.5 < p < 1)."""
+    lo, hi = 0.0, 1000.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def sign_flip_p(diffs):
+    """Exact two-sided p-value of the mean under random signs (2^n flips; n <= 20)."""
+    observed = abs(sum(diffs)) - 1e-12
+    hits = total = 0
+    for signs in itertools.product((1, -1), repeat=len(diffs)):
+        total += 1
+        hits += abs(sum(s * d for s, d in zip(signs, diffs))) >= observed
+    return hits / total
+
+
+def read_runs(paths, pairs):
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            r = json.load(f)
+        if "torch" not in r:
+            raise SystemExit(f"accuracy_summary: {path} has no PyTorch run (made with --no-torch)")
+        runs.append((int(r["config"]["seed"]), 100 * r["gpucnn"]["test_accuracy"],
+                     100 * r["torch"]["test_accuracy"], path))
+    for text in pairs:
+        try:
+            seed, g, t = text.split(":")
+            runs.append((int(seed), float(g), float(t), "--pair"))
+        except ValueError:
+            raise SystemExit(f"accuracy_summary: --pair {text!r}: expected SEED:GPUCNN:TORCH "
+                             "(accuracies in percent), e.g. 0:50.32:50.93")
+    seeds = [s for s, *_ in runs]
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise SystemExit(f"accuracy_summary: seed(s) {dup} given twice; one run per seed")
+    return sorted(runs)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="*", help="JSON files written by accuracy_resnet20.py --json")
+    ap.add_argument("--pair", action="append", default=[], metavar="SEED:GPUCNN:TORCH")
+    args = ap.parse_args(argv)
+    runs = read_runs(args.runs, args.pair)
+    if len(runs) < 2:
+        raise SystemExit("accuracy_summary: need at least two seeds")
+    if len(runs) > 20:
+        raise SystemExit("accuracy_summary: at most 20 seeds (the exact test enumerates 2^n)")
+    print(f"{'seed':>4}  {'gpucnn':>7}  {'torch':>7}  {'diff':>6}  source")
+    for seed, g, t, src in runs:
+        print(f"{seed:>4}  {g:7.2f}  {t:7.2f}  {g - t:+6.2f}  {src}")
+    n = len(runs)
+    diffs = [g - t for _, g, t, _ in runs]
+    mean_g = sum(g for _, g, _, _ in runs) / n
+    mean_t = sum(t for _, _, t, _ in runs) / n
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    se = sd / math.sqrt(n)
+    half = t_quantile(0.975, n - 1) * se
+    above = sum(d > 0 for d in diffs)
+    print(f"\n{n} seeds: gpucnn {mean_g:.2f} %, PyTorch {mean_t:.2f} % (means)")
+    print(f"difference {mean:+.2f} points, sd {sd:.2f}, standard error {se:.2f}; "
+          f"95 % interval [{mean - half:+.2f}, {mean + half:+.2f}]")
+    print(f"gpucnn above in {above} of {n}; exact sign-flip test p = {sign_flip_p(diffs):.3f}"
+          f"; t = {mean / se:+.2f} (df {n - 1})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
