@@ -26,19 +26,18 @@ def _rows(a3, b3=None):
     return (a3 if b3 is None else a3 * b3).sum(axis=2)
 
 
-def _csum(a3, b3=None):
-    return _rows(a3, b3).sum(axis=0)
+def _csum(a3, b3=None, m=1):
+    """Per-channel sums: the rows added over the samples in float64, divided by m there,
+    rounded to the arrays' dtype."""
+    return (_rows(a3, b3).sum(axis=0, dtype=np.float64) / m).astype(a3.dtype)
 
 
 def ref_stats(x):
     x3 = x.reshape(x.shape[0], x.shape[1], -1)
     n, _, s = x3.shape
-    mean = _csum(x3)
-    mean /= x.dtype.type(n * s)
+    mean = _csum(x3, m=n * s)
     d = x3 - mean[:, None]
-    var = _csum(d, d)
-    var /= x.dtype.type(n * s)
-    return mean, var
+    return mean, _csum(d, d, m=n * s)
 
 
 def ref_forward(x, mean, var, weight, bias, eps):

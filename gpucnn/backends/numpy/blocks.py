@@ -5,8 +5,8 @@ Plain functions; ``NumpyBackend`` (backend.py) binds each as a method, one line 
 exact semantics are in ``gpucnn/backends/__init__.py``; ``kernels/batchnorm.cu``,
 ``dropout.cu``, ``residual.cu`` and ``label_smoothing.cu`` compute the same formulas in the
 same order, so the per-element arithmetic agrees bit for bit and only the reductions differ
-(here float32/float64 sums, per row by np.einsum or pairwise, then over the samples; there
-double accumulators).
+(here each (sample, channel) row summed in x's dtype by np.einsum or pairwise, the rows
+then added over the samples in float64; there double accumulators throughout).
 """
 from __future__ import annotations
 
@@ -158,8 +158,7 @@ def batchnorm_stats(x):
         for n0, n1, c0, c1 in blocks:
             _row_sums(x3[n0:n1, c0:c1], rows[n0:n1, c0:c1])
     shape = _share_blocks(x3, sums)
-    mean = rows.sum(axis=0)
-    mean /= x.dtype.type(n * s)
+    mean = _channel_total(rows, n * s)
     mc = _per_channel(mean, s, shape, c)
 
     def squares(blocks):
@@ -169,9 +168,19 @@ def batchnorm_stats(x):
             np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=d)
             _row_dots(d, d, rows[n0:n1, c0:c1], d)
     _share_blocks(x3, squares)
-    var = rows.sum(axis=0)
-    var /= x.dtype.type(n * s)
-    return mean, var
+    return mean, _channel_total(rows, n * s)
+
+
+def _channel_total(rows, m=1):
+    """sum over the samples of the (N, C) per-(sample, channel) sums, divided by m, in
+    x's dtype: the sum over N and the division in float64.  In float32 the N partial sums
+    of one channel added one after another (NumPy's reduction over the first axis) lose
+    log2(N) bits where a channel's mean is far from zero (mean 50, std 1: the mean 1e-5
+    off, ten times float32's rounding of it, and every normalised value off by as much)."""
+    total = rows.sum(axis=0, dtype=np.float64)
+    if m != 1:
+        total /= m
+    return total.astype(rows.dtype)
 
 
 def _scale(weight, var, eps):
@@ -250,8 +259,8 @@ def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats, y=None):
             np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=xmu)
             _row_dots(xmu, dyb, rows_xmu[n0:n1, c0:c1], xmu)
     _share_blocks(x3, sums)
-    dbias = rows_dy.sum(axis=0)
-    dweight = rows_xmu.sum(axis=0) * invstd
+    dbias = _channel_total(rows_dy)
+    dweight = _channel_total(rows_xmu) * invstd
     if y3 is not None:
         dy3 = dx                    # the gradient that reaches the batch norm; dx in place
     if batch_stats:
