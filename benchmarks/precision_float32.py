@@ -30,9 +30,7 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
+sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 import gpucnn  # noqa: E402
 from gpucnn.blocks import BatchNorm2d  # noqa: E402
@@ -40,9 +38,8 @@ from gpucnn.data import BatchIterator  # noqa: E402
 from gpucnn.layers import Conv2d  # noqa: E402
 from gpucnn.losses import CrossEntropyLoss  # noqa: E402
 from gpucnn.models import build_model  # noqa: E402
+from accuracy_resnet20 import DEFAULT_DATA  # noqa: E402  (the shared CIFAR-10 copy)
 
-DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg",
-                            "cifar10-jpeg.tar.gz")
 DTYPES = (np.float32, np.float64)
 
 
