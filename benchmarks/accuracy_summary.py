@@ -53,55 +53,71 @@ def sign_flip_p(diffs):
 
 
 def read_runs(paths, pairs):
+    """[(seed, gpucnn acc %, torch acc %, gpucnn train loss or None, torch's or None, source)]."""
     runs = []
     for path in paths:
         with open(path) as f:
             r = json.load(f)
         if "torch" not in r:
             raise SystemExit(f"accuracy_summary: {path} has no PyTorch run (made with --no-torch)")
-        runs.append((int(r["config"]["seed"]), 100 * r["gpucnn"]["test_accuracy"],
-                     100 * r["torch"]["test_accuracy"], path))
+        g, t = r["gpucnn"], r["torch"]
+        runs.append((int(r["config"]["seed"]), 100 * g["test_accuracy"], 100 * t["test_accuracy"],
+                     g["history"][-1]["train_loss"], t["history"][-1]["train_loss"], path))
     for text in pairs:
+        fields = text.split(":")
         try:
-            seed, g, t = text.split(":")
-            runs.append((int(seed), float(g), float(t), "--pair"))
+            if len(fields) not in (3, 5):
+                raise ValueError
+            seed, values = int(fields[0]), [float(v) for v in fields[1:]]
         except ValueError:
             raise SystemExit(f"accuracy_summary: --pair {text!r}: expected SEED:GPUCNN:TORCH "
-                             "(accuracies in percent), e.g. 0:50.32:50.93")
-    seeds = [s for s, *_ in runs]
+                             "(test accuracies in percent), optionally :GPUCNN_LOSS:TORCH_LOSS "
+                             "(the epoch's train loss), e.g. 0:50.32:50.93")
+        runs.append((seed, values[0], values[1], *(values[2:] or [None, None]), "--pair"))
+    seeds = [r[0] for r in runs]
     dup = sorted({s for s in seeds if seeds.count(s) > 1})
     if dup:
         raise SystemExit(f"accuracy_summary: seed(s) {dup} given twice; one run per seed")
-    return sorted(runs)
+    return sorted(runs, key=lambda r: r[0])
+
+
+def paired(what, unit, pairs):
+    """Print the paired comparison of [(gpucnn, torch)] values; returns the mean difference."""
+    n = len(pairs)
+    diffs = [g - t for g, t in pairs]
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    se = sd / math.sqrt(n)
+    half = t_quantile(0.975, n - 1) * se
+    print(f"\n{what}, {n} seeds: gpucnn {sum(g for g, _ in pairs) / n:.4g}{unit}, PyTorch "
+          f"{sum(t for _, t in pairs) / n:.4g}{unit} (means)")
+    print(f"  difference {mean:+.4f}{unit}, sd {sd:.4f}, standard error {se:.4f}; "
+          f"95 % interval [{mean - half:+.4f}, {mean + half:+.4f}]")
+    print(f"  gpucnn above in {sum(d > 0 for d in diffs)} of {n}; exact sign-flip test "
+          f"p = {sign_flip_p(diffs):.3f}; "
+          + (f"t = {mean / se:+.2f} (df {n - 1})" if se > 0 else "no t (every difference equal)"))
+    return mean
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="*", help="JSON files written by accuracy_resnet20.py --json")
-    ap.add_argument("--pair", action="append", default=[], metavar="SEED:GPUCNN:TORCH")
+    ap.add_argument("--pair", action="append", default=[],
+                    metavar="SEED:GPUCNN:TORCH[:GPUCNN_LOSS:TORCH_LOSS]")
     args = ap.parse_args(argv)
     runs = read_runs(args.runs, args.pair)
     if len(runs) < 2:
         raise SystemExit("accuracy_summary: need at least two seeds")
     if len(runs) > 20:
         raise SystemExit("accuracy_summary: at most 20 seeds (the exact test enumerates 2^n)")
-    print(f"{'seed':>4}  {'gpucnn':>7}  {'torch':>7}  {'diff':>6}  source")
-    for seed, g, t, src in runs:
-        print(f"{seed:>4}  {g:7.2f}  {t:7.2f}  {g - t:+6.2f}  {src}")
-    n = len(runs)
-    diffs = [g - t for _, g, t, _ in runs]
-    mean_g = sum(g for _, g, _, _ in runs) / n
-    mean_t = sum(t for _, _, t, _ in runs) / n
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    se = sd / math.sqrt(n)
-    half = t_quantile(0.975, n - 1) * se
-    above = sum(d > 0 for d in diffs)
-    print(f"\n{n} seeds: gpucnn {mean_g:.2f} %, PyTorch {mean_t:.2f} % (means)")
-    print(f"difference {mean:+.2f} points, sd {sd:.2f}, standard error {se:.2f}; "
-          f"95 % interval [{mean - half:+.2f}, {mean + half:+.2f}]")
-    print(f"gpucnn above in {above} of {n}; exact sign-flip test p = {sign_flip_p(diffs):.3f}"
-          f"; t = {mean / se:+.2f} (df {n - 1})")
+    print(f"{'seed':>4}  {'gpucnn':>7}  {'torch':>7}  {'diff':>6}  {'train loss g / t':>17}  source")
+    for seed, g, t, gl, tl, src in runs:
+        losses = f"{gl:.4f} / {tl:.4f}" if gl is not None else ""
+        print(f"{seed:>4}  {g:7.2f}  {t:7.2f}  {g - t:+6.2f}  {losses:>17}  {src}")
+    paired("test accuracy (%)", " %", [(g, t) for _, g, t, *_ in runs])
+    losses = [(gl, tl) for _, _, _, gl, tl, _ in runs if gl is not None]
+    if len(losses) >= 2:
+        paired("the epoch's train loss", "", losses)
     return 0
 
 

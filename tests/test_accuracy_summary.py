@@ -31,29 +31,34 @@ def test_sign_flip_p_is_exact():
     assert acc.sign_flip_p([10.0, 0.1, -0.1]) == pytest.approx(6 / 8)
 
 
-def _run(path, seed, g, t=None):
-    r = {"config": {"seed": seed}, "gpucnn": {"test_accuracy": g}}
+def _run(path, seed, g, t=None, losses=(1.5, 1.6)):
+    r = {"config": {"seed": seed},
+         "gpucnn": {"test_accuracy": g, "history": [{"train_loss": losses[0]}]}}
     if t is not None:
-        r["torch"] = {"test_accuracy": t}
+        r["torch"] = {"test_accuracy": t, "history": [{"train_loss": losses[1]}]}
     path.write_text(json.dumps(r))
     return str(path)
 
 
 def test_reads_runs_and_pairs(tmp_path, capsys):
     files = [_run(tmp_path / "a.json", 3, 0.51, 0.52), _run(tmp_path / "b.json", 1, 0.50, 0.49)]
-    runs = acc.read_runs(files, ["0:50.5:50.0"])
-    assert [(s, round(g, 6), round(t, 6)) for s, g, t, _ in runs] == \
-        [(0, 50.5, 50.0), (1, 50.0, 49.0), (3, 51.0, 52.0)]
+    runs = acc.read_runs(files, ["0:50.5:50.0", "7:49:50:1.7:1.5"])
+    assert [(s, round(g, 6), round(t, 6), gl, tl) for s, g, t, gl, tl, _ in runs] == \
+        [(0, 50.5, 50.0, None, None), (1, 50.0, 49.0, 1.5, 1.6), (3, 51.0, 52.0, 1.5, 1.6),
+         (7, 49.0, 50.0, 1.7, 1.5)]
     assert acc.main(files + ["--pair", "0:50.5:50.0"]) == 0
     out = capsys.readouterr().out
-    assert "3 seeds" in out and "difference +0.17 points" in out
+    assert "test accuracy (%), 3 seeds" in out and "difference +0.1667 %" in out
+    # the train loss over the two seeds that have it: -0.1 both times
+    assert "train loss, 2 seeds" in out and "difference -0.1000," in out
 
 
 def test_bad_input_says_what_was_wrong(tmp_path):
     with pytest.raises(SystemExit, match="no PyTorch run"):
         acc.read_runs([_run(tmp_path / "a.json", 0, 0.5)], [])
-    with pytest.raises(SystemExit, match="expected SEED:GPUCNN:TORCH"):
-        acc.read_runs([], ["0:50.5"])
+    for bad in ("0:50.5", "0:50:51:1.5", "x:50:51"):
+        with pytest.raises(SystemExit, match="expected SEED:GPUCNN:TORCH"):
+            acc.read_runs([], [bad])
     with pytest.raises(SystemExit, match=r"seed\(s\) \[2\] given twice"):
         acc.read_runs([_run(tmp_path / "b.json", 2, 0.5, 0.5)], ["2:50:50"])
     with pytest.raises(SystemExit, match="at least two seeds"):
