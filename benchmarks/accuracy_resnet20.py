@@ -184,6 +184,7 @@ def main(argv=None):
             info["torch"] = torch.__version__
             t = train_torch(res, log)
             result["torch"] = {k: v for k, v in t.items() if k != "losses"}
+            result["losses"] = {"gpucnn": gpucnn_losses, "torch": t["losses"]}   # every step's
             result["torch"]["first_losses"] = t["losses"][:5]
             log(f"torch:  test accuracy {100 * t['test_accuracy']:.2f}% in {t['seconds']:.0f} s")
             log("first step losses gpucnn / torch: " + ", ".join(
