@@ -6,7 +6,7 @@
 
 Both frameworks run the same computation in float32 and in float64 from the same weights and
 inputs; each float32 result is compared with its own framework's float64 result (relative
-error, ``|a32 - a64| / |a64|`` in the 2-norm).  Three parts:
+error, ``|a32 - a64| / |a64|`` in the 2-norm).  The parts:
 
 1. every primitive ResNet-20 uses (each convolution shape, batch norm) on random data:
    output, input gradient and parameter gradients;
@@ -16,7 +16,12 @@ error, ``|a32 - a64| / |a64|`` in the 2-norm).  Three parts:
    These are dominated by ReLU units whose input lies within float32 rounding of zero:
    one such unit that flips between float32 and float64 moves every gradient below it
    (the error then jumps to 1e-4..1e-2); the count differs from batch to batch and
-   between frameworks by chance, so part 3 is a distribution, not a ranking.
+   between frameworks by chance, so part 3 is a distribution, not a ranking;
+4. (``--trajectory 0,40,...``) PyTorch trains the recipe; at the given steps its float32 state
+   (weights, batch-norm buffers, momentum) is handed to gpucnn and both take the next step
+   in float32, against PyTorch's float64 step from the same state: the loss, the gradients,
+   the gradients' error along themselves (a systematic shrink or growth would show there)
+   and the state after the update.
 
 It answers whether a systematic accuracy difference between the frameworks could come from
 float32 rounding (it reports; it asserts nothing).
@@ -216,12 +221,108 @@ def part2_3(torch, args):
               f" / {rel(flat['torch', np.float32], flat['torch', np.float64]):.2e}")
 
 
+# ------------------------------------------------------------------ part 4: along a trajectory
+def _sgd(lr):
+    return {"lr": lr, "momentum": 0.9, "weight_decay": 1e-4}
+
+
+def gpucnn_update(state, buffers, lr, x, y, dt):
+    """One SGD step of the recipe from a PyTorch state (weights, batch-norm buffers, momentum
+    buffers): (loss, gradients, the state after the step)."""
+    from gpucnn.optim import SGD
+    m = build_model("resnet20", (3, 32, 32), 10)
+    m.load_state_dict(state)
+    m.to(device="cpu", dtype=dt)
+    opt = SGD(m.parameters(), **_sgd(lr))
+    names = [n for n, _ in m.named_parameters()]
+    if buffers is not None:
+        opt.load_state_dict({"type": "SGD", "defaults": opt.defaults, "state": {
+            f"{i}.momentum_buffer": buffers[n] for i, n in enumerate(names)}})
+    loss_fn = CrossEntropyLoss()
+    loss = loss_fn(m(x.astype(dt)), y)
+    m.backward(loss_fn.backward(), input_grad=False)
+    grads = {n: as64(p.grad) for n, p in m.named_parameters()}
+    opt.step()
+    return float(loss), grads, {k: as64(v) for k, v in m.state_dict().items()}
+
+
+def torch_update(torch, model, opt_state, lr, x, y, td):
+    import copy
+    m = copy.deepcopy(model).to(td)
+    opt = torch.optim.SGD(m.parameters(), **_sgd(lr))
+    if opt_state is not None:
+        sd = copy.deepcopy(opt_state)
+        sd["param_groups"][0]["lr"] = lr
+        opt.load_state_dict(sd)
+        for st in opt.state.values():
+            st["momentum_buffer"] = st["momentum_buffer"].to(td)
+    loss = torch.nn.CrossEntropyLoss()(m(torch.from_numpy(x).to(td)), torch.from_numpy(y))
+    loss.backward()
+    grads = {n: p.grad.double().numpy().copy() for n, p in m.named_parameters()}
+    opt.step()
+    return (float(loss.detach()), grads,
+            {k: v.detach().double().numpy().copy() for k, v in m.state_dict().items()})
+
+
+def part4(torch, args, steps):
+    """PyTorch trains the recipe (SGD 0.1, momentum 0.9, weight decay 1e-4, the rate /10 at
+    steps 195 and 293 as in one epoch of CIFAR-10); at each of ``steps`` its float32 state is
+    handed to gpucnn, and each framework takes the next step in float32, PyTorch also in
+    float64 (the reference)."""
+    from torch_resnet import torch_model
+    batches, where = load_batches(args, max(steps) + 1)
+    print(f"\n4. one step from PyTorch's float32 state along its run of the recipe ({where}): "
+          "error vs the float64 step, gpucnn / torch")
+    print(f"   {'step':>4} {'lr':>6} {'loss':>19} {'gradients':>19} {'bias along grad':>21} "
+          f"{'state after':>19}")
+    gpucnn.manual_seed(0)
+    model = torch_model("resnet20", build_model("resnet20", (3, 32, 32), 10).state_dict(),
+                        in_channels=3, num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), **_sgd(0.1))
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [195, 293], 0.1)
+    names = [n for n, _ in model.named_parameters()]
+
+    def flat(d, keys):
+        return np.concatenate([d[k].ravel() for k in keys])
+
+    def along(a, b):       # the error's component along the reference, relative
+        return float(np.dot(a - b, b) / max(np.dot(b, b), 1e-300))
+    for step, (x, y) in enumerate(batches):
+        if step in steps:
+            lr = opt.param_groups[0]["lr"]
+            state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+            buffers = ({n: opt.state[p]["momentum_buffer"].numpy().copy()
+                        for n, p in model.named_parameters()} if opt.state else None)
+            opt_state = opt.state_dict() if opt.state else None
+            g = gpucnn_update(state, buffers, lr, x, y, np.float32)
+            t = torch_update(torch, model, opt_state, lr, x, y, torch.float32)
+            r = torch_update(torch, model, opt_state, lr, x, y, torch.float64)
+            gg, tg, rg = (flat(v[1], names) for v in (g, t, r))
+            keys = sorted(r[2])
+            gs, ts, rs = (flat(v[2], keys) for v in (g, t, r))
+            print(f"   {step:4d} {lr:6g} {abs(g[0] - r[0]):.1e} / {abs(t[0] - r[0]):.1e}"
+                  f"   {rel(gg, rg):.1e} / {rel(tg, rg):.1e}"
+                  f"   {along(gg, rg):+.1e} / {along(tg, rg):+.1e}"
+                  f"   {rel(gs, rs):.1e} / {rel(ts, rs):.1e}", flush=True)
+        if step >= max(steps):
+            break
+        opt.zero_grad()
+        torch.nn.CrossEntropyLoss()(model(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        opt.step()
+        sched.step()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=DEFAULT_DATA)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--verbose", action="store_true", help="every module's forward error")
+    ap.add_argument("--parts", default="1,2,3,4", help="which parts to run (default all; "
+                    "part 4 needs --trajectory)")
+    ap.add_argument("--trajectory", metavar="STEPS", default=None,
+                    help="part 4 at these steps of PyTorch's run, e.g. 0,40,120,200,300,380 "
+                         "(needs the data; minutes)")
     args = ap.parse_args(argv)
     try:
         import torch
@@ -229,8 +330,22 @@ def main(argv=None):
         print("precision_float32: needs PyTorch (pip install torch) as the measuring stick")
         return 1
     torch.set_num_threads(os.cpu_count())
-    part1(torch, np.random.default_rng(0), args.batch)
-    part2_3(torch, args)
+    parts = set(args.parts.replace(" ", "").split(","))
+    if not parts <= {"1", "2", "3", "4"}:
+        ap.error(f"--parts {args.parts!r}: expected numbers from 1 to 4, e.g. 1,2,3")
+    if "1" in parts:
+        part1(torch, np.random.default_rng(0), args.batch)
+    if parts & {"2", "3"}:
+        part2_3(torch, args)
+    if args.trajectory and "4" in parts:
+        try:
+            steps = sorted({int(v) for v in args.trajectory.split(",")})
+        except ValueError:
+            steps = [-1]
+        if steps[0] < 0:
+            ap.error(f"--trajectory {args.trajectory!r}: expected step numbers >= 0, "
+                     "e.g. 0,40,120")
+        part4(torch, args, steps)
     return 0
 
 
