@@ -81,7 +81,7 @@ def read_runs(paths, pairs):
     return sorted(runs, key=lambda r: r[0])
 
 
-def paired(what, unit, pairs):
+def paired(what, pairs, digits, unit="", diff_unit=""):
     """Print the paired comparison of [(gpucnn, torch)] values; returns the mean difference."""
     n = len(pairs)
     diffs = [g - t for g, t in pairs]
@@ -89,10 +89,11 @@ def paired(what, unit, pairs):
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     se = sd / math.sqrt(n)
     half = t_quantile(0.975, n - 1) * se
-    print(f"\n{what}, {n} seeds: gpucnn {sum(g for g, _ in pairs) / n:.4g}{unit}, PyTorch "
-          f"{sum(t for _, t in pairs) / n:.4g}{unit} (means)")
-    print(f"  difference {mean:+.4f}{unit}, sd {sd:.4f}, standard error {se:.4f}; "
-          f"95 % interval [{mean - half:+.4f}, {mean + half:+.4f}]")
+    f = f".{digits}f"
+    print(f"\n{what}, {n} seeds: gpucnn {sum(g for g, _ in pairs) / n:{f}}{unit}, PyTorch "
+          f"{sum(t for _, t in pairs) / n:{f}}{unit} (means)")
+    print(f"  difference {mean:+{f}}{diff_unit}, sd {sd:{f}}, standard error {se:{f}}; "
+          f"95 % interval [{mean - half:+{f}}, {mean + half:+{f}}]")
     print(f"  gpucnn above in {sum(d > 0 for d in diffs)} of {n}; exact sign-flip test "
           f"p = {sign_flip_p(diffs):.3f}; "
           + (f"t = {mean / se:+.2f} (df {n - 1})" if se > 0 else "no t (every difference equal)"))
@@ -114,10 +115,10 @@ def main(argv=None):
     for seed, g, t, gl, tl, src in runs:
         losses = f"{gl:.4f} / {tl:.4f}" if gl is not None else ""
         print(f"{seed:>4}  {g:7.2f}  {t:7.2f}  {g - t:+6.2f}  {losses:>17}  {src}")
-    paired("test accuracy (%)", " %", [(g, t) for _, g, t, *_ in runs])
+    paired("test accuracy", [(g, t) for _, g, t, *_ in runs], 2, " %", " points")
     losses = [(gl, tl) for _, _, _, gl, tl, _ in runs if gl is not None]
     if len(losses) >= 2:
-        paired("the epoch's train loss", "", losses)
+        paired("the epoch's train loss", losses, 4)
     return 0
 
 

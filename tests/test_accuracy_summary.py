@@ -48,7 +48,7 @@ def test_reads_runs_and_pairs(tmp_path, capsys):
          (7, 49.0, 50.0, 1.7, 1.5)]
     assert acc.main(files + ["--pair", "0:50.5:50.0"]) == 0
     out = capsys.readouterr().out
-    assert "test accuracy (%), 3 seeds" in out and "difference +0.1667 %" in out
+    assert "test accuracy, 3 seeds" in out and "difference +0.17 points" in out
     # the train loss over the two seeds that have it: -0.1 both times
     assert "train loss, 2 seeds" in out and "difference -0.1000," in out
 
