@@ -139,10 +139,29 @@ def load_batches(args, count):
     return [(aug(np.ascontiguousarray(x)), y) for x, y in it.epoch()][:count], where
 
 
-def gpucnn_step(start, x, y, dt, record=None):
+def gpucnn_model(state, dt):
     m = build_model("resnet20", (3, 32, 32), 10)
-    m.load_state_dict(start)
+    m.load_state_dict(state)
     m.to(device="cpu", dtype=dt)
+    return m
+
+
+def gpucnn_loss_grads(m, x, y, dt):
+    """Forward, loss and backward on x, y: (loss, every parameter's gradient in float64)."""
+    loss_fn = CrossEntropyLoss()
+    loss = loss_fn(m(x.astype(dt)), y)
+    m.backward(loss_fn.backward(), input_grad=False)
+    return float(loss), {n: as64(p.grad) for n, p in m.named_parameters()}
+
+
+def torch_loss_grads(torch, m, x, y, td):
+    loss = torch.nn.CrossEntropyLoss()(m(torch.from_numpy(x).to(td)), torch.from_numpy(y))
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.double().numpy().copy() for n, p in m.named_parameters()}
+
+
+def gpucnn_step(start, x, y, dt, record=None):
+    m = gpucnn_model(start, dt)
     if record is not None:
         def watch(mod, name):
             forward = mod.forward
@@ -158,10 +177,7 @@ def gpucnn_step(start, x, y, dt, record=None):
                 watch(child, prefix + k)
                 walk(child, prefix + k + ".")
         walk(m, "")
-    loss_fn = CrossEntropyLoss()
-    loss = loss_fn(m(x.astype(dt)), y)
-    m.backward(loss_fn.backward(), input_grad=False)
-    return float(loss), {n: as64(p.grad) for n, p in m.named_parameters()}
+    return gpucnn_loss_grads(m, x, y, dt)
 
 
 def torch_step(torch, start, x, y, dt, record=None):
@@ -173,9 +189,7 @@ def torch_step(torch, start, x, y, dt, record=None):
             if name:
                 mod.register_forward_hook(
                     lambda _m, _i, o, name=name: record.__setitem__(name, as64(o.detach().numpy())))
-    loss = torch.nn.CrossEntropyLoss()(m(torch.from_numpy(x).to(td)), torch.from_numpy(y))
-    loss.backward()
-    return float(loss.detach()), {n: p.grad.double().numpy() for n, p in m.named_parameters()}
+    return torch_loss_grads(torch, m, x, y, td)
 
 
 def part2_3(torch, args):
@@ -230,20 +244,15 @@ def gpucnn_update(state, buffers, lr, x, y, dt):
     """One SGD step of the recipe from a PyTorch state (weights, batch-norm buffers, momentum
     buffers): (loss, gradients, the state after the step)."""
     from gpucnn.optim import SGD
-    m = build_model("resnet20", (3, 32, 32), 10)
-    m.load_state_dict(state)
-    m.to(device="cpu", dtype=dt)
+    m = gpucnn_model(state, dt)
     opt = SGD(m.parameters(), **_sgd(lr))
     names = [n for n, _ in m.named_parameters()]
     if buffers is not None:
         opt.load_state_dict({"type": "SGD", "defaults": opt.defaults, "state": {
             f"{i}.momentum_buffer": buffers[n] for i, n in enumerate(names)}})
-    loss_fn = CrossEntropyLoss()
-    loss = loss_fn(m(x.astype(dt)), y)
-    m.backward(loss_fn.backward(), input_grad=False)
-    grads = {n: as64(p.grad) for n, p in m.named_parameters()}
+    loss, grads = gpucnn_loss_grads(m, x, y, dt)
     opt.step()
-    return float(loss), grads, {k: as64(v) for k, v in m.state_dict().items()}
+    return loss, grads, {k: as64(v) for k, v in m.state_dict().items()}
 
 
 def torch_update(torch, model, opt_state, lr, x, y, td):
@@ -256,12 +265,9 @@ def torch_update(torch, model, opt_state, lr, x, y, td):
         opt.load_state_dict(sd)
         for st in opt.state.values():
             st["momentum_buffer"] = st["momentum_buffer"].to(td)
-    loss = torch.nn.CrossEntropyLoss()(m(torch.from_numpy(x).to(td)), torch.from_numpy(y))
-    loss.backward()
-    grads = {n: p.grad.double().numpy().copy() for n, p in m.named_parameters()}
+    loss, grads = torch_loss_grads(torch, m, x, y, td)
     opt.step()
-    return (float(loss.detach()), grads,
-            {k: v.detach().double().numpy().copy() for k, v in m.state_dict().items()})
+    return loss, grads, {k: v.detach().double().numpy().copy() for k, v in m.state_dict().items()}
 
 
 def part4(torch, args, steps):

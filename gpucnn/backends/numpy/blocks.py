@@ -158,7 +158,7 @@ def batchnorm_stats(x):
         for n0, n1, c0, c1 in blocks:
             _row_sums(x3[n0:n1, c0:c1], rows[n0:n1, c0:c1])
     shape = _share_blocks(x3, sums)
-    mean = _channel_total(rows, n * s)
+    mean = channel_total(rows, n * s)
     mc = _per_channel(mean, s, shape, c)
 
     def squares(blocks):
@@ -168,12 +168,12 @@ def batchnorm_stats(x):
             np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=d)
             _row_dots(d, d, rows[n0:n1, c0:c1], d)
     _share_blocks(x3, squares)
-    return mean, _channel_total(rows, n * s)
+    return mean, channel_total(rows, n * s)
 
 
-def _channel_total(rows, m=1):
-    """sum over the samples of the (N, C) per-(sample, channel) sums, divided by m, in
-    x's dtype: the sum over N and the division in float64.  In float32 the N partial sums
+def channel_total(rows, m=1):
+    """sum over the samples of the (N, C) per-(sample, channel) sums, divided by m, rounded
+    to the sums' dtype: the sum over N and the division in float64.  In float32 the N partial sums
     of one channel added one after another (NumPy's reduction over the first axis) lose
     log2(N) bits where a channel's mean is far from zero (mean 50, std 1: the mean 1e-5
     off, ten times float32's rounding of it, and every normalised value off by as much)."""
@@ -259,8 +259,8 @@ def batchnorm_backward(dy, x, mean, var, weight, eps, batch_stats, y=None):
             np.subtract(x3[n0:n1, c0:c1], mc[c0:c1], out=xmu)
             _row_dots(xmu, dyb, rows_xmu[n0:n1, c0:c1], xmu)
     _share_blocks(x3, sums)
-    dbias = _channel_total(rows_dy)
-    dweight = _channel_total(rows_xmu) * invstd
+    dbias = channel_total(rows_dy)
+    dweight = channel_total(rows_xmu) * invstd
     if y3 is not None:
         dy3 = dx                    # the gradient that reaches the batch norm; dx in place
     if batch_stats:

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import blocks
 from .memory import flat_pair
-from .parallel import elementwise, split_sum
+from .parallel import elementwise
 
 
 def finite(a):
@@ -59,16 +59,12 @@ def bias_act_forward(y, b, act):
 
 def bias_backward(dy):
     """sum of dy over all but the channel axis: each (sample, channel) row summed in dy's
-    dtype, the rows added over the samples in float64 (in float32, one after another, they
-    would lose log2(N) bits), the total rounded to dy's dtype."""
+    dtype, the rows added over the samples in float64 as batch norm's (blocks.channel_total)."""
     if dy.ndim == 4:
         n, c = dy.shape[0], dy.shape[1]
         d3 = dy.reshape(n, c, -1)
-        total = split_sum(elementwise(n, d3[0].size, lambda s, e: d3[s:e].sum(axis=2).sum(
-            axis=0, dtype=np.float64)))
-    else:
-        total = dy.sum(axis=0, dtype=np.float64)
-    return total.astype(dy.dtype)
+        dy = np.concatenate(elementwise(n, d3[0].size, lambda s, e: d3[s:e].sum(axis=2)))
+    return blocks.channel_total(dy)
 
 
 # ----------------------------------------------------------- activations
